@@ -1,0 +1,69 @@
+"""Atomic outputs: write beside the target under a temporary name, then rename into place.
+
+A reader never sees a half-written file or directory; an interrupted run leaves only a
+``.tmp-*`` sibling that the next run removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+TMP_MARK = ".tmp-"
+
+
+def tmp_sibling(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    return path.with_name(f"{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
+
+
+def remove_stale_tmp(path: str | os.PathLike) -> None:
+    """Remove leftovers of interrupted writes of ``path``."""
+    path = Path(path)
+    if not path.parent.exists():
+        return
+    for p in path.parent.glob(f"{path.name}{TMP_MARK}*"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path to write a file or directory into; on success rename it to ``path``.
+
+    On error the temporary output is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(path)
+    tmp = tmp_sibling(path)
+    try:
+        yield tmp
+        if path.exists():
+            if not overwrite:
+                raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
+            old = tmp_sibling(path)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+        else:
+            os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,89 @@
+"""Every on-disk name of a galspec catalog, in one place (layout in catalogs/catalog-format.md).
+
+The public part is the HATS layout (``hats.properties``, ``partition_info.csv``,
+``dataset/Norder=k/Dir=d/Npix=p.parquet``, ``dataset/_metadata``); the run state lives in
+``_state/``, which HATS readers never look at.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+FORMAT_VERSION = 1
+
+# HATS (hats >= 0.5 layout, "v1.0" of the IVOA note)
+PROPERTIES_FILENAME = "hats.properties"
+PARTITION_INFO_FILENAME = "partition_info.csv"
+DATASET_DIR = "dataset"
+PARQUET_METADATA_FILENAME = "_metadata"
+PARQUET_COMMON_METADATA_FILENAME = "_common_metadata"
+PARTITION_ORDER = "Norder"
+PARTITION_DIR = "Dir"
+PARTITION_PIXEL = "Npix"
+PARQUET_SUFFIX = ".parquet"
+DIR_STEP = 10_000
+
+# galspec's own files
+PROVENANCE_FILENAME = "galspec-provenance.json"
+SCHEMA_METADATA_KEY = b"galspec"
+STATE_DIR = "_state"
+RUN_STATE_FILENAME = "run.json"
+SCHEMA_FILENAME = "schema.parquet"
+DONE_DIR = "done"
+FAILED_DIR = "failed"
+COMPLETE_FILENAME = "complete.json"
+
+
+def dataset_dir(catalog: str | Path) -> Path:
+    return Path(catalog) / DATASET_DIR
+
+
+def partition_dir_number(pixel: int) -> int:
+    return (int(pixel) // DIR_STEP) * DIR_STEP
+
+
+def partition_relpath(order: int, pixel: int) -> str:
+    """``Norder=k/Dir=d/Npix=p.parquet``, relative to the dataset directory."""
+    return (
+        f"{PARTITION_ORDER}={int(order)}/{PARTITION_DIR}={partition_dir_number(pixel)}/"
+        f"{PARTITION_PIXEL}={int(pixel)}{PARQUET_SUFFIX}"
+    )
+
+
+def partition_file(catalog: str | Path, order: int, pixel: int) -> Path:
+    return dataset_dir(catalog) / partition_relpath(order, pixel)
+
+
+def state_dir(catalog: str | Path) -> Path:
+    return Path(catalog) / STATE_DIR
+
+
+def run_state_file(catalog: str | Path) -> Path:
+    return state_dir(catalog) / RUN_STATE_FILENAME
+
+
+def schema_file(catalog: str | Path) -> Path:
+    return state_dir(catalog) / SCHEMA_FILENAME
+
+
+def complete_file(catalog: str | Path) -> Path:
+    return state_dir(catalog) / COMPLETE_FILENAME
+
+
+def _marker_name(order: int, pixel: int) -> str:
+    # Not "Norder=.../Npix=...": HATS validators glob for those names anywhere under the catalog.
+    return f"o{int(order)}_p{int(pixel)}.json"
+
+
+def done_marker(catalog: str | Path, order: int, pixel: int) -> Path:
+    return state_dir(catalog) / DONE_DIR / _marker_name(order, pixel)
+
+
+def failed_marker(catalog: str | Path, order: int, pixel: int) -> Path:
+    return state_dir(catalog) / FAILED_DIR / _marker_name(order, pixel)
+
+
+def parse_marker_name(name: str) -> tuple[int, int]:
+    """(order, pixel) of a marker file name made by ``done_marker``/``failed_marker``."""
+    o, p = name.removesuffix(".json").split("_")
+    return int(o[1:]), int(p[1:])

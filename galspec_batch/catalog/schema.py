@@ -1,0 +1,143 @@
+"""The catalog's columns, its quality bitmask, and the check every partition table passes."""
+
+from __future__ import annotations
+
+import enum
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from galspec_batch.errors import InputError, did_you_mean
+from galspec_batch.sky import SPATIAL_INDEX_COLUMN, healpix_29, pixel_at_order
+
+OBJECT_ID = "object_id"
+RA = "ra"
+DEC = "dec"
+HEALPIX = SPATIAL_INDEX_COLUMN
+MC_SAMPLES = "mc_samples"
+QUALITY_FLAGS = "quality_flags"
+MODEL_ID = "model_id"
+
+
+class QualityFlag(enum.IntFlag):
+    """Bits of ``quality_flags`` (uint16). 1 and 2 mirror the store's per-object flags."""
+
+    NAN_PIXELS = 1
+    MISSING_BAND = 2
+    LOW_COVERAGE = 4  # reserved: too few valid pixels for a trustworthy prediction
+    OUT_OF_DISTRIBUTION = 8  # reserved: set by the anomaly search
+
+
+def latent_column(i: int) -> str:
+    """Name of latent ``i`` (1-based), e.g. ``latent_3``."""
+    return f"latent_{i}"
+
+
+def latent_std_column(i: int) -> str:
+    """Name of the MC-dropout spread of latent ``i`` (1-based), e.g. ``latent_3_std``."""
+    return f"latent_{i}_std"
+
+
+def catalog_schema(n_latents: int = 6, extra: list[pa.Field] | tuple[pa.Field, ...] = ()) -> pa.Schema:
+    """The Arrow schema of a catalog with ``n_latents`` latents; ``extra`` fields come last."""
+    if n_latents < 1:
+        raise InputError(f"n_latents must be >= 1, got {n_latents}")
+    fields = [
+        pa.field(OBJECT_ID, pa.int64(), nullable=False),
+        pa.field(RA, pa.float64(), nullable=False),
+        pa.field(DEC, pa.float64(), nullable=False),
+        pa.field(HEALPIX, pa.int64(), nullable=False),
+    ]
+    fields += [pa.field(latent_column(i), pa.float32(), nullable=False) for i in range(1, n_latents + 1)]
+    fields += [pa.field(latent_std_column(i), pa.float32(), nullable=False) for i in range(1, n_latents + 1)]
+    fields += [
+        pa.field(MC_SAMPLES, pa.int16(), nullable=False),
+        pa.field(QUALITY_FLAGS, pa.uint16(), nullable=False),
+        pa.field(MODEL_ID, pa.dictionary(pa.int32(), pa.string()), nullable=False),
+    ]
+    names = {f.name for f in fields}
+    for f in extra:
+        if f.name in names:
+            raise InputError(f"extra column {f.name!r} repeats a catalog column or another extra column")
+        names.add(f.name)
+    return pa.schema(fields + list(extra))
+
+
+def conform_table(
+    table: pa.Table | pd.DataFrame,
+    schema: pa.Schema,
+    order: int,
+    pixel: int,
+    *,
+    model_id: str | None = None,
+) -> pa.Table:
+    """Check a partition's rows against ``schema`` and return them cast, in schema column order and
+    sorted by ``_healpix_29``. ``_healpix_29`` is computed when the table lacks it.
+
+    Refuses (InputError) missing or unknown columns, nulls, values that do not cast, duplicate ids,
+    positions off the sky, ``_healpix_29`` that disagrees with ra/dec, rows outside the partition
+    pixel, and a ``model_id`` other than the catalog's.
+    """
+    where = f"partition Norder={order} Npix={pixel}"
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    if HEALPIX not in table.column_names and RA in table.column_names and DEC in table.column_names:
+        hp = healpix_29(table[RA].to_numpy(), table[DEC].to_numpy())
+        table = table.append_column(HEALPIX, pa.array(hp, pa.int64()))
+    missing = [n for n in schema.names if n not in table.column_names]
+    if missing:
+        raise InputError(f"{where}: table lacks columns {missing}; a catalog table has {schema.names}")
+    unknown = [n for n in table.column_names if n not in schema.names]
+    if unknown:
+        raise InputError(
+            f"{where}: unknown column {unknown[0]!r} (declare extra columns when the catalog begins)."
+            + did_you_mean(unknown[0], schema.names)
+        )
+    columns = []
+    for field in schema:
+        col = table[field.name]
+        if col.null_count:
+            raise InputError(f"{where}: column {field.name!r} has {col.null_count} nulls; none are allowed")
+        try:
+            columns.append(col.cast(field.type, safe=True))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise InputError(
+                f"{where}: column {field.name!r} of type {col.type} does not cast to {field.type}: {exc}"
+            ) from None
+    out = pa.Table.from_arrays(columns, schema=schema)
+    _check_rows(out, order, pixel, model_id, where)
+    return out.sort_by([(HEALPIX, "ascending"), (OBJECT_ID, "ascending")])
+
+
+def _check_rows(table: pa.Table, order: int, pixel: int, model_id: str | None, where: str) -> None:
+    ids = table[OBJECT_ID].to_numpy()
+    if np.unique(ids).size != ids.size:
+        dup = pc.value_counts(table[OBJECT_ID]).filter(pc.greater(pc.field("counts"), 1))
+        raise InputError(f"{where}: object_id {dup[0]['values']} appears more than once")
+    ra, dec = table[RA].to_numpy(), table[DEC].to_numpy()
+    bad = ~((ra >= 0) & (ra < 360) & (dec >= -90) & (dec <= 90))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise InputError(
+            f"{where}: object {ids[i]} has ra={ra[i]}, dec={dec[i]}; expected 0 <= ra < 360, |dec| <= 90"
+        )
+    hp = table[HEALPIX].to_numpy()
+    off = hp != healpix_29(ra, dec)
+    if off.any():
+        i = int(np.flatnonzero(off)[0])
+        raise InputError(
+            f"{where}: object {ids[i]} has {HEALPIX}={hp[i]} but its ra/dec give {healpix_29(ra[i], dec[i])[0]}"
+        )
+    outside = pixel_at_order(hp, order) != pixel
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise InputError(
+            f"{where}: {int(outside.sum())} rows lie outside the partition, e.g. object {ids[i]} "
+            f"in Npix={int(pixel_at_order(hp[i:i + 1], order)[0])}"
+        )
+    if model_id is not None and len(table):
+        found = set(table[MODEL_ID].combine_chunks().dictionary_decode().unique().to_pylist())
+        if found != {model_id}:
+            raise InputError(f"{where}: model_id {sorted(found)}; this catalog is made by {model_id!r}")

@@ -1,0 +1,91 @@
+"""Image-to-latent models by name, and the one face they all share (body, head, forward).
+
+Each model family module registers small builder functions with `@register_model("name")`; the
+package `__init__` imports those modules, so `create_model` knows every name once
+`galspec_batch.models` is imported.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import InputError, did_you_mean
+
+Builder = Callable[..., "SpectrumNet"]
+_REGISTRY: dict[str, Builder] = {}
+
+
+class SpectrumNet(nn.Module):
+    """A body (features, through global pool and flatten) and a head (Dropout -> Linear).
+
+    The head is separate so that inference can run the body once and the head many times with
+    dropout on (MC dropout): dropout is active when `model.head` is in train mode.
+    """
+
+    def __init__(self, name: str, body: nn.Module, num_features: int, in_bands: int, n_out: int,
+                 dropout: float) -> None:
+        super().__init__()
+        self.model_name, self.in_bands, self.n_out, self.dropout = name, in_bands, n_out, dropout
+        self.num_features = num_features
+        self.body = body
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, n_out))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """[N, in_bands, H, W] images -> [N, num_features] features."""
+        if x.ndim != 4 or x.shape[1] != self.in_bands:
+            raise InputError(f"{self.model_name}: got input of shape {tuple(x.shape)}, "
+                             f"expected [N, {self.in_bands}, H, W]")
+        return self.body(x)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """[N, num_features] features -> [N, n_out] outputs."""
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def register_model(name: str) -> Callable[[Builder], Builder]:
+    """Decorator adding a builder `fn(in_bands, n_out, dropout) -> SpectrumNet` under `name`."""
+
+    def add(fn: Builder) -> Builder:
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return add
+
+
+def list_models() -> list[str]:
+    """The registered model names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, *, in_bands: int = 5, n_out: int = 6, dropout: float = 0.2) -> SpectrumNet:
+    """A freshly initialised model `name` for `in_bands` input bands and `n_out` outputs."""
+    if name not in _REGISTRY:
+        raise InputError(f"unknown model {name!r}; known models: {', '.join(list_models())}."
+                         + did_you_mean(name, list_models()))
+    if not isinstance(in_bands, int) or in_bands < 1:
+        raise InputError(f"{name}: in_bands must be a positive integer, got {in_bands!r}")
+    if not isinstance(n_out, int) or n_out < 1:
+        raise InputError(f"{name}: n_out must be a positive integer, got {n_out!r}")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise InputError(f"{name}: dropout must be in [0, 1), got {dropout!r}")
+    return _REGISTRY[name](in_bands=in_bands, n_out=n_out, dropout=float(dropout))
+
+
+def model_config(model: SpectrumNet | str) -> dict[str, Any]:
+    """The settings that rebuild `model` (a model, or a name for its defaults) with
+    `create_model(**config)`: name, in_bands, n_out, dropout. JSON-serialisable."""
+    if isinstance(model, str):
+        model = create_model(model)
+    if not isinstance(model, SpectrumNet):
+        raise InputError(f"model_config: expected a model from create_model, got {type(model).__name__}")
+    return {"name": model.model_name, "in_bands": model.in_bands, "n_out": model.n_out,
+            "dropout": model.dropout}

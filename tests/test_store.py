@@ -1,0 +1,170 @@
+import json
+import tracemalloc
+
+import numpy as np
+import pytest
+import zarr
+
+from galspec_batch.errors import FormatError, InputError, MissingFileError
+from galspec_batch.sky import healpix_29, pixel_at_order
+from galspec_batch.store import FORMAT_VERSION, QualityFlag, create_store, open_store
+
+
+def _objects(n, seed=0, size=16, first_id=0):
+    rng = np.random.default_rng(seed)
+    ra = rng.uniform(150, 154, n)
+    dec = rng.uniform(0, 4, n)
+    images = rng.normal(size=(n, 5, size, size)).astype(np.float32)
+    return np.arange(first_id, first_id + n), ra, dec, images
+
+
+@pytest.fixture
+def store(tmp_path):
+    ids, ra, dec, images = _objects(300)
+    with create_store(tmp_path / "s.zarr", image_shape=(16, 16), dtype="float32") as w:
+        w.append(ids, ra, dec, images)
+    return open_store(tmp_path / "s.zarr"), (ids, ra, dec, images)
+
+
+def test_round_trip_sorted_by_healpix(store):
+    s, (ids, ra, dec, images) = store
+    assert len(s) == 300 and s.bands == tuple("grizy") and s.image_shape == (16, 16)
+    assert np.all(np.diff(s.healpix_29) >= 0)
+    np.testing.assert_array_equal(s.healpix_29, healpix_29(s.ra, s.dec))
+    batch = s.read(slice(0, 300))
+    order = np.argsort(ids)
+    back = np.argsort(batch.object_id)
+    np.testing.assert_array_equal(batch.images[back], images[order])
+    np.testing.assert_array_equal(batch.ra[back], ra[order])
+
+
+def test_float16_default_keeps_values_to_half_precision(tmp_path):
+    ids, ra, dec, images = _objects(20)
+    with create_store(tmp_path / "h.zarr", image_shape=(16, 16)) as w:
+        w.append(ids, ra, dec, images)
+    s = open_store(tmp_path / "h.zarr")
+    arr = zarr.open_group(str(tmp_path / "h.zarr"), mode="r")["images"]
+    assert arr.dtype == np.float16 and arr.shards is not None
+    b = s.read(slice(0, 20))
+    ref = images[np.argsort(ids)][np.argsort(np.argsort(b.object_id))]
+    np.testing.assert_allclose(b.images, ref, rtol=1e-3, atol=1e-3)
+    assert b.images.dtype == np.float32
+
+
+def test_each_partition_is_one_contiguous_range(store):
+    s, _ = store
+    parts = s.partitions()
+    assert sum(p.n for p in parts) == 300
+    assert all(len(p.ranges) == 1 for p in parts)
+    for p in parts:
+        rows = np.arange(*p.ranges[0])
+        assert np.all(pixel_at_order(s.healpix_29[rows], s.partition_order) == p.pixel)
+    # coarser and finer orders come from the same sorted index
+    for order in (3, 9):
+        ps = s.partitions(order)
+        assert sum(p.n for p in ps) == 300
+        for p in ps:
+            rows = np.concatenate([np.arange(a, b) for a, b in p.ranges])
+            assert np.all(pixel_at_order(s.healpix_29[rows], order) == p.pixel)
+
+
+def test_append_adds_without_rewriting(store, tmp_path):
+    s, _ = store
+    images_file = next((tmp_path / "s.zarr" / "images" / "c").rglob("*")).stat().st_mtime_ns
+    ids, ra, dec, images = _objects(50, seed=1, first_id=1000)
+    s.append(ids, ra, dec, images)
+    s2 = open_store(tmp_path / "s.zarr")
+    assert len(s2) == 350
+    assert sum(p.n for p in s2.partitions()) == 350
+    got = s2.read(np.flatnonzero(s2.object_id >= 1000))
+    np.testing.assert_array_equal(got.images[np.argsort(got.object_id)], images)
+    # the first shard is untouched: appends write only new rows
+    assert next((tmp_path / "s.zarr" / "images" / "c").rglob("*")).stat().st_mtime_ns == images_file
+
+
+def test_duplicate_ids_refused(store):
+    s, (ids, ra, dec, images) = store
+    with pytest.raises(InputError, match=r"already in .*s\.zarr"):
+        s.append(ids[:2], ra[:2], dec[:2], images[:2])
+    with pytest.raises(InputError, match=r"duplicate object ids \[7000\]"):
+        s.append([7000, 7000], ra[:2], dec[:2], images[:2])
+    assert len(open_store(s.path)) == 300
+
+
+def test_wrong_shape_refused(store):
+    s, (ids, ra, dec, images) = store
+    with pytest.raises(InputError, match=r"shape \(N, 5, 16, 16\)"):
+        s.append([9000], ra[:1], dec[:1], images[:1, :4])
+
+
+def test_flags_from_nan_and_mask(tmp_path):
+    ids, ra, dec, images = _objects(4)
+    images[1, 2, 3, 3] = np.nan
+    mask = np.ones((4, 5), bool)
+    mask[2, 4] = False
+    with create_store(tmp_path / "f.zarr", image_shape=(16, 16)) as w:
+        w.append(ids, ra, dec, images, mask)
+    s = open_store(tmp_path / "f.zarr")
+    flags = dict(zip(s.object_id.tolist(), s.flags.tolist(), strict=True))
+    assert flags == {0: 0, 1: QualityFlag.NAN_PIXELS, 2: QualityFlag.MISSING_BAND, 3: 0}
+    b = s.read(np.flatnonzero(s.object_id == 1))
+    assert np.isnan(b.images).sum() == 1
+
+
+def test_interrupted_write_leaves_nothing(tmp_path):
+    ids, ra, dec, images = _objects(10)
+    with pytest.raises(RuntimeError):
+        with create_store(tmp_path / "x.zarr", image_shape=(16, 16)) as w:
+            w.append(ids, ra, dec, images)
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_uncommitted_append_is_invisible(store):
+    s, _ = store
+    # rows written past the committed count (a crash before the commit) are not seen
+    root = zarr.open_group(str(s.path), mode="r+")
+    root["images"].resize((310, 5, 16, 16))
+    root["object_id"].resize((310,))
+    s2 = open_store(s.path)
+    assert len(s2) == 300 and len(s2.object_id) == 300
+    ids, ra, dec, images = _objects(10, seed=3, first_id=5000)
+    s2.append(ids, ra, dec, images)
+    assert len(open_store(s.path)) == 310
+
+
+def test_unknown_version_refused(store):
+    s, _ = store
+    meta = s.path / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"]["format_version"] = FORMAT_VERSION + 1
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(FormatError, match=f"format_version {FORMAT_VERSION + 1}"):
+        open_store(s.path)
+
+
+def test_not_a_store(tmp_path):
+    with pytest.raises(MissingFileError):
+        open_store(tmp_path / "nope.zarr")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FormatError, match="not a galspec cutout store"):
+        open_store(tmp_path / "empty")
+
+
+def test_reader_memory_is_bounded_by_batch(tmp_path):
+    ids, ra, dec, images = _objects(2000, size=32)
+    with create_store(tmp_path / "m.zarr", image_shape=(32, 32)) as w:
+        for k in range(0, 2000, 500):
+            w.append(ids[k : k + 500], ra[k : k + 500], dec[k : k + 500], images[k : k + 500])
+    del images
+    s = open_store(tmp_path / "m.zarr")
+    _ = s.object_id, s.mask, s.flags, s.ra, s.dec, s.healpix_29
+    store_bytes = 2000 * 5 * 32 * 32 * 4
+    tracemalloc.start()
+    n = 0
+    for b in s.iter_batches(batch_size=64):
+        n += len(b.rows)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert n == 2000
+    assert peak < store_bytes / 8, f"peak {peak} bytes for a {store_bytes}-byte store"
