@@ -30,6 +30,21 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 
 
+def normalize_images(
+    raw: torch.Tensor, softening: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
+    """NaN/inf -> 0, asinh(x / softening[b]), then (x - mean[b]) / std[b], for [N, B, H, W] flux."""
+    if raw.ndim != 4 or raw.shape[1] != softening.shape[0]:
+        raise InputError(
+            f"images of shape {tuple(raw.shape)} do not fit this network: expected "
+            f"[N, {softening.shape[0]}, H, W] (one plane per band)"
+        )
+    x = torch.nan_to_num(raw.to(softening.dtype), nan=0.0, posinf=0.0, neginf=0.0)
+    view = (1, -1, 1, 1)
+    x = torch.asinh(x / softening.view(view))
+    return (x - mean.view(view)) / std.view(view)
+
+
 class GalspecNet(nn.Module):
     """Preprocessing + CNN: raw flux images [N, B, H, W] (NaN allowed) -> z-scored latents."""
 
@@ -72,16 +87,7 @@ class GalspecNet(nn.Module):
         return self.cnn.n_out
 
     def preprocess(self, raw: torch.Tensor) -> torch.Tensor:
-        """NaN/inf -> 0, asinh(x / softening[b]), then (x - mean[b]) / std[b]."""
-        if raw.ndim != 4 or raw.shape[1] != self.softening.shape[0]:
-            raise InputError(
-                f"images of shape {tuple(raw.shape)} do not fit this network: expected "
-                f"[N, {self.softening.shape[0]}, H, W] (one plane per band)"
-            )
-        x = torch.nan_to_num(raw.to(self.softening.dtype), nan=0.0, posinf=0.0, neginf=0.0)
-        view = (1, -1, 1, 1)
-        x = torch.asinh(x / self.softening.view(view))
-        return (x - self.pp_mean.view(view)) / self.pp_std.view(view)
+        return normalize_images(raw, self.softening, self.pp_mean, self.pp_std)
 
     def forward_features(self, raw: torch.Tensor) -> torch.Tensor:
         return self.cnn.forward_features(self.preprocess(raw))
@@ -202,14 +208,23 @@ def save_checkpoint(
     pixel_scale, training, data); the model, latent statistics, preprocessing and code version
     are taken from ``net``.
     """
-    full = _complete_config(net, config)
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp:
         tmp.mkdir()
-        save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": FORMAT})
-        (tmp / CONFIG_FILE).write_text(json.dumps(full, indent=2) + "\n")
+        write_checkpoint_files(tmp, net, config)
     return path
+
+
+def write_checkpoint_files(directory: Path, net: GalspecNet, config: dict[str, Any]) -> dict[str, Any]:
+    """Write the two checkpoint files into an existing (temporary) directory; return the full config.
+
+    For writers that put more files beside them in one atomic directory (the trainer's resume state).
+    """
+    full = _complete_config(net, config)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
+    save_file(tensors, Path(directory) / WEIGHTS_FILE, metadata={"format": FORMAT})
+    (Path(directory) / CONFIG_FILE).write_text(json.dumps(full, indent=2) + "\n")
+    return full
 
 
 def read_config(path: str | os.PathLike) -> dict[str, Any]:

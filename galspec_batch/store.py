@@ -217,6 +217,7 @@ class CutoutStore:
             )
         self.attrs = attrs
         self._cache: dict[str, np.ndarray] = {}
+        self._id_set: set[int] | None = None  # built by the first append, for O(batch) id checks
 
     # -- attributes ------------------------------------------------------------------------
     @property
@@ -369,7 +370,9 @@ class CutoutStore:
         mask = np.ones((n, nb), bool) if mask is None else np.asarray(mask, dtype=bool)
         if mask.shape != (n, nb):
             raise InputError(f"mask must have shape ({n}, {nb}), got {mask.shape}")
-        _check_unique(object_id, self.object_id, self.path)
+        if self._id_set is None:
+            self._id_set = set(self.object_id.tolist())
+        _check_unique(object_id, self._id_set, self.path)
         if flags is None:
             flags = np.zeros(n, np.uint16)
         flags = np.asarray(flags, dtype=np.uint16).copy()
@@ -401,7 +404,9 @@ class CutoutStore:
         # commit point: the counts are written last and in one metadata write
         self._root.attrs.update({"n_objects": n0 + n, "n_partition_rows": p0 + len(pix)})
         self.attrs = dict(self._root.attrs)
-        self._cache.clear()
+        self._id_set.update(object_id.tolist())
+        for name in list(self._cache):
+            self._cache[name] = np.concatenate([self._cache[name], new[name]])
 
     def fingerprint(self) -> str:
         """A content hash of the store's identity: attributes, ids, positions and index.
@@ -423,11 +428,11 @@ def _ranges(pix: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray, np.nd
     return pix[starts], starts + offset, stops + offset
 
 
-def _check_unique(new_ids: np.ndarray, existing: np.ndarray, path: Path) -> None:
+def _check_unique(new_ids: np.ndarray, existing: set[int], path: Path) -> None:
     uniq, counts = np.unique(new_ids, return_counts=True)
     if (counts > 1).any():
         dup = uniq[counts > 1][:5].tolist()
         raise InputError(f"duplicate object ids {dup} in the objects added to {path}")
-    clash = np.intersect1d(uniq, existing)
-    if clash.size:
-        raise InputError(f"object ids {clash[:5].tolist()} are already in {path}")
+    clash = [i for i in uniq.tolist() if i in existing]
+    if clash:
+        raise InputError(f"object ids {clash[:5]} are already in {path}")

@@ -127,15 +127,14 @@ def _check_rows(table: pa.Table, order: int, pixel: int, model_id: str | None, w
     off = hp != healpix_29(ra, dec)
     if off.any():
         i = int(np.flatnonzero(off)[0])
-        raise InputError(
-            f"{where}: object {ids[i]} has {HEALPIX}={hp[i]} but its ra/dec give {healpix_29(ra[i], dec[i])[0]}"
-        )
+        want = healpix_29(ra[i], dec[i])[0]
+        raise InputError(f"{where}: object {ids[i]} has {HEALPIX}={hp[i]} but its ra/dec give {want}")
     outside = pixel_at_order(hp, order) != pixel
     if outside.any():
         i = int(np.flatnonzero(outside)[0])
         raise InputError(
             f"{where}: {int(outside.sum())} rows lie outside the partition, e.g. object {ids[i]} "
-            f"in Npix={int(pixel_at_order(hp[i:i + 1], order)[0])}"
+            f"in Npix={int(pixel_at_order(hp[i : i + 1], order)[0])}"
         )
     if model_id is not None and len(table):
         found = set(table[MODEL_ID].combine_chunks().dictionary_decode().unique().to_pylist())

@@ -1,0 +1,322 @@
+"""Write a catalog one sky partition at a time, resumably: ``CatalogWriter.begin`` (coordinator),
+``write_partition`` (any worker, one partition each), ``CatalogWriter.pending`` and ``finalize``
+(coordinator). Two workers never write the same file: each partition has its own Parquet file
+and done marker, and only the coordinator writes the shared files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from galspec_batch import __version__
+from galspec_batch.atomic import TMP_MARK, atomic_path
+from galspec_batch.catalog import hats_files, paths, state
+from galspec_batch.catalog.schema import HEALPIX, OBJECT_ID, QualityFlag, catalog_schema, conform_table
+from galspec_batch.errors import IncompleteOutputError, InputError
+
+PlanItem = tuple[int, int] | tuple[int, int, int]
+
+PARQUET_KWARGS = {
+    "compression": "zstd",
+    "row_group_size": 100_000,
+    "write_statistics": True,
+    "write_page_index": True,
+}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class CatalogWriter:
+    """The coordinator's handle on a catalog being written (see ``begin``)."""
+
+    def __init__(self, path: Path, run: state.RunState):
+        self.path = path
+        self.state = run
+
+    @classmethod
+    def begin(
+        cls,
+        path: str | Path,
+        *,
+        n_latents: int = 6,
+        store_fingerprint: str,
+        provenance: dict,
+        partition_order: int,
+        plan: Sequence[PlanItem] | None = None,
+        model_id: str | None = None,
+        extra_columns: Sequence[pa.Field] = (),
+        overwrite: bool = False,
+    ) -> CatalogWriter:
+        """Start a catalog at ``path``, or resume the unfinished one there.
+
+        ``plan`` lists the partitions to write as (order, pixel) or (order, pixel, expected rows);
+        with expected rows, a partition of another size is refused. A resume must agree with the
+        first run on the store fingerprint, partition order, schema, model and plan. A complete
+        catalog is refused unless ``overwrite``.
+        """
+        path = Path(path)
+        try:
+            json.dumps(provenance)
+        except TypeError as exc:
+            raise InputError(f"provenance for {path} must be JSON-serialisable: {exc}") from None
+        schema = catalog_schema(n_latents, tuple(extra_columns))
+        plan_rows = _plan_rows(plan, partition_order)
+        if paths.run_state_file(path).exists():
+            if overwrite:
+                shutil.rmtree(path)
+            elif paths.complete_file(path).exists():
+                raise InputError(f"catalog {path} is already complete; pass overwrite=True to write it again")
+            else:
+                return cls._resume(
+                    path, schema, store_fingerprint, partition_order, plan_rows, model_id, provenance
+                )
+        elif path.exists() and any(path.iterdir()):
+            raise InputError(f"{path} exists and is not a galspec catalog; choose an empty or new directory")
+        run = state.RunState(
+            store_fingerprint=store_fingerprint,
+            partition_order=int(partition_order),
+            n_latents=int(n_latents),
+            provenance=provenance,
+            created=_now(),
+            model_id=model_id,
+            plan=plan_rows,
+        )
+        paths.state_dir(path).mkdir(parents=True, exist_ok=True)
+        state.write_schema(path, schema.with_metadata({paths.SCHEMA_METADATA_KEY: _header(run)}))
+        state.write_run_state(path, run)
+        return cls(path, run)
+
+    @classmethod
+    def _resume(cls, path, schema, fingerprint, order, plan_rows, model_id, provenance) -> CatalogWriter:
+        run = state.read_run_state(path)
+        began = f"catalog {path} began {run.created}"
+        if run.store_fingerprint != fingerprint:
+            raise InputError(
+                f"store {fingerprint} changed since the catalog began (the {began} from store "
+                f"{run.store_fingerprint}); write a new catalog, or pass overwrite=True to start again"
+            )
+        if run.partition_order != order:
+            raise InputError(f"{began} at partition order {run.partition_order}, not {order}")
+        if not state.read_schema(path).remove_metadata().equals(schema):
+            raise InputError(f"{began} with other columns; n_latents and extra columns must not change")
+        if run.model_id != model_id:
+            raise InputError(f"{began} with model {run.model_id!r}, not {model_id!r}")
+        if plan_rows is not None and run.plan is not None and plan_rows != run.plan:
+            raise InputError(f"{began} with another plan of partitions ({len(run.plan)} planned)")
+        resume = {"at": _now(), "code_version": __version__}
+        if provenance != run.provenance:
+            resume["provenance"] = provenance
+        run = state.RunState(
+            **{**run.to_dict(), "plan": run.plan or plan_rows, "resumes": [*run.resumes, resume]}
+        )
+        state.write_run_state(path, run)
+        return cls(path, run)
+
+    def pending(self, partitions: Iterable[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
+        """The partitions (default: the plan) not yet done. The file of a partition that is not
+        done (interrupted, truncated, unmarked) is removed, so that it is redone from scratch."""
+        todo = self.state.planned() if partitions is None else [(int(o), int(p)) for o, p in partitions]
+        if todo is None:
+            raise InputError(f"catalog {self.path} has no recorded plan; pass the partitions to check")
+        out = []
+        for order, pixel in todo:
+            if state.check_partition(self.path, order, pixel) is not None:
+                _clear_partition(self.path, order, pixel)
+                out.append((order, pixel))
+        return out
+
+    def finalize(self) -> dict:
+        """Check every partition and write the HATS metadata files; returns the provenance document.
+
+        Raises IncompleteOutputError naming a partition that is missing, unfinished, or that
+        repeats an object id of another partition.
+        """
+        done = state.list_markers(self.path, paths.DONE_DIR)
+        planned = self.state.planned()
+        wanted = planned if planned is not None else done
+        bad = {}
+        for order, pixel in wanted:
+            reason = state.check_partition(self.path, order, pixel)
+            if reason is not None:
+                bad[(order, pixel)] = reason
+        if bad:
+            (o, p), reason = next(iter(bad.items()))
+            raise IncompleteOutputError(
+                f"catalog {self.path}: {len(bad)} of {len(wanted)} partitions are not done, "
+                f"e.g. Norder={o} Npix={p}: {reason}; rerun to finish them"
+            )
+        _check_no_strays(self.path, set(wanted))
+        markers = [state.read_done(self.path, o, p) for o, p in sorted(wanted)]
+        _check_unique_ids(self.path, markers)
+        schema = state.read_schema(self.path)
+        doc = _provenance_doc(self.path, self.state, markers)
+        schema = schema.with_metadata({paths.SCHEMA_METADATA_KEY: json.dumps(doc, sort_keys=True)})
+        hats_files.write_all(self.path, schema, markers, self.state, doc)
+        state.write_json(paths.complete_file(self.path), {"finalized": doc["finalized"]})
+        return doc
+
+
+def write_partition(catalog_path: str | Path, order: int, pixel: int, table: pa.Table) -> Path:
+    """Validate one partition's rows (see ``conform_table``), sort them by ``_healpix_29`` and write
+    ``dataset/Norder=k/Dir=d/Npix=p.parquet`` atomically, then its done marker. Safe to call from
+    any worker; rewriting a partition replaces it whole."""
+    catalog_path = Path(catalog_path)
+    run = state.read_run_state(catalog_path)
+    if paths.complete_file(catalog_path).exists():
+        raise InputError(f"catalog {catalog_path} is complete; it takes no more partitions")
+    if order != run.partition_order:
+        raise InputError(f"catalog {catalog_path} is partitioned at order {run.partition_order}, not {order}")
+    planned = run.planned()
+    if planned is not None and (order, pixel) not in planned:
+        raise InputError(f"partition Norder={order} Npix={pixel} is not in the plan of {catalog_path}")
+    schema = state.read_schema(catalog_path)
+    table = conform_table(table, schema, order, pixel, model_id=run.model_id)
+    expected = run.expected_rows(order, pixel)
+    if table.num_rows == 0 or (expected is not None and table.num_rows != expected):
+        raise InputError(
+            f"partition Norder={order} Npix={pixel} has {table.num_rows} rows; "
+            f"expected {expected if expected is not None else 'at least 1'} (one per store object)"
+        )
+    target = paths.partition_file(catalog_path, order, pixel)
+    paths.done_marker(catalog_path, order, pixel).unlink(missing_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(target, overwrite=True) as tmp:
+        pq.write_table(table, tmp, **_parquet_kwargs(schema))
+        size, sha = tmp.stat().st_size, state.file_sha256(tmp)
+    ids = table[OBJECT_ID]
+    state.write_done(
+        catalog_path,
+        state.DoneMarker(
+            order=order,
+            pixel=pixel,
+            n_rows=table.num_rows,
+            min_id=int(pc.min(ids).as_py()),
+            max_id=int(pc.max(ids).as_py()),
+            bytes=size,
+            sha256=sha,
+            written=_now(),
+        ),
+    )
+    return target
+
+
+def mark_failed(catalog_path: str | Path, order: int, pixel: int, error: BaseException | str) -> None:
+    """Record that a partition failed (shown by ``catalog_status``; cleared when it is written)."""
+    message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    state.write_failed(catalog_path, order, pixel, message, _now())
+
+
+def _parquet_kwargs(schema: pa.Schema) -> dict:
+    # The same encodings hats uses: byte-stream-split floats, delta-packed sorted spatial index.
+    floats = [f.name for f in schema if pa.types.is_floating(f.type)]
+    encoding = {**{n: "BYTE_STREAM_SPLIT" for n in floats}, HEALPIX: "DELTA_BINARY_PACKED"}
+    return {
+        **PARQUET_KWARGS,
+        "column_encoding": encoding,
+        "use_dictionary": [n for n in schema.names if n not in encoding],
+        "sorting_columns": [pq.SortingColumn(schema.get_field_index(HEALPIX))],
+    }
+
+
+def _plan_rows(plan: Sequence[PlanItem] | None, order: int) -> list[list[int]] | None:
+    if plan is None:
+        return None
+    rows = []
+    for item in plan:
+        if len(item) not in (2, 3):
+            raise InputError(f"plan items are (order, pixel) or (order, pixel, rows), got {item!r}")
+        o, p, n = int(item[0]), int(item[1]), int(item[2]) if len(item) == 3 else -1
+        if o != order:
+            raise InputError(f"plan partition Norder={o} Npix={p} is not at the partition order {order}")
+        rows.append([o, p, n])
+    rows.sort()
+    for a, b in zip(rows[:-1], rows[1:], strict=True):
+        if a[:2] == b[:2]:
+            raise InputError(f"plan lists partition Norder={a[0]} Npix={a[1]} twice")
+    return rows
+
+
+def _header(run: state.RunState) -> str:
+    return json.dumps(
+        {
+            "format": "galspec-catalog",
+            "format_version": paths.FORMAT_VERSION,
+            "code_version": __version__,
+            "created": run.created,
+            "store_fingerprint": run.store_fingerprint,
+            "model_id": run.model_id,
+            "provenance": run.provenance,
+        },
+        sort_keys=True,
+    )
+
+
+def _provenance_doc(path: Path, run: state.RunState, markers: list[state.DoneMarker]) -> dict:
+    return {
+        **json.loads(_header(run)),
+        "code_version": __version__,
+        "finalized": _now(),
+        "resumes": run.resumes,
+        "partition_order": run.partition_order,
+        "n_latents": run.n_latents,
+        "n_partitions": len(markers),
+        "n_objects": sum(m.n_rows for m in markers),
+        "quality_flags": {f.name: int(f) for f in QualityFlag},
+    }
+
+
+def _clear_partition(catalog: Path, order: int, pixel: int) -> None:
+    target = paths.partition_file(catalog, order, pixel)
+    target.unlink(missing_ok=True)
+    for tmp in target.parent.glob(f"{target.name}{TMP_MARK}*") if target.parent.exists() else ():
+        tmp.unlink(missing_ok=True)
+    paths.done_marker(catalog, order, pixel).unlink(missing_ok=True)
+
+
+def _check_no_strays(catalog: Path, wanted: set[tuple[int, int]]) -> None:
+    """Refuse Parquet files that are not planned partitions; drop leftovers of killed writes."""
+    data = paths.dataset_dir(catalog)
+    for f in sorted(data.glob(f"{paths.PARTITION_ORDER}=*/{paths.PARTITION_DIR}=*/*")):
+        if TMP_MARK in f.name:
+            f.unlink(missing_ok=True)
+            continue
+        try:
+            o = int(f.parent.parent.name.split("=")[1])
+            p = int(f.name.removeprefix(f"{paths.PARTITION_PIXEL}=").removesuffix(paths.PARQUET_SUFFIX))
+        except ValueError:
+            o = p = -1
+        if (o, p) not in wanted:
+            raise InputError(f"catalog {catalog}: {f} is not a partition of this catalog's plan; remove it")
+
+
+def _check_unique_ids(catalog: Path, markers: list[state.DoneMarker]) -> None:
+    """Every object id exactly once across partitions (ids of all partitions held in memory)."""
+    ids, owner = [], []
+    for i, m in enumerate(markers):
+        col = pq.read_table(paths.partition_file(catalog, m.order, m.pixel), columns=[OBJECT_ID])
+        ids.append(col[OBJECT_ID].to_numpy())
+        owner.append(np.full(len(ids[-1]), i, dtype=np.int64))
+    if not ids:
+        raise IncompleteOutputError(f"catalog {catalog} has no partitions to finalize")
+    ids, owner = np.concatenate(ids), np.concatenate(owner)
+    order = np.argsort(ids, kind="stable")
+    ids, owner = ids[order], owner[order]
+    dup = np.flatnonzero(ids[1:] == ids[:-1])
+    if dup.size:
+        j = int(dup[0])
+        a, b = markers[owner[j]], markers[owner[j + 1]]
+        raise IncompleteOutputError(
+            f"catalog {catalog}: object_id {ids[j]} appears in partition Norder={a.order} Npix={a.pixel} "
+            f"and in Norder={b.order} Npix={b.pixel} ({dup.size} repeated ids in all); "
+            "each object must be in exactly one partition"
+        )

@@ -1,0 +1,28 @@
+"""Inference engines for a network's body, and its export to ONNX and TensorRT.
+
+    engine = create_engine("auto", net, device="cuda", precision="fp16")
+    feats = engine.features(images)   # float32 [N, F] on engine.device
+    stats = mc_predict(feats, object_ids, *head_parameters(net.head), T=32, seed=run_seed)
+
+Engines: eager, compile (torch.compile), onnxruntime (CPU), tensorrt (GPU, cached engines) and
+auto. Every engine folds deconvolution layers into plain convolutions first.
+"""
+
+from .auto import ENGINE_NAMES, create_engine, list_engines, unavailable_reason
+from .base import PRECISIONS, Engine, FeatureGraph, model_hash
+from .export import ExportResult, export_checkpoint
+from .onnx import export_onnx
+
+__all__ = [
+    "ENGINE_NAMES",
+    "PRECISIONS",
+    "Engine",
+    "ExportResult",
+    "FeatureGraph",
+    "create_engine",
+    "export_checkpoint",
+    "export_onnx",
+    "list_engines",
+    "model_hash",
+    "unavailable_reason",
+]

@@ -1,0 +1,97 @@
+"""What each worker holds: the model, loaded once per process, and the batch predictor.
+
+A Dask worker plugin loads the model when the worker starts; tasks find it in a per-process
+cache keyed by the model spec, so in-process runs (``cluster="none"``) use the same code.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from distributed import WorkerPlugin
+
+from galspec_batch.checkpoint import load_checkpoint
+from galspec_batch.mc import head_parameters, mc_predict
+
+_PREDICTORS: dict[ModelSpec, Predictor] = {}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to build a predictor in any process."""
+
+    checkpoint: str
+    engine: str = "auto"
+    device: str = "cpu"
+    precision: str = "fp32"
+    mc_samples: int = 32
+    seed: int = 0
+    torch_threads: int = 0  # 0: leave torch's default
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Predictor:
+    """Images in, MC-dropout latents out (mean and std in the VAE's units)."""
+
+    def __init__(self, spec: ModelSpec):
+        from galspec_batch.engines import create_engine
+
+        if spec.torch_threads:
+            torch.set_num_threads(spec.torch_threads)
+        self.spec = spec
+        self.checkpoint = load_checkpoint(spec.checkpoint, device="cpu")
+        net = self.checkpoint.net
+        self.device = torch.device(spec.device)
+        self.engine = create_engine(spec.engine, net, device=spec.device, precision=spec.precision)
+        weight, bias, self.p = head_parameters(net.head)
+        self.weight, self.bias = weight.to(self.device), bias.to(self.device)
+        self.latent_mean = net.latent_mean.detach().to(self.device, torch.float32)
+        self.latent_std = net.latent_std.detach().to(self.device, torch.float32)
+
+    def to_device(self, images: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(images)
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True)
+        return x
+
+    @torch.inference_mode()
+    def predict(self, images: np.ndarray, object_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and MC standard deviation of each latent, float32 [N, n_out] each."""
+        features = self.engine.features(self.to_device(images)).float()
+        out = mc_predict(
+            features, torch.from_numpy(object_id), self.weight, self.bias, self.p,
+            T=self.spec.mc_samples, seed=self.spec.seed,
+        )
+        mean = out["mean"] * self.latent_std + self.latent_mean
+        std = out["std"] * self.latent_std
+        return mean.cpu().numpy(), std.cpu().numpy()
+
+
+def get_predictor(spec: ModelSpec) -> Predictor:
+    """The predictor for ``spec`` in this process, built on first use."""
+    if spec not in _PREDICTORS:
+        _PREDICTORS.clear()  # one model per worker at a time
+        _PREDICTORS[spec] = Predictor(spec)
+    return _PREDICTORS[spec]
+
+
+class ModelPlugin(WorkerPlugin):
+    """Dask worker plugin: load the model when the worker starts (and after a restart)."""
+
+    name = "galspec-model"
+
+    def __init__(self, spec: ModelSpec):
+        self.spec = spec
+
+    def setup(self, worker) -> None:
+        if self.spec.device.startswith("cuda") and "CUDA_VISIBLE_DEVICES" in os.environ:
+            torch.cuda.set_device(0)  # dask-cuda gives each worker one visible GPU
+        get_predictor(self.spec)
+
+    def teardown(self, worker) -> None:
+        _PREDICTORS.pop(self.spec, None)

@@ -1,0 +1,158 @@
+"""Training data: a cutout store joined to a labels table by ``object_id``, split and batched.
+
+A labels table is Parquet with ``object_id`` (int64) and latent columns ``latent_1..latent_N``
+(float). Images of the matched objects are held in RAM (in the store's dtype) when they fit, else
+read from the store batch by batch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from galspec_batch.errors import FormatError, InputError, MissingFileError
+from galspec_batch.store import CutoutStore
+
+LABEL_ID = "object_id"
+LATENT_PREFIX = "latent_"
+DEFAULT_MAX_RAM_BYTES = 4 << 30
+READ_BLOCK = 1024
+
+
+@dataclass
+class Labels:
+    object_id: np.ndarray  # [N] int64
+    names: list[str]
+    values: np.ndarray  # [N, L] float32
+
+
+def _show(ids: np.ndarray, n: int = 5) -> str:
+    ids = np.asarray(ids)
+    more = f" and {ids.size - n} more" if ids.size > n else ""
+    return f"{ids[:n].tolist()}{more}"
+
+
+def read_labels(path: str | os.PathLike) -> Labels:
+    """Read and check a labels table: unique ids, latent columns present, no NaN."""
+    path = Path(path)
+    if not path.exists():
+        raise MissingFileError(f"labels table {path} does not exist")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid & co. for non-Parquet files
+        raise FormatError(f"{path} is not a Parquet labels table: {exc}") from None
+    if LABEL_ID not in table.column_names:
+        raise InputError(f"labels table {path} has no {LABEL_ID!r} column (columns: {table.column_names})")
+    names = [c for c in table.column_names if re.fullmatch(rf"{LATENT_PREFIX}\d+", c)]
+    names.sort(key=lambda c: int(c[len(LATENT_PREFIX):]))
+    if not names:
+        raise InputError(
+            f"labels table {path} has no latent columns; expected {LATENT_PREFIX}1..{LATENT_PREFIX}N "
+            f"(columns: {table.column_names})"
+        )
+    ids = table.column(LABEL_ID).to_numpy().astype(np.int64)
+    values = np.stack([table.column(c).to_numpy(zero_copy_only=False) for c in names], axis=1)
+    values = values.astype(np.float32)
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise InputError(f"labels table {path} repeats object_id {_show(uniq[counts > 1])}")
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        raise InputError(
+            f"labels table {path} has NaN or infinite latents for {int(bad.sum())} objects: "
+            f"object_id {_show(ids[bad])}"
+        )
+    if ids.size < 2:
+        raise InputError(f"labels table {path} has {ids.size} rows; training needs at least 2")
+    return Labels(ids, names, values)
+
+
+def match_rows(store: CutoutStore, ids: np.ndarray) -> np.ndarray:
+    """Store rows of ``ids``; every id must be in the store."""
+    store_ids = store.object_id
+    order = np.argsort(store_ids, kind="stable")
+    pos = np.searchsorted(store_ids, ids, sorter=order)
+    pos = np.minimum(pos, max(store_ids.size - 1, 0))
+    rows = order[pos] if store_ids.size else np.zeros(ids.size, np.int64)
+    found = store_ids[rows] == ids if store_ids.size else np.zeros(ids.size, bool)
+    if not found.all():
+        raise InputError(
+            f"{int((~found).sum())} labelled objects are not in the store {store.path}: "
+            f"object_id {_show(ids[~found])}"
+        )
+    return rows.astype(np.int64)
+
+
+def split_indices(object_id: np.ndarray, val_fraction: float = 0.2, seed: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed-seed random split into (train, validation) indices, defined on the sorted ids so it
+    does not depend on the order of the rows."""
+    if not 0.0 < val_fraction < 1.0:
+        raise InputError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    n = len(object_id)
+    n_val = max(1, int(round(n * val_fraction)))
+    if n_val >= n:
+        raise InputError(f"{n} labelled objects are too few for a {val_fraction:.0%} validation split")
+    by_id = np.argsort(object_id, kind="stable")
+    perm = by_id[np.random.default_rng(seed).permutation(n)]
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+class ImageSource:
+    """Images of given store rows, fetched by position: in RAM when they fit, else from the store."""
+
+    def __init__(self, store: CutoutStore, rows: np.ndarray, max_ram_bytes: int = DEFAULT_MAX_RAM_BYTES,
+                 progress=None) -> None:
+        self.store, self.rows = store, np.asarray(rows, np.int64)
+        nb, (h, w) = len(store.bands), store.image_shape
+        dtype = np.dtype(store.attrs.get("dtype", "float32"))
+        self.in_memory = self.rows.size * nb * h * w * dtype.itemsize <= max_ram_bytes
+        self._images: np.ndarray | None = None
+        if self.in_memory:
+            self._images = np.empty((self.rows.size, nb, h, w), dtype)
+            order = np.argsort(self.rows, kind="stable")
+            for a in range(0, order.size, READ_BLOCK):
+                pos = order[a:a + READ_BLOCK]
+                self._images[pos] = store.read(self.rows[pos]).images.astype(dtype)
+                if progress is not None:
+                    progress(pos.size)
+
+    def __len__(self) -> int:
+        return self.rows.size
+
+    def get(self, pos: np.ndarray) -> np.ndarray:
+        """float32 images [n, B, H, W] at positions ``pos`` (NaN kept)."""
+        if self._images is not None:
+            return self._images[pos].astype(np.float32)
+        order = np.argsort(self.rows[pos], kind="stable")
+        out = np.empty((len(pos), len(self.store.bands), *self.store.image_shape), np.float32)
+        out[order] = self.store.read(self.rows[pos][order]).images
+        return out
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        """Up to ``n`` images picked at random (for fitting the preprocessing)."""
+        pick = np.random.default_rng(seed).permutation(len(self))[:n]
+        return self.get(np.sort(pick))
+
+
+def n_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    return n // batch_size if drop_last and n >= batch_size else -(-n // batch_size)
+
+
+def iter_batches(source: ImageSource, targets: np.ndarray, batch_size: int,
+                 generator: torch.Generator | None = None, drop_last: bool = False
+                 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images, targets) batches over ``source``, shuffled when a generator is given. With
+    ``drop_last`` (training, as fastai) an incomplete last batch is skipped when there is a full one."""
+    n = len(source)
+    order = torch.randperm(n, generator=generator).numpy() if generator is not None else np.arange(n)
+    for a in range(0, n_batches(n, batch_size, drop_last) * batch_size, batch_size):
+        pos = order[a:a + batch_size]
+        yield torch.from_numpy(source.get(pos)), torch.from_numpy(targets[pos])

@@ -1,0 +1,371 @@
+"""The training loop: fit a CNN from a cutout store and a labels table, resumable and fine-tunable.
+
+Output directory::
+
+    out/
+      last/        checkpoint after the latest epoch, plus trainer_state.{json,safetensors}
+                   (optimiser, LookAhead, one-cycle and metrics), all renamed into place at once
+      best/        checkpoint of the epoch with the lowest validation RMSE
+      metrics.csv  one row per epoch
+
+Loss and metric: RMSE on latents z-scored with the training split's mean and std. ``val_rmse`` is
+the RMSE over the whole validation split (fastai reports the batch-size-weighted mean of per-batch
+RMSEs, which is a little lower); ``train_rmse`` is the batch-weighted mean of the training batches'
+RMSE under augmentation and dropout, as fastai reports it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from galspec_batch.atomic import atomic_path
+from galspec_batch.checkpoint import (
+    GalspecNet,
+    file_sha256,
+    load_checkpoint,
+    save_checkpoint,
+    write_checkpoint_files,
+)
+from galspec_batch.errors import InputError, did_you_mean
+from galspec_batch.models import create_model, list_models
+from galspec_batch.store import CutoutStore, open_store
+
+from .augment import random_d4
+from .data import ImageSource, iter_batches, match_rows, n_batches, read_labels, split_indices
+from .optim import flatten_state, make_one_cycle, make_optimizer, unflatten_state
+from .preprocess import MAX_SAMPLE_OBJECTS, fit_preprocess
+
+LAST, BEST, METRICS_FILE = "last", "best", "metrics.csv"
+STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
+PAPER_MAX_LR = 0.03
+PAPER_MAX_LR_DECONV = 0.003
+FINE_TUNE_LR_FACTOR = 0.1
+VAL_BATCH = 256
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How a model is trained; the defaults are the paper's recipe (dropout aside: the paper used
+    0, but MC-dropout uncertainties need p > 0 in the head)."""
+
+    model: str | None = None  # None only when fine-tuning (taken from the checkpoint)
+    epochs: int = 10
+    batch_size: int = 128
+    max_lr: float | None = None  # None: 0.03 (0.003 for xresnet18-deconv), a tenth when fine-tuning
+    weight_decay: float = 0.01
+    pct_start: float = 0.25
+    dropout: float = 0.2
+    val_fraction: float = 0.2
+    seed: int = 0
+    augment: bool = True
+
+
+@dataclass
+class TrainResult:
+    out: Path
+    metrics: list[dict[str, float]]
+    best_val_rmse: float
+    best_epoch: int
+    last: Path = field(init=False)
+    best: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.last, self.best = self.out / LAST, self.out / BEST
+
+
+def default_max_lr(model: str, fine_tune: bool = False) -> float:
+    lr = PAPER_MAX_LR_DECONV if model == "xresnet18-deconv" else PAPER_MAX_LR
+    return lr * FINE_TUNE_LR_FACTOR if fine_tune else lr
+
+
+def rmse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.sqrt(torch.mean((pred - target) ** 2))
+
+
+@contextmanager
+def _torch_settings(threads: int | None):
+    """Deterministic algorithms and an optional thread count, restored afterwards."""
+    old_det, old_threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old_det)
+        torch.set_num_threads(old_threads)
+
+
+def fit(
+    store: str | os.PathLike | CutoutStore,
+    labels: str | os.PathLike,
+    out: str | os.PathLike,
+    settings: TrainSettings,
+    *,
+    init: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    threads: int | None = None,
+    max_ram_bytes: int = 4 << 30,
+    progress: bool = True,
+    on_epoch_end: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Train (or fine-tune from checkpoint ``init``) and write checkpoints into ``out``.
+
+    A run whose ``out`` already holds a partial run with the same settings and data resumes after
+    its last finished epoch; one with other settings is refused unless ``overwrite``.
+    """
+    store = store if isinstance(store, CutoutStore) else open_store(store)
+    out = Path(out)
+    if settings.epochs < 1 or settings.batch_size < 1:
+        raise InputError(
+            f"epochs and batch_size must be positive, got {settings.epochs} and {settings.batch_size}"
+        )
+    lab = read_labels(labels)
+    rows = match_rows(store, lab.object_id)
+    tr, va = split_indices(lab.object_id, settings.val_fraction, settings.seed)
+
+    base = load_checkpoint(init) if init is not None else None
+    settings = _resolve_settings(settings, base, store, lab.names, init)
+    identity = {
+        "settings": asdict(settings),
+        "store_fingerprint": store.fingerprint(),
+        "labels_sha256": file_sha256(labels),
+        "init_model_hash": base.model_hash if base else None,
+    }
+    state = _read_state(out, identity, overwrite)
+
+    with _torch_settings(threads), _Progress(progress) as bar:
+        load = bar.task("loading images", len(rows))
+        train_src = ImageSource(store, rows[tr], max_ram_bytes, progress=load)
+        val_src = ImageSource(store, rows[va], max_ram_bytes, progress=load)
+        y_train, y_val = lab.values[tr], lab.values[va]
+        latent_mean = y_train.mean(axis=0).astype(np.float64)
+        latent_std = y_train.std(axis=0).astype(np.float64)
+        if (latent_std <= 0).any():
+            raise InputError(
+                f"latents {[n for n, s in zip(lab.names, latent_std, strict=True) if s <= 0]} are "
+                f"constant over the training split of {labels}; cannot z-score them"
+            )
+        z_train = ((y_train - latent_mean) / latent_std).astype(np.float32)
+        z_val = ((y_val - latent_mean) / latent_std).astype(np.float32)
+
+        torch.manual_seed(settings.seed)
+        if base is not None:
+            cnn = base.net.cnn
+            pp = base.config["preprocess"]
+        else:
+            cnn = create_model(settings.model, in_bands=len(store.bands), n_out=len(lab.names),
+                               dropout=settings.dropout)
+            pp = fit_preprocess(train_src.sample(MAX_SAMPLE_OBJECTS, settings.seed), settings.seed)
+        net = GalspecNet(cnn, pp["softening"], pp["mean"], pp["std"], latent_mean, latent_std)
+
+        steps = n_batches(len(train_src), settings.batch_size, drop_last=True)
+        opt = make_optimizer(net, settings.max_lr, settings.weight_decay)
+        sched = make_one_cycle(opt, settings.max_lr, settings.epochs * steps, settings.pct_start)
+        metrics: list[dict[str, float]] = []
+        if state is not None:
+            _restore(out / LAST, net, opt, sched)
+            metrics = state["metrics"]
+        config = {
+            "bands": list(store.bands),
+            "image_size": list(store.image_shape),
+            "pixel_scale": store.pixel_scale,
+            "latent_names": lab.names,
+            "data": {
+                "store": str(store.path), "store_fingerprint": identity["store_fingerprint"],
+                "labels": str(labels), "labels_sha256": identity["labels_sha256"],
+                "n_train": int(len(tr)), "n_val": int(len(va)),
+            },
+        }
+        if base is not None:
+            config["init"] = {"checkpoint": str(init), "model_hash": base.model_hash}
+
+        for epoch in range(len(metrics), settings.epochs):
+            record = _run_epoch(net, opt, sched, train_src, z_train, val_src, z_val, settings, epoch,
+                                lab.names, bar)
+            metrics.append(record)
+            best = min(metrics, key=lambda m: m["val_rmse"])
+            config["training"] = {
+                **asdict(settings), "epochs_done": epoch + 1, "val_rmse": record["val_rmse"],
+                "best_val_rmse": best["val_rmse"], "best_epoch": int(best["epoch"]),
+            }
+            if best is record:  # best first: a kill before `last` lands only repeats this epoch
+                save_checkpoint(out / BEST, net, config, overwrite=True)
+            _write_last(out / LAST, net, config, opt, sched, {"identity": identity, "metrics": metrics})
+            _write_metrics(out / METRICS_FILE, metrics)
+            bar.log(
+                f"epoch {epoch + 1}/{settings.epochs}: train_rmse {record['train_rmse']:.4f} "
+                f"val_rmse {record['val_rmse']:.4f} ({record['img_per_s']:.0f} img/s)"
+            )
+            if on_epoch_end is not None:
+                on_epoch_end(record)
+
+    best = min(metrics, key=lambda m: m["val_rmse"])
+    return TrainResult(out, metrics, best["val_rmse"], int(best["epoch"]))
+
+
+def _resolve_settings(settings: TrainSettings, base, store: CutoutStore, names: list[str], init
+                      ) -> TrainSettings:
+    """Fill in the model and learning rate; check a fine-tuning checkpoint fits the data."""
+    if base is None:
+        if settings.model is None:
+            raise InputError("no model given: name one (e.g. --model xresnet18-hybrid) or --init a "
+                             "checkpoint")
+        model, dropout = settings.model, settings.dropout
+        if model not in list_models():
+            raise InputError(f"unknown model {model!r}; known models: {', '.join(list_models())}."
+                             + did_you_mean(model, list_models()))
+    else:
+        model, dropout = base.config["model"]["name"], base.net.dropout
+        if settings.model not in (None, model):
+            raise InputError(f"checkpoint {init} is a {model!r} model, not {settings.model!r}")
+        if base.bands != tuple(store.bands):
+            raise InputError(
+                f"checkpoint {init} was trained on {len(base.bands)} bands {''.join(base.bands)} but the "
+                f"store {store.path} has {len(store.bands)} bands {''.join(store.bands)}"
+            )
+        if base.net.n_out != len(names):
+            raise InputError(
+                f"checkpoint {init} predicts {base.net.n_out} latents but the labels have {len(names)}"
+            )
+    max_lr = settings.max_lr if settings.max_lr is not None else default_max_lr(model, base is not None)
+    return TrainSettings(**{**asdict(settings), "model": model, "dropout": dropout, "max_lr": max_lr})
+
+
+def _run_epoch(net, opt, sched, train_src, z_train, val_src, z_val, settings: TrainSettings,
+               epoch: int, names: list[str], bar) -> dict[str, float]:
+    # every random draw of an epoch derives from (seed, epoch), so a resumed run repeats it exactly
+    torch.manual_seed(settings.seed * 1_000_003 + epoch)
+    order_gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch)
+    aug_gen = torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch + 500_000)
+    t0 = time.perf_counter()
+    net.train()
+    task = bar.task(f"epoch {epoch + 1}/{settings.epochs}",
+                    n_batches(len(train_src), settings.batch_size, drop_last=True))
+    total, seen = 0.0, 0
+    for x, y in iter_batches(train_src, z_train, settings.batch_size, order_gen, drop_last=True):
+        if settings.augment:
+            x = random_d4(x, aug_gen)
+        loss = rmse(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += loss.item() * len(x)
+        seen += len(x)
+        task(1)
+    seconds = time.perf_counter() - t0
+    lr = opt.param_groups[0]["lr"]
+
+    net.eval()
+    se = torch.zeros(len(names), dtype=torch.float64)
+    with torch.no_grad():
+        for x, y in iter_batches(val_src, z_val, VAL_BATCH):
+            se += ((net(x) - y).double() ** 2).sum(dim=0)
+    per_latent = torch.sqrt(se / len(val_src))
+    record = {
+        "epoch": epoch + 1,
+        "train_rmse": total / max(seen, 1),
+        "val_rmse": math.sqrt(float(se.sum()) / (len(val_src) * len(names))),
+        **{f"val_rmse_{n}": float(v) for n, v in zip(names, per_latent, strict=True)},
+        "lr": lr,
+        "seconds": seconds,
+        "img_per_s": seen / seconds if seconds > 0 else 0.0,
+    }
+    return record
+
+
+# -- resume state ---------------------------------------------------------------------------
+def _read_state(out: Path, identity: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+    state_file = out / LAST / STATE_JSON
+    if overwrite:
+        for name in (LAST, BEST):
+            shutil.rmtree(out / name, ignore_errors=True)
+        (out / METRICS_FILE).unlink(missing_ok=True)
+        return None
+    if not state_file.exists():
+        if (out / LAST).exists() or (out / METRICS_FILE).exists():
+            raise InputError(
+                f"{out} holds a run without resume state; pass overwrite (--overwrite) to replace it"
+            )
+        return None
+    state = json.loads(state_file.read_text())
+    if state["identity"] != identity:
+        old, new = state["identity"], identity
+        diff = [k for k in new if old.get(k) != new[k]]
+        if "settings" in diff:
+            diff += [f"{k}={old['settings'].get(k)!r}->{v!r}" for k, v in new["settings"].items()
+                     if old["settings"].get(k) != v]
+        raise InputError(
+            f"{out} holds a run with other settings or data ({', '.join(diff)}); use a new output "
+            "directory or pass overwrite (--overwrite) to start again"
+        )
+    return state
+
+
+def _write_last(path: Path, net: GalspecNet, config: dict, opt, sched, state: dict[str, Any]) -> None:
+    tensors: dict[str, torch.Tensor] = {}
+    flat = flatten_state({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tensors)
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.mkdir()
+        write_checkpoint_files(tmp, net, config)
+        save_file(tensors, tmp / STATE_TENSORS)
+        (tmp / STATE_JSON).write_text(json.dumps({**state, "trainer": flat}, indent=1) + "\n")
+
+
+def _restore(path: Path, net: GalspecNet, opt, sched) -> None:
+    net.load_state_dict(load_checkpoint(path).net.state_dict(), strict=True)
+    state = json.loads((path / STATE_JSON).read_text())
+    trainer = unflatten_state(state["trainer"], load_file(path / STATE_TENSORS))
+    opt.load_state_dict(trainer["optimizer"])
+    sched.load_state_dict(trainer["scheduler"])
+
+
+def _write_metrics(path: Path, metrics: list[dict[str, float]]) -> None:
+    with atomic_path(path, overwrite=True) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(metrics[0]))
+        writer.writeheader()
+        writer.writerows(metrics)
+
+
+class _Progress:
+    """A rich progress bar, or nothing when ``enabled`` is false."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self._bar = enabled, None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import Progress
+
+            self._bar = Progress(transient=False)
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def task(self, description: str, total: int) -> Callable[[int], None]:
+        if self._bar is None:
+            return lambda n: None
+        tid = self._bar.add_task(description, total=total)
+        return lambda n: self._bar.advance(tid, n)
+
+    def log(self, message: str) -> None:
+        if self._bar is not None:
+            self._bar.console.print(message)

@@ -1,0 +1,87 @@
+"""Shared fixtures: a tiny cutout store and an untrained checkpoint that fits it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from galspec_batch.checkpoint import GalspecNet, save_checkpoint
+from galspec_batch.models import create_model
+from galspec_batch.store import create_store
+
+TINY_SIZE = 16
+
+
+def make_tiny_store(path, n=240, seed=0, size=TINY_SIZE, ra0=150.0, width=6.0):
+    """A store of ``n`` random cutouts over a ``width``-degree field (about 10 partitions at order 4)."""
+    rng = np.random.default_rng(seed)
+    ra = ra0 + rng.uniform(0, width, n)
+    dec = rng.uniform(-width / 2, width / 2, n)
+    images = rng.normal(0, 1, (n, 5, size, size)).astype(np.float32)
+    images[:, :, size // 2 - 2 : size // 2 + 2, size // 2 - 2 : size // 2 + 2] += rng.uniform(1, 20, (n, 5, 1, 1))
+    images[3, 1, 0, :] = np.nan
+    mask = np.ones((n, 5), bool)
+    mask[5, 4] = False
+    images[5, 4] = 0
+    with create_store(path, image_shape=(size, size), partition_order=4) as w:
+        w.append(np.arange(1000, 1000 + n), ra, dec, images, mask)
+    return path
+
+
+def make_tiny_checkpoint(path, model="simple-cnn", size=TINY_SIZE, dropout=0.2, seed=0):
+    torch.manual_seed(seed)
+    cnn = create_model(model, in_bands=5, n_out=6, dropout=dropout)
+    net = GalspecNet(
+        cnn,
+        softening=torch.ones(5),
+        mean=torch.zeros(5),
+        std=torch.ones(5),
+        latent_mean=torch.linspace(-1, 1, 6),
+        latent_std=torch.linspace(0.5, 2, 6),
+    ).eval()
+    config = {
+        "bands": list("grizy"),
+        "image_size": [size, size],
+        "pixel_scale": 0.25,
+        "latent_names": [f"latent_{i}" for i in range(1, 7)],
+    }
+    save_checkpoint(path, net, config)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory):
+    return make_tiny_store(tmp_path_factory.mktemp("store") / "tiny.zarr")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "simple")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real single-node SLURM cluster (slurm/test-cluster/up.sh, 4 job slots) for the session.
+
+    Reuses a cluster that is already up (e.g. started by .ci/run) and then leaves it running;
+    otherwise starts one and stops it at the end. Skips where it cannot be root or up.sh fails.
+    """
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if os.geteuid() != 0:
+        pytest.skip("the SLURM test cluster needs root (slurm/test-cluster/up.sh)")
+    scripts = Path(__file__).resolve().parents[1] / "slurm" / "test-cluster"
+    env = {**os.environ, "SLURM_TEST_CPUS": os.environ.get("SLURM_TEST_CPUS", "4")}
+    running = shutil.which("sinfo") is not None and subprocess.run(
+        ["timeout", "5", "sinfo", "-h"], capture_output=True, env=env
+    ).returncode == 0
+    up = subprocess.run([str(scripts / "up.sh")], capture_output=True, text=True, env=env, timeout=600)
+    if up.returncode != 0:
+        pytest.skip(f"slurm/test-cluster/up.sh failed: {(up.stderr or up.stdout).strip()[-300:]}")
+    yield scripts
+    if not running:
+        subprocess.run([str(scripts / "down.sh")], capture_output=True, env=env, timeout=120)

@@ -1,0 +1,187 @@
+"""The batch runner end to end: a store in, a HATS catalog out, read by lsdb, DuckDB and pandas."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import duckdb
+import lsdb
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from conftest import make_tiny_checkpoint, make_tiny_store
+
+from galspec_batch.catalog import QualityFlag, read_catalog
+from galspec_batch.catalog.paths import done_marker, partition_file
+from galspec_batch.cli import main
+from galspec_batch.errors import InputError
+from galspec_batch.predict import predict_catalog
+from galspec_batch.store import open_store
+
+LATENTS = [f"latent_{i}" for i in range(1, 7)]
+STDS = [f"latent_{i}_std" for i in range(1, 7)]
+
+
+def _frame(path) -> pd.DataFrame:
+    return read_catalog(path).to_pandas().sort_values("object_id").reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def catalog(tiny_store, tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cat") / "cat"
+    predict_catalog(tiny_store, tiny_checkpoint, out, cluster="none", mc_samples=16, progress=False,
+                    engine="eager")
+    return out
+
+
+def test_every_object_exactly_once_with_uncertainty(catalog, tiny_store):
+    df = _frame(catalog)
+    store = open_store(tiny_store)
+    assert sorted(df.object_id) == sorted(store.object_id.tolist())
+    assert df[STDS].gt(0).all().all()
+    assert (df.mc_samples == 16).all()
+    assert df.model_id.str.startswith("simple-cnn@").all()
+    flags = df.set_index("object_id").quality_flags
+    assert flags[1003] & QualityFlag.NAN_PIXELS and flags[1005] & QualityFlag.MISSING_BAND
+    assert (flags.drop([1003, 1005]) == 0).all()
+
+
+def test_lsdb_cone_search_and_duckdb(catalog):
+    cat = lsdb.read_hats(catalog)
+    got = cat.cone_search(ra=153.0, dec=0.0, radius_arcsec=1.5 * 3600).compute()
+    df = _frame(catalog)
+    d = np.degrees(np.arccos(np.clip(
+        np.sin(np.radians(df.dec)) * np.sin(0.0)
+        + np.cos(np.radians(df.dec)) * np.cos(np.radians(df.ra - 153.0)), -1, 1)))
+    assert sorted(got.object_id) == sorted(df.object_id[d <= 1.5])
+    con = duckdb.connect()
+    n, mean1 = con.execute(
+        f"select count(*), avg(latent_1) from read_parquet('{catalog}/dataset/**/*.parquet')"
+    ).fetchone()
+    assert n == len(df) and mean1 == pytest.approx(df.latent_1.mean(), rel=1e-5)
+
+
+def test_rerun_is_bit_identical_and_dask_matches(catalog, tiny_store, tiny_checkpoint, tmp_path):
+    out = tmp_path / "dask"
+    predict_catalog(tiny_store, tiny_checkpoint, out, cluster="local", n_workers=2, mc_samples=16,
+                    progress=False, engine="eager", batch_size=7)
+    a, b = _frame(catalog), _frame(out)
+    pd.testing.assert_frame_equal(a[["object_id", *LATENTS, *STDS]], b[["object_id", *LATENTS, *STDS]])
+
+
+def test_only_runs_a_share_and_resume_finishes(tiny_store, tiny_checkpoint, tmp_path):
+    out = tmp_path / "share"
+    parts = open_store(tiny_store).partitions()
+    first = [p.pixel for p in parts[:3]]
+    s1 = predict_catalog(tiny_store, tiny_checkpoint, out, cluster="none", only=first, progress=False,
+                         engine="eager")
+    assert s1.partitions_done == 3 and not (out / "hats.properties").exists()
+    kept = partition_file(out, parts[0].order, parts[0].pixel)
+    mtime = kept.stat().st_mtime_ns
+    s2 = predict_catalog(tiny_store, tiny_checkpoint, out, cluster="none", progress=False, engine="eager")
+    assert (s2.partitions_done, s2.partitions_skipped) == (len(parts) - 3, 3)
+    assert kept.stat().st_mtime_ns == mtime and (out / "hats.properties").exists()
+    assert _frame(out).object_id.is_unique and len(_frame(out)) == 240
+
+
+def test_resume_after_interrupt_and_truncated_file(tiny_store, tiny_checkpoint, tmp_path):
+    out = tmp_path / "interrupted"
+    s_full = predict_catalog(tiny_store, tiny_checkpoint, tmp_path / "ref", cluster="none", progress=False,
+                             engine="eager")
+    parts = open_store(tiny_store).partitions()
+    # simulate an interrupted first run: the whole plan, but stop before finalize
+    predict_catalog(tiny_store, tiny_checkpoint, out, cluster="none", progress=False, engine="eager",
+                    finalize=False)
+    kept = partition_file(out, parts[0].order, parts[0].pixel)
+    mtime = kept.stat().st_mtime_ns
+    broken = partition_file(out, parts[1].order, parts[1].pixel)
+    broken.write_bytes(broken.read_bytes()[:200])  # a crash mid-write of an unmarked file
+    done_marker(out, parts[1].order, parts[1].pixel).unlink()
+    unmarked = parts[2]
+    done_marker(out, unmarked.order, unmarked.pixel).unlink()
+    s = predict_catalog(tiny_store, tiny_checkpoint, out, cluster="none", progress=False, engine="eager")
+    assert s.partitions_done == 2 and s.partitions_skipped == len(parts) - 2
+    assert kept.stat().st_mtime_ns == mtime
+    pd.testing.assert_frame_equal(_frame(out), _frame(tmp_path / "ref"))
+    assert s_full.objects == len(_frame(out))
+
+
+def test_store_changed_since_catalog_began_is_refused(tmp_path, tiny_checkpoint):
+    store = make_tiny_store(tmp_path / "s.zarr", n=60)
+    out = tmp_path / "cat"
+    parts = open_store(store).partitions()
+    predict_catalog(store, tiny_checkpoint, out, cluster="none", progress=False, engine="eager",
+                    partitions=[parts[0].pixel], finalize=False)
+    open_store(store).append([99999], [151.0], [0.5], np.ones((1, 5, 16, 16), np.float32))
+    with pytest.raises(InputError, match="changed since the catalog began"):
+        predict_catalog(store, tiny_checkpoint, out, cluster="none", progress=False, engine="eager",
+                        partitions=[parts[0].pixel], finalize=False)
+
+
+def test_checkpoint_bands_must_match_store(tmp_path, tiny_checkpoint):
+    from galspec_batch.store import create_store
+
+    with create_store(tmp_path / "ugriz.zarr", bands=tuple("ugriz"), image_shape=(16, 16)) as w:
+        w.append([1], [10.0], [0.0], np.zeros((1, 5, 16, 16), np.float32))
+    with pytest.raises(InputError, match="trained on bands grizy but store .*ugriz.zarr has ugriz"):
+        predict_catalog(tmp_path / "ugriz.zarr", tiny_checkpoint, tmp_path / "c", cluster="none",
+                        progress=False)
+
+
+def test_region_cut_is_exact(tiny_store, tiny_checkpoint, tmp_path):
+    out = tmp_path / "cone"
+    predict_catalog(tiny_store, tiny_checkpoint, out, cluster="none", progress=False, engine="eager",
+                    region="cone:152,0,1.2")
+    df = _frame(out)
+    s = open_store(tiny_store)
+    d = np.degrees(np.arccos(np.clip(
+        np.cos(np.radians(s.dec)) * np.cos(np.radians(s.ra - 152.0)), -1, 1)))
+    assert sorted(df.object_id) == sorted(s.object_id[d <= 1.2].tolist())
+    with pytest.raises(InputError, match="overlaps no data"):
+        predict_catalog(tiny_store, tiny_checkpoint, tmp_path / "none", cluster="none", progress=False,
+                        region="cone:10,10,0.5")
+
+
+def test_cli_predict_and_bad_checkpoint(tiny_store, tiny_checkpoint, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["predict", "--store", str(tiny_store), "--checkpoint", str(tiny_checkpoint),
+                               "--out", str(tmp_path / "cli"), "--cluster", "none", "--mc-samples", "8"])
+    assert res.exit_code == 0, res.output
+    assert "240 galaxies" in res.output
+    res = runner.invoke(main, ["predict", "--store", str(tiny_store), "--checkpoint", str(tmp_path),
+                               "--out", str(tmp_path / "bad"), "--cluster", "none"])
+    assert res.exit_code == 2
+    assert res.output.count("\n") == 1 and "galspec: error:" in res.output
+
+
+def test_killed_worker_partition_is_retried(tmp_path):
+    from distributed import Client, LocalCluster
+
+    store = make_tiny_store(tmp_path / "big.zarr", n=3000, size=32, width=20.0)
+    ckpt = make_tiny_checkpoint(tmp_path / "ck", size=32)
+    out = tmp_path / "killed"
+    n_parts = len(open_store(store).partitions())
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      memory_limit=0) as cluster, Client(cluster) as client:
+        result: dict = {}
+        run = threading.Thread(target=lambda: result.setdefault("s", predict_catalog(
+            store, ckpt, out, cluster=client, mc_samples=64, batch_size=16, progress=False, engine="eager")))
+        run.start()
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            done = list((out / "_state" / "done").glob("*.json")) if (out / "_state").exists() else []
+            if len(done) >= 2:
+                break
+            time.sleep(0.05)
+        pids = client.run(os.getpid)
+        victim = sorted(pids.values())[0]
+        os.kill(victim, signal.SIGKILL)
+        done_at_kill = len(list((out / "_state" / "done").glob("*.json")))
+        run.join(300)
+    assert done_at_kill < n_parts, "the run finished before the worker was killed"
+    df = _frame(out)
+    assert df.object_id.is_unique and len(df) == 3000

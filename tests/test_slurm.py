@@ -1,0 +1,489 @@
+"""SLURM submission: rendered scripts, plan balance, walltime and submission errors (fast tier),
+and end-to-end runs on a real single-node SLURM cluster (marker ``slurm``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from galspec_batch import slurm
+from galspec_batch.cli import main
+from galspec_batch.errors import InputError
+from galspec_batch.store import create_store, open_store
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+
+def _make_store(path: Path, n: int = 200, size: int = 16, seed: int = 0) -> Path:
+    """A mock store of ``n`` objects in a few degrees around (150, 2), partition order 4."""
+    rng = np.random.default_rng(seed)
+    ra = 150 + rng.uniform(-6, 6, n)
+    dec = 2 + rng.uniform(-6, 6, n)
+    with create_store(path, image_shape=(size, size), partition_order=4) as w:
+        w.append(np.arange(1000, 1000 + n), ra, dec, rng.normal(size=(n, 5, size, size)).astype(np.float32))
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    return _make_store(tmp_path_factory.mktemp("slurm") / "store.zarr")
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> Path:
+    """Only its existence matters before submission."""
+    path = tmp_path / "ckpt"
+    path.mkdir()
+    return path
+
+
+def _spec(tmp_path: Path, **site) -> slurm.JobSpec:
+    return slurm.JobSpec(
+        catalog=tmp_path / "cat dir",
+        store=tmp_path / "store.zarr",
+        checkpoint=tmp_path / "ckpt",
+        n_tasks=7,
+        plan_file=tmp_path / "cat dir" / "_slurm" / "submit-0" / "tasks.json",
+        region="cone:150,2,3",
+        site=slurm.SiteConfig(**site),
+        predict_options=("--mc-samples", "4"),
+    )
+
+
+def _sbatch_lines(script: str) -> list[str]:
+    return [line for line in script.splitlines() if line.startswith("#SBATCH")]
+
+
+# -- fast tier: rendering ----------------------------------------------------------------------
+
+
+def test_array_script_has_the_sbatch_lines(tmp_path):
+    spec = _spec(
+        tmp_path, account="astro", qos="long", partition="gpu", time="02:30:00", cpus_per_task=8, mem="32G",
+        gpus_per_job=2, max_parallel=3, modules=("cuda/12.4", "gcc"), setup="source /opt/venv/bin/activate",
+        python="/opt/venv/bin/python", extra_sbatch=("--constraint=a100",),
+    )  # fmt: skip
+    script = slurm.render_array_script(spec)
+    lines = _sbatch_lines(script)
+    for expected in (
+        "#SBATCH --job-name=galspec",
+        "#SBATCH --array=0-6%3",
+        "#SBATCH --time=02:30:00",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --requeue",
+        "#SBATCH --account=astro",
+        "#SBATCH --qos=long",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --constraint=a100",
+        "#SBATCH --mem=32G",
+        "#SBATCH --gres=gpu:2",
+    ):
+        assert expected in lines, expected
+    assert f'#SBATCH --output="{tmp_path}/cat dir/_slurm/logs/%x-%A_%a.out"' in lines
+    assert "module load cuda/12.4\nmodule load gcc" in script
+    assert "source /opt/venv/bin/activate" in script
+    command = script[script.index("exec ") :]
+    assert "/opt/venv/bin/python -m galspec_batch.cli predict" in command
+    assert f"--out '{tmp_path}/cat dir'" in command
+    assert '--task-index "${SLURM_ARRAY_TASK_ID}"' in command  # $$ in the template is a literal $
+    assert "--cluster cuda --no-finalize --mc-samples 4 --region cone:150,2,3" in command
+    # the SBATCH block comes before any command, or sbatch ignores it
+    first_command = min(i for i, line in enumerate(script.splitlines()) if line.startswith("set -e"))
+    assert all(script.splitlines().index(line) < first_command for line in lines)
+
+
+def test_cpu_script_and_finalize_script(tmp_path):
+    spec = _spec(tmp_path)
+    script = slurm.render_array_script(spec)
+    lines = _sbatch_lines(script)
+    assert "#SBATCH --array=0-6" in lines
+    assert not any("--gres" in line or "--mem" in line or "--account" in line for line in lines)
+    assert "--cluster none" in script
+    assert f"exec {sys.executable} -m galspec_batch.cli predict" in script
+    fin = slurm.render_finalize_script(spec)
+    assert "#SBATCH --job-name=galspec-finalize" in _sbatch_lines(fin)
+    assert "#SBATCH --time=00:30:00" in _sbatch_lines(fin)
+    assert fin.rstrip().endswith(f"-m galspec_batch.cli finalize '{tmp_path}/cat dir'")
+
+
+def test_site_template_override_and_bad_placeholder(tmp_path):
+    custom = tmp_path / "site.template"
+    custom.write_text("#!/bin/bash\n#SBATCH --array=0-${last_task}\necho $$HOME ${catalog}\n")
+    out = slurm.render_array_script(_spec(tmp_path, template=str(custom)))
+    assert out == f"#!/bin/bash\n#SBATCH --array=0-6\necho $HOME '{tmp_path}/cat dir'\n"
+    custom.write_text("echo ${nosuch}\n")
+    with pytest.raises(InputError, match=r"unknown placeholder \$\{nosuch\}"):
+        slurm.render_array_script(_spec(tmp_path, template=str(custom)))
+
+
+def test_site_toml(tmp_path):
+    site = tmp_path / "site.toml"
+    site.write_text(
+        'account = "a1"\nmodules = ["cuda"]\nextra_sbatch = ["--exclusive"]\n[throughput]\ncpu_core = 5.0\n'
+    )
+    cfg = slurm.load_site(site)
+    assert (cfg.account, cfg.modules, cfg.extra_sbatch, cfg.throughput.cpu_core) == (
+        "a1", ("cuda",), ("--exclusive",), 5.0,
+    )  # fmt: skip
+    assert cfg.throughput.gpu == slurm.Throughput().gpu
+    site.write_text('acount = "a1"\n')
+    with pytest.raises(InputError, match="unknown key 'acount'. Did you mean 'account'"):
+        slurm.load_site(site)
+    example = slurm.load_site(REPO / "slurm" / "site.example.toml")
+    assert example.gpus_per_job == 1 and example.modules == ("cuda/12.4",)
+
+
+# -- fast tier: plan and walltime --------------------------------------------------------------
+
+
+def test_balance_is_even_and_complete():
+    rng = np.random.default_rng(1)
+    counts = {
+        int(p): int(n)
+        for p, n in zip(rng.choice(5000, 60, replace=False), rng.integers(1, 500, 60), strict=True)
+    }
+    tasks = slurm.balance(counts, 8)
+    assert sorted(p for t in tasks for p in t) == sorted(counts)
+    loads = [sum(counts[p] for p in t) for t in tasks]
+    assert max(loads) - min(loads) <= max(counts.values())
+    assert max(loads) <= sum(counts.values()) / 8 + max(counts.values())
+    assert slurm.balance({1: 5, 2: 5}, 10) == [[1], [2]]  # never more tasks than partitions
+    with pytest.raises(InputError, match="--jobs must be at least 1"):
+        slurm.balance(counts, 0)
+
+
+def test_plan_partitions_by_region(store):
+    s = open_store(store)
+    tasks = slurm.plan_partitions(s, "cone:150,2,4", jobs=3)
+    assert len(tasks) == 3
+    from galspec_batch.regions import Cone
+
+    inside = Cone(150, 2, 4).contains(s.ra, s.dec)
+    from galspec_batch.sky import pixel_at_order
+
+    assert sorted(p for t in tasks for p in t) == sorted(
+        set(pixel_at_order(s.healpix_29[inside], 4).tolist())
+    )
+
+
+def test_task_partitions(tmp_path):
+    f = tmp_path / "tasks.json"
+    f.write_text(json.dumps({"tasks": [[1, 2], [3]]}))
+    assert slurm.task_partitions(f, 1) == [3]
+    with pytest.raises(InputError, match=r"task index 2 is outside 0..1"):
+        slurm.task_partitions(f, 2)
+
+
+@pytest.mark.parametrize(
+    "text, seconds",
+    [("30", 1800), ("01:30", 90), ("02:00:00", 7200), ("1-12", 129600), ("1-00:00:10", 86410)],
+)
+def test_parse_walltime(text, seconds):
+    assert slurm.parse_walltime(text) == seconds
+
+
+def test_walltime_too_short_for_one_partition():
+    site = slurm.SiteConfig(time="00:02:00", throughput=slurm.Throughput(cpu_core=10, startup_s=30))
+    slurm.check_walltime({7: 900, 8: 100}, site, 4)  # 30 + 900/10 = 120 s fits
+    with pytest.raises(InputError) as info:
+        slurm.check_walltime({7: 901, 8: 100}, site, 4)
+    assert str(info.value).startswith(
+        "walltime 00:02:00 is too short: partition Norder=4/Npix=7 (901 objects)"
+    )
+    assert "\n" not in str(info.value)
+    gpu = slurm.SiteConfig(time="00:02:00", gpus_per_job=2, throughput=slurm.Throughput(gpu=10, startup_s=30))
+    slurm.check_walltime({7: 1800}, gpu, 4)  # 2 GPUs at 10/s each
+
+
+# -- fast tier: CLI and submission errors, with stand-in SLURM commands ------------------------
+
+
+def test_dry_run_prints_script_and_plan(store, checkpoint, tmp_path):
+    out = tmp_path / "cat"
+    result = CliRunner().invoke(main, [
+        "submit", "--store", str(store), "--checkpoint", str(checkpoint), "--out", str(out),
+        "--region", "cone:150,2,4", "--jobs", "2", "--time", "01:00:00", "--dry-run",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "#SBATCH --array=0-1" in result.output
+    assert "#SBATCH --time=01:00:00" in result.output
+    assert "galspec_batch.cli finalize" in result.output
+    s = open_store(store)
+    from galspec_batch.regions import Cone
+
+    n_in = int(Cone(150, 2, 4).contains(s.ra, s.dec).sum())
+    assert f"# plan: {n_in} objects in" in result.output
+    assert result.output.count("# task ") == 2
+    assert not out.exists()  # a dry run writes nothing
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--region", "cone:300,-60,1"], "overlaps no data in store"),
+        (["--partitions", "99999"], "unknown partition 99999 in store"),
+        (["--region", "circle:1"], "accepted forms"),
+        (["--time", "00:00:30"], "walltime 00:00:30 is too short"),
+    ],
+)
+def test_bad_input_is_one_line(store, checkpoint, tmp_path, args, message):
+    result = CliRunner().invoke(main, [
+        "submit", "--store", str(store), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "c"), *args,
+    ])  # fmt: skip
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("galspec: error: ") and message in lines[0], result.output
+
+
+def _fake_slurm(bin_dir: Path, sbatch_body: str) -> Path:
+    """Stand-in sbatch/scancel that log their arguments to bin_dir/calls."""
+    bin_dir.mkdir(exist_ok=True)
+    for name, body in (("sbatch", sbatch_body), ("scancel", "exit 0")):
+        f = bin_dir / name
+        f.write_text(f'#!/bin/bash\necho "{name} $*" >> {bin_dir}/calls\n{body}\n')
+        f.chmod(f.stat().st_mode | stat.S_IEXEC)
+    return bin_dir / "calls"
+
+
+def _plan(tmp_path, store, checkpoint) -> tuple[dict, slurm.Submission]:
+    s = open_store(store)
+    counts = {p.pixel: p.n for p in s.partitions()}
+    options = {"mc_samples": 4, "engine": "auto", "batch_size": 64, "seed": 0}
+    plan = slurm._new_plan(store, checkpoint, tmp_path / "cat", None, counts, 4, options, slurm.SiteConfig())
+    return plan, slurm._prepare(plan, counts, 2, slurm.SiteConfig(), "galspec")
+
+
+def test_sbatch_failure_quotes_slurm_and_leaves_nothing(tmp_path, store, checkpoint, monkeypatch):
+    calls = _fake_slurm(
+        tmp_path / "bin",
+        'echo "sbatch: error: Batch job submission failed: Invalid account or account/partition combination '
+        'specified" >&2; exit 1',
+    )
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    plan, sub = _plan(tmp_path, store, checkpoint)
+    with pytest.raises(slurm.SlurmError) as info:
+        slurm._submit(plan, sub)
+    assert str(info.value) == (
+        "sbatch failed: sbatch: error: Batch job submission failed: Invalid account or account/partition "
+        "combination specified"
+    )
+    assert not (tmp_path / "cat" / "_slurm" / "submit-0").exists()
+    assert not (tmp_path / "cat" / "_slurm" / "plan.json").exists()
+    assert "scancel" not in calls.read_text()
+
+
+def test_finalize_failure_cancels_the_array(tmp_path, store, checkpoint, monkeypatch):
+    # first sbatch (the array) succeeds with id 4242, the second (finalize) fails
+    calls = _fake_slurm(
+        tmp_path / "bin",
+        f'if grep -q "^sbatch" {tmp_path}/bin/calls && [ $(grep -c "^sbatch" {tmp_path}/bin/calls) -gt 1 ]; '
+        'then echo "sbatch: error: Job dependency problem" >&2; exit 1; fi; echo "4242;cluster"',
+    )
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    plan, sub = _plan(tmp_path, store, checkpoint)
+    with pytest.raises(slurm.SlurmError, match="^sbatch failed: sbatch: error: Job dependency problem$"):
+        slurm._submit(plan, sub)
+    log = calls.read_text().splitlines()
+    assert log[1].startswith("sbatch --parsable --dependency=afterany:4242 --kill-on-invalid-dep=yes")
+    assert log[-1] == "scancel 4242"
+    assert not (tmp_path / "cat" / "_slurm" / "plan.json").exists()
+
+
+def test_submit_records_the_plan(tmp_path, store, checkpoint, monkeypatch):
+    _fake_slurm(tmp_path / "bin", 'n=$(grep -c "^sbatch" $(dirname $0)/calls); echo $((100 + n))')
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+    plan, sub = _plan(tmp_path, store, checkpoint)
+    sub = slurm._submit(plan, sub)
+    assert (sub.array_job_id, sub.finalize_job_id) == ("101", "102")
+    record = slurm.read_plan(tmp_path / "cat")
+    assert record["submissions"][0]["array_job_id"] == "101"
+    assert record["submissions"][0]["tasks"] == sub.tasks
+    share = slurm.task_partitions(tmp_path / "cat" / "_slurm" / "submit-0" / "tasks.json", 1)
+    assert share == sub.tasks[1]
+    assert sum(record["partitions"].values()) == 200
+
+
+# -- cluster tier ------------------------------------------------------------------------------
+
+
+def _squeue(*args: str) -> list[str]:
+    out = subprocess.run(["squeue", "-h", *args], capture_output=True, text=True, timeout=30).stdout
+    return [line for line in out.splitlines() if line.strip()]
+
+
+def _wait_until(predicate, timeout: float, what: str, step: float = 0.3):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.mark.slurm
+def test_trivial_job_array_runs_on_the_cluster(slurm_cluster, tmp_path):
+    """The machinery alone: the packaged template shape with a stand-in command."""
+    template = tmp_path / "array.template"
+    template.write_text(
+        "#!/bin/bash\n#SBATCH --job-name=${job_name}\n#SBATCH --array=0-${last_task}\n"
+        "#SBATCH --output=${log_dir}/%x-%A_%a.out\n#SBATCH --time=${time}\n${sbatch_lines}\n"
+        "sleep 2; echo task $${SLURM_ARRAY_TASK_ID} > ${catalog}/task-$${SLURM_ARRAY_TASK_ID}.txt\n"
+    )
+    spec = slurm.JobSpec(
+        catalog=tmp_path, store=tmp_path, checkpoint=tmp_path, n_tasks=3, plan_file=tmp_path / "x",
+        job_name="galspec-trivial", site=slurm.SiteConfig(template=str(template), time="00:05:00"),
+    )  # fmt: skip
+    spec.log_dir.mkdir(parents=True)
+    script = tmp_path / "array.sbatch"
+    script.write_text(slurm.render_array_script(spec))
+    job = slurm.sbatch(script)
+    assert job.isdigit()
+    names = _wait_until(lambda: _squeue("-r", "-j", job, "-o", "%i %j"), 20, "the array in squeue")
+    assert any(line.split()[1] == "galspec-trivial" for line in names)
+    _wait_until(lambda: not _squeue("-j", job), 60, "the array to finish")
+    assert sorted(f.read_text().strip() for f in tmp_path.glob("task-*.txt")) == [
+        "task 0",
+        "task 1",
+        "task 2",
+    ]
+
+
+@pytest.mark.slurm
+def test_sbatch_error_from_real_slurm(slurm_cluster, store, checkpoint, tmp_path, monkeypatch):
+    plan, sub = _plan(tmp_path, store, checkpoint)
+    sub.array_script = sub.array_script.replace("#SBATCH --nodes=1", "#SBATCH --partition=nosuchpartition")
+    before = set(_squeue("-o", "%i"))
+    with pytest.raises(slurm.SlurmError, match="^sbatch failed: sbatch: error: .*[Ii]nvalid partition"):
+        slurm._submit(plan, sub)
+    assert set(_squeue("-o", "%i")) == before
+
+
+# -- cluster tier: end to end on a mock store --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def e2e_inputs(tmp_path_factory):
+    from conftest import make_tiny_checkpoint, make_tiny_store
+
+    root = tmp_path_factory.mktemp("e2e")
+    return make_tiny_store(root / "store.zarr", n=200), make_tiny_checkpoint(root / "ckpt")
+
+
+def _catalog_ids(catalog: Path) -> np.ndarray:
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(catalog / "dataset", format="parquet", partitioning=None).to_table(
+        columns=["object_id"]
+    )
+    return np.sort(table["object_id"].to_numpy())
+
+
+def _region_ids(store: Path, region: str | None) -> np.ndarray:
+    from galspec_batch.regions import parse_region
+
+    s = open_store(store)
+    keep = np.ones(s.n_objects, bool) if region is None else parse_region(region).contains(s.ra, s.dec)
+    return np.sort(s.object_id[keep])
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "galspec_batch.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def _submit_args(store, ckpt, out, *extra) -> list[str]:
+    return ["submit", "--store", str(store), "--checkpoint", str(ckpt), "--out", str(out),
+            "--mc-samples", "4", "--batch-size", "64", "--engine", "eager", "--time", "00:10:00", *extra]  # fmt: skip
+
+
+def _job_ids(out: Path) -> list[str]:
+    plan = slurm.read_plan(out)
+    return [j for s in plan["submissions"] for j in (s["array_job_id"], s["finalize_job_id"]) if j]
+
+
+@pytest.mark.slurm
+def test_array_mode_end_to_end(slurm_cluster, e2e_inputs, tmp_path):
+    store, ckpt = e2e_inputs
+    out, region = tmp_path / "cat", "cone:153,0,2.5"
+    done = _cli(*_submit_args(store, ckpt, out, "--region", region, "--jobs", "3"))
+    assert done.returncode == 0, done.stderr
+    array_id, finalize_id = _job_ids(out)
+    seen = _wait_until(lambda: _squeue("-r", "-j", array_id, "-o", "%i %T"), 30, "the array in squeue")
+    assert all(line.split()[0].startswith(f"{array_id}_") for line in seen)
+    _wait_until(lambda: not _squeue("-j", f"{array_id},{finalize_id}"), 150, "the jobs to finish", 1.0)
+    logs = "\n".join(f.read_text() for f in (out / "_slurm" / "logs").glob("*.out"))
+    assert (out / "_state" / "complete.json").exists(), logs[-3000:]
+    ids = _catalog_ids(out)
+    assert np.array_equal(ids, _region_ids(store, region))  # every object of the region, exactly once
+    status = _cli("status", str(out))
+    assert status.returncode == 0 and "complete" in status.stdout, status.stdout + status.stderr
+
+
+@pytest.mark.slurm
+def test_dask_mode_end_to_end(slurm_cluster, e2e_inputs, tmp_path):
+    store, ckpt = e2e_inputs
+    site = tmp_path / "site.toml"
+    site.write_text('dask_interface = "lo"\nmem = "3GB"\n')
+    out, region = tmp_path / "cat", "box:151,155,-2,2"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "galspec_batch.cli", *_submit_args(store, ckpt, out, "--region", region),
+         "--mode", "dask", "--jobs", "2", "--site", str(site), "--job-name", "galspec-dask-test"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        running = _wait_until(
+            lambda: [line for line in _squeue("-n", "galspec-dask-test", "-o", "%i %T") if "RUNNING" in line],
+            60, "dask worker jobs running in squeue",
+        )  # fmt: skip
+        assert running
+        stdout, stderr = proc.communicate(timeout=150)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert np.array_equal(_catalog_ids(out), _region_ids(store, region))
+    _wait_until(lambda: not _squeue("-n", "galspec-dask-test"), 60, "the worker jobs to leave the queue")
+
+
+@pytest.mark.slurm
+def test_cancelled_task_then_resume_loses_nothing(slurm_cluster, e2e_inputs, tmp_path):
+    store, ckpt = e2e_inputs
+    out = tmp_path / "cat"
+    done = _cli(*_submit_args(store, ckpt, out, "--jobs", "4"))
+    assert done.returncode == 0, done.stderr
+    array_id, finalize_id = _job_ids(out)
+    victim = f"{array_id}_1"
+    _wait_until(
+        lambda: any("RUNNING" in s for s in _squeue("-r", "-j", victim, "-o", "%T")), 60, "task 1 to run"
+    )
+    subprocess.run(["scancel", victim], check=True, timeout=30)
+    _wait_until(lambda: not _squeue("-j", f"{array_id},{finalize_id}"), 150, "the jobs to finish", 1.0)
+    assert not (out / "_state" / "complete.json").exists()  # finalize refused: task 1's share is missing
+    st = slurm.slurm_status(out)
+    first = slurm.read_plan(out)["submissions"][0]["tasks"]
+    assert set(st.partitions["pending"]) == set(first[1])
+    assert "pending" in _cli("status", str(out)).stdout
+
+    resumed = _cli("submit", "--resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr
+    record = slurm.read_plan(out)["submissions"][1]
+    assert sorted(p for t in record["tasks"] for p in t) == sorted(first[1])  # only what was lost
+    ids = _job_ids(out)[2:]
+    _wait_until(lambda: not _squeue("-j", ",".join(ids)), 150, "the resumed jobs to finish", 1.0)
+    assert (out / "_state" / "complete.json").exists()
+    assert np.array_equal(_catalog_ids(out), _region_ids(store, None))  # nothing lost or duplicated
+    again = _cli("submit", "--resume", str(out))
+    assert again.returncode == 0 and "already complete" in again.stdout
