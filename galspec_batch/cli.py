@@ -40,7 +40,7 @@ def vae() -> None:
 @click.option("--spectra", required=True, type=click.Path(), help="Spectra table (Parquet).")
 @click.option("--out", required=True, type=click.Path(), help="VAE directory to write.")
 @click.option("--latents", default=6, show_default=True, help="Number of latent variables.")
-@click.option("--epochs", default=200, show_default=True, help="Most epochs (early stopping may end sooner).")
+@click.option("--epochs", default=100, show_default=True, help="Most epochs (early stopping may end sooner).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an existing VAE directory.")
 @one_line_errors
@@ -214,7 +214,8 @@ def catalog_status_cmd(catalog: str, as_json: bool) -> None:
 @click.option("--workers", "n_workers", type=int, default=None, help="Dask workers (default: 2 CPU, 1/GPU).")
 @click.option("--region", default=None, help="cone:RA,DEC,R | box:... | pixels:ORDER:P,... | moc:FILE.")
 @click.option("--partitions", default=None, help="Comma-separated partition pixels (store order).")
-@click.option("--plan-file", type=click.Path(exists=True), default=None, help="SLURM plan (with --task-index).")
+@click.option("--plan-file", type=click.Path(exists=True), default=None,
+              help="SLURM task plan (with --task-index).")
 @click.option("--task-index", type=int, default=None, help="Which share of --plan-file to run.")
 @click.option("--seed", default=0, show_default=True, help="Run seed of the MC-dropout masks.")
 @click.option("--no-finalize", is_flag=True, help="Leave the catalog for `galspec finalize`.")
@@ -433,6 +434,139 @@ def export_cmd(checkpoint, fmt, out, precision, max_batch, overwrite) -> None:
     click.echo(f"wrote {r.path} ({r.format}, {r.precision})")
     click.echo(f"max abs difference from fp32 eager on random images: {r.max_abs_diff:.3g} "
                f"(features up to {r.max_abs_feature:.3g})")
+
+
+@main.command("anomalies")
+@click.argument("catalog", type=click.Path())
+@click.option("--labels", type=click.Path(), default=None,
+              help="Labels table (object_id, latent_1..N from `galspec vae encode`) of observed spectra.")
+@click.option("--out", required=True, type=click.Path(), help="Flagged table (Parquet) to write.")
+@click.option("--truth", type=click.Path(), default=None,
+              help="Spectra table with truth_anomaly (mock survey): report the ROC AUC.")
+@click.option("--alpha", default=1e-3, show_default=True,
+              help="Flag labelled objects with p-value below this.")
+@click.option("--ood-threshold", default=5.0, show_default=True,
+              help="Flag unlabelled objects with ood_score above this (robust sigma).")
+@click.option("--neighbours", "k", default=10, show_default=True, help="k of the k-NN density.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@one_line_errors
+def anomalies_cmd(catalog, labels, out, truth, alpha, ood_threshold, k, overwrite) -> None:
+    """Flag galaxies whose spectrum disagrees with their image (with --labels), or that lie out of
+    the catalog's distribution."""
+    from galspec_batch.anomalies import find_anomalies
+
+    r = find_anomalies(catalog, out, labels=labels, truth=truth, alpha=alpha, ood_threshold=ood_threshold,
+                       k=k, overwrite=overwrite)
+    click.echo(f"wrote {r.out}: {r.n_flagged} of {r.n_objects} objects flagged "
+               f"({r.n_labelled} with observed latents)")
+    if truth is not None:
+        fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        click.echo(f"ROC AUC against truth_anomaly: Mahalanobis {fmt(r.auc_mahalanobis)}, "
+                   f"out-of-distribution {fmt(r.auc_ood)}")
+
+
+@main.command("calibrate")
+@click.option("--catalog", required=True, type=click.Path(), help="Catalog predicted by --checkpoint.")
+@click.option("--labels", required=True, type=click.Path(), help="Labels table of observed latents.")
+@click.option("--checkpoint", required=True, type=click.Path(), help="Checkpoint directory to calibrate.")
+@click.option("--split-file", type=click.Path(), default=None,
+              help="Object ids to fit on, one per line (the rest measure coverage).")
+@click.option("--fraction", default=0.5, show_default=True,
+              help="Share of objects to fit on, without --split-file.")
+@click.option("--method", type=click.Choice(["likelihood", "robust"]), default="likelihood",
+              show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--plot", type=click.Path(), default=None, help="Calibration plot (PNG) to write.")
+@click.option("--dry-run", is_flag=True, help="Measure and print, but write no calibration.json.")
+@one_line_errors
+def calibrate_cmd(catalog, labels, checkpoint, split_file, fraction, method, seed, plot, dry_run) -> None:
+    """Fit per-latent scales of the MC uncertainties and save them with the checkpoint."""
+    from galspec_batch.calibrate import calibrate_catalog
+
+    r = calibrate_catalog(catalog, labels, checkpoint, fraction=fraction, split_file=split_file, seed=seed,
+                          method=method, write=not dry_run, plot=plot)
+    click.echo(r.table())
+    if r.path is not None:
+        click.echo(f"wrote {r.path}")
+    if plot:
+        click.echo(f"plot: {plot}")
+
+
+@main.command("select")
+@click.argument("catalog", type=click.Path())
+@click.option("--where", default=None, help="SQL expression over catalog columns, e.g. 'latent_1 > 0.5'.")
+@click.option("--region", default=None, help="cone:RA,DEC,R | box:... | pixels:ORDER:P,... | moc:FILE.")
+@click.option("--prob", default=None, help="Condition 'COLUMN OP NUMBER' whose MC probability is computed.")
+@click.option("--min-prob", type=float, default=None, help="Keep rows with prob >= this [0.5 with --prob].")
+@click.option("--rank", type=click.Choice(["uncertainty"]), default=None,
+              help="uncertainty: largest predictive spread first (what to observe to teach the model).")
+@click.option("--order-by", default=None, help="COLUMN [ASC|DESC], comma-separated.")
+@click.option("--limit", type=int, default=None, help="Keep the first K rows.")
+@click.option("--columns", default=None, help="Extra catalog columns to write, comma-separated.")
+@click.option("--out", required=True, type=click.Path(), help="targets.parquet | .csv | .fits")
+@click.option("--overwrite", is_flag=True, help="Replace --out.")
+@one_line_errors
+def select_cmd(catalog, where, region, prob, min_prob, rank, order_by, limit, columns, out,
+               overwrite) -> None:
+    """Select targets from CATALOG: object_id, ra, dec, priority and the selected quantities."""
+    from galspec_batch.select import select_targets, write_targets
+
+    extra = [c.strip() for c in columns.split(",") if c.strip()] if columns else []
+    table = select_targets(catalog, where=where, region=region, prob=prob, min_prob=min_prob, rank=rank,
+                           order_by=order_by, limit=limit, columns=extra)
+    meta = {"catalog": str(catalog), "where": where, "region": region, "prob": prob, "min_prob": min_prob,
+            "rank": rank, "order_by": order_by, "limit": limit}
+    write_targets(table, out, overwrite=overwrite, meta=meta)
+    click.echo(f"wrote {out}: {table.num_rows} targets")
+
+
+@main.command("decode")
+@click.argument("catalog", type=click.Path())
+@click.option("--vae", "vae_dir", required=True, type=click.Path(), help="VAE directory.")
+@click.option("--ids", default=None, help="Comma-separated object ids.")
+@click.option("--where", default=None, help="SQL expression over catalog columns (as in `galspec select`).")
+@click.option("--region", default=None, help="cone:RA,DEC,R | box:... | pixels:ORDER:P,... | moc:FILE.")
+@click.option("--out", required=True, type=click.Path(), help="Decoded spectra (Parquet) to write.")
+@click.option("--draws", default=64, show_default=True, help="Latent draws per object.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--write-back", is_flag=True, help="Store the derived columns in <catalog>/derived/.")
+@click.option("--plot", type=click.Path(), default=None, help="Also plot a few decoded spectra (PNG).")
+@click.option("--overwrite", is_flag=True, help="Replace --out (and a sidecar made by another VAE).")
+@one_line_errors
+def decode_cmd(catalog, vae_dir, ids, where, region, out, draws, seed, write_back, plot, overwrite) -> None:
+    """Decode predicted latents into spectra with 16-84% bands, EWs and D4000."""
+    from galspec_batch.decode import decode_catalog
+
+    id_list = None
+    if ids:
+        try:
+            id_list = [int(x) for x in ids.split(",") if x.strip()]
+        except ValueError:
+            raise click.BadParameter(f"expected comma-separated integers, got {ids!r}",
+                                     param_hint="--ids") from None
+    s = decode_catalog(catalog, vae_dir, out, ids=id_list, where=where, region=region, n_draws=draws,
+                       seed=seed, write_back=write_back, overwrite=overwrite, progress=True)
+    click.echo(str(s))
+    if plot:
+        from galspec_batch.plots import plot_decoded_file
+
+        plot_decoded_file(out, plot)
+        click.echo(f"  plot: {plot}")
+
+
+@main.command("demo")
+@click.option("--out", default="galspec-demo", show_default=True, type=click.Path(), help="Output directory.")
+@click.option("-n", "n_galaxies", default=2000, show_default=True, help="Mock galaxies.")
+@click.option("--image-size", default=32, show_default=True, help="Cutout size in pixels.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an earlier demo in --out.")
+@one_line_errors
+def demo_cmd(out, n_galaxies, image_size, seed, overwrite) -> None:
+    """The whole chain on a mock survey: simulate, train, predict, select, flag, plot."""
+    from galspec_batch.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(n_galaxies=n_galaxies, image_size=image_size, seed=seed)
+    click.echo(str(run_demo(out, settings, overwrite=overwrite)))
 
 
 # -- end of commands --

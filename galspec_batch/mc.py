@@ -11,9 +11,9 @@ product stays below 2**63 (the constant is split into 16-bit halves): defined be
 backend, unlike wrapping 64-bit multiplication. Each object gets a 64-bit key (two 32-bit words);
 each hashed word gives two 16-bit uniforms ``u``, and a feature is kept when ``u >= p`` (so the
 drop rate is p rounded up to a multiple of 2**-16: 0.20001 for p = 0.2; the kept features are
-scaled by 1 / (1 - p), as torch's dropout does). Each object's T samples are one small matrix
-product of its own, so its rows do not depend on the rest of the batch; the statistics over the
-samples are taken in float64.
+scaled by 1 / (1 - p), as torch's dropout does). Each object's T samples are one small float64
+matrix product of its own, so its rows do not depend on the rest of the batch; means, standard
+deviations and quantiles are rounded to float32 at the end.
 """
 
 from __future__ import annotations
@@ -122,11 +122,12 @@ def mc_samples(features: torch.Tensor, object_ids: torch.Tensor | np.ndarray, we
     b = bias.to(features.device, torch.float64)
     if p == 0.0:  # no dropout: every sample is the deterministic head, exactly
         return (f @ w_t + b).unsqueeze(1).expand(-1, T, -1)
-    keep = keep_masks(ids, f.shape[1], p, T, seed).to(torch.float32)
+    keep = keep_masks(ids, f.shape[1], p, T, seed).to(torch.float64)
     # sample t = sum_f keep[t, f] * (f_f * W[:, f] / (1 - p)) + b: one [T, F] x [F, n_out] product
-    # per object (the same arithmetic whatever the batch), the 0/1 mask exact in float32
-    scaled = (f.unsqueeze(2) * w_t).mul_(1.0 / (1.0 - p)).to(torch.float32)
-    return torch.bmm(keep, scaled).to(torch.float64).add_(b)
+    # per object (the same arithmetic whatever the batch); float64, which no TF32 or reduced
+    # precision matmul setting touches, costs little next to the masks
+    scaled = (f.unsqueeze(2) * w_t).mul_(1.0 / (1.0 - p))
+    return torch.bmm(keep, scaled).add_(b)
 
 
 def mc_predict(
@@ -156,10 +157,16 @@ def mc_predict(
                                                     device=features.device)
     if q is not None and (q.numel() == 0 or bool(((q < 0) | (q > 1)).any())):
         raise InputError(f"quantiles must be a non-empty list of numbers in [0, 1], got {quantiles}")
+    n, n_out = features.shape[0], head_weight.shape[0]
+    if n == 0:
+        empty = {"mean": torch.empty((0, n_out)), "std": torch.empty((0, n_out))}
+        if q is not None:
+            empty["quantiles"] = torch.empty((0, q.numel(), n_out))
+        return {k: v.to(features.device) for k, v in empty.items()}
     out: dict[str, list[torch.Tensor]] = {"mean": [], "std": []}
     if q is not None:
         out["quantiles"] = []
-    for start in range(0, max(features.shape[0], 1), per_chunk):  # once for an empty batch
+    for start in range(0, n, per_chunk):
         s = mc_samples(features[start:start + per_chunk], ids[start:start + per_chunk], head_weight,
                        head_bias, float(p), int(T), seed)
         out["mean"].append(s.mean(1).float())

@@ -107,3 +107,344 @@ def plot_mock_survey(store: str | Path, spectra: str | Path, path: str | Path | 
     ]
     return plot_mock_galaxies(batch.images, flux, ivar, WAVE, titles=titles, pixel_scale=st.pixel_scale,
                               bands=st.bands, path=path)
+
+
+def _figure_out(fig, path):
+    """Save ``fig`` when given a path (PNG/PDF by the suffix); return it."""
+    if path is not None:
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+    return fig
+
+
+def _pyplot(path):
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_calibration(true: np.ndarray, mean: np.ndarray, std: np.ndarray, scale: np.ndarray | None = None,
+                     names: Sequence[str] | None = None, path: str | Path | None = None):
+    """Reliability curves: the observed fraction of true latents within k MC sigma against the
+    Gaussian expectation, k in [0, 3], one line per latent; a second panel after scaling by ``scale``."""
+    from galspec_batch.calibrate import ONE_SIGMA, coverage, expected_coverage
+
+    plt = _pyplot(path)
+    true, mean, std = (np.asarray(a, np.float64) for a in (true, mean, std))
+    n_lat = true.shape[1]
+    names = list(names) if names is not None else [f"latent_{i}" for i in range(1, n_lat + 1)]
+    ks = np.linspace(0, 3, 61)
+    expected = expected_coverage(ks)
+    panels = [("MC-dropout std as predicted", std)]
+    if scale is not None:
+        panels.append(("after calibration (std x scale)", std * np.asarray(scale, np.float64)))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for ax, (title, s) in zip(axes[0], panels, strict=True):
+        observed = np.array([coverage(true, mean, s, k)[0] for k in ks])  # [K, L]
+        ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=1, label="perfect calibration")
+        for i in range(n_lat):
+            label = f"{names[i]}: {observed[20, i]:.0%} within 1$\\sigma$"
+            if s is not std:
+                label += f" (scale {scale[i]:.2f})"
+            ax.plot(expected, observed[:, i], color=colors(i % 10), lw=1.5, label=label)
+        ax.axvline(ONE_SIGMA, color="0.8", lw=0.8, zorder=0)
+        ax.axhline(ONE_SIGMA, color="0.8", lw=0.8, zorder=0)
+        ax.set(xlim=(0, 1), ylim=(0, 1), aspect="equal", title=f"{title}\n({len(true)} objects)",
+               xlabel="expected coverage of $\\pm k\\sigma$ (Gaussian), k = 0..3",
+               ylabel="observed fraction of true latents within $\\pm k\\sigma$")
+        ax.text(0.98, 0.03, "above the diagonal: std too large\nbelow: std too small", fontsize=7,
+                ha="right", va="bottom", transform=ax.transAxes, color="0.4")
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    return _figure_out(fig, path)
+
+
+def _latent_arrays(data) -> tuple[np.ndarray, list[str]]:
+    """[N, L] latent means and their names from a catalog path, table, DataFrame or array."""
+    if isinstance(data, np.ndarray):
+        return data.astype(np.float64), [f"latent_{i}" for i in range(1, data.shape[1] + 1)]
+    from galspec_batch.anomalies import count_latents
+
+    if isinstance(data, (str, Path)):
+        from galspec_batch.catalog import read_catalog
+
+        data = read_catalog(data)
+    cols = list(data.columns) if hasattr(data, "iloc") else data.column_names
+    names = [f"latent_{i}" for i in range(1, count_latents(cols, "table") + 1)]
+    return np.stack([np.asarray(data[c], np.float64) for c in names], axis=1), names
+
+
+def plot_latent_corner(data, observed: np.ndarray | None = None, bins: int = 40,
+                       path: str | Path | None = None):
+    """Corner plot of the predicted latents (2-D histograms below the diagonal, 1-D on it) of a
+    catalog (path, Arrow table, DataFrame) or an [N, L] array; ``observed`` [M, L] is overlaid in red."""
+    from matplotlib.colors import LogNorm
+
+    plt = _pyplot(path)
+    x, names = _latent_arrays(data)
+    n_lat = x.shape[1]
+    both = x if observed is None else np.concatenate([x, np.asarray(observed, np.float64)])
+    lo, hi = np.nanpercentile(both, 0.5, axis=0), np.nanpercentile(both, 99.5, axis=0)
+    fig, axes = plt.subplots(n_lat, n_lat, figsize=(1.9 * n_lat + 1, 1.9 * n_lat + 0.5), squeeze=False)
+    for r in range(n_lat):
+        for c in range(n_lat):
+            ax = axes[r, c]
+            if c > r:
+                fig.delaxes(ax)
+                continue
+            if r == c:
+                edges = np.linspace(lo[c], hi[c], bins + 1)
+                ax.hist(x[:, c], edges, histtype="stepfilled", color="0.6", density=True, label="predicted")
+                if observed is not None:
+                    ax.hist(observed[:, c], edges, histtype="step", color="tab:red", lw=1.2, density=True,
+                            label="observed")
+                ax.set_yticks([])
+            else:
+                ax.hist2d(x[:, c], x[:, r], bins=bins, range=[[lo[c], hi[c]], [lo[r], hi[r]]], cmap="Greys",
+                          norm=LogNorm(), cmin=1)
+                if observed is not None:
+                    h, xe, ye = np.histogram2d(observed[:, c], observed[:, r], bins=bins // 2,
+                                               range=[[lo[c], hi[c]], [lo[r], hi[r]]])
+                    if h.max() > 0:
+                        ax.contour((xe[1:] + xe[:-1]) / 2, (ye[1:] + ye[:-1]) / 2, h.T, colors="tab:red",
+                                   linewidths=0.7, levels=np.quantile(h[h > 0], [0.5, 0.9]))
+                ax.set_ylim(lo[r], hi[r])
+            ax.set_xlim(lo[c], hi[c])
+            ax.tick_params(labelsize=6)
+            if r == n_lat - 1:
+                ax.set_xlabel(names[c], fontsize=8)
+            else:
+                ax.set_xticklabels([])
+            if c == 0 and r > 0:
+                ax.set_ylabel(names[r], fontsize=8)
+            elif r != c:
+                ax.set_yticklabels([])
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", fontsize=9, bbox_to_anchor=(0.88, 0.86))
+    fig.suptitle(f"predicted latents of {len(x)} objects (VAE units; log-scaled 2-D counts)"
+                 + (f", observed latents of {len(observed)} in red" if observed is not None else ""),
+                 fontsize=10, y=0.96)
+    fig.subplots_adjust(wspace=0.08, hspace=0.08, top=0.93)
+    return _figure_out(fig, path)
+
+
+def _unwrap_ra(ra: np.ndarray, ref: float) -> np.ndarray:
+    """RA moved by whole turns into [ref - 180, ref + 180): a field across RA = 0 stays in one piece."""
+    return (np.asarray(ra, np.float64) - ref + 180.0) % 360.0 - 180.0 + ref
+
+
+def plot_sky_map(catalog, column: str | None = None, partition_order: int | None = None,
+                 gridsize: int | None = None,
+                 path: str | Path | None = None):
+    """RA/Dec map of a catalog (path, Arrow table or DataFrame): object counts per cell, or the mean of
+    ``column`` per cell; RA increases to the left. The catalog's partition boundaries are drawn (from
+    its run state, or at ``partition_order`` for a table)."""
+    import cdshealpix.nested
+    import pandas as pd
+
+    from galspec_batch.sky import healpix_29, pixel_at_order
+
+    plt = _pyplot(path)
+    if isinstance(catalog, (str, Path)):
+        from galspec_batch.catalog import catalog_status, read_catalog
+
+        if partition_order is None:
+            partition_order = catalog_status(catalog)["partition_order"]
+        catalog = read_catalog(catalog)
+    df = catalog if isinstance(catalog, pd.DataFrame) else catalog.to_pandas()
+    if column is not None and column not in df.columns:
+        from galspec_batch.errors import InputError, did_you_mean
+
+        raise InputError(f"catalog has no column {column!r}." + did_you_mean(column, list(df.columns)))
+    ra_raw, dec = df["ra"].to_numpy(np.float64), df["dec"].to_numpy(np.float64)
+    ref = float(np.degrees(np.arctan2(np.sin(np.radians(ra_raw)).mean(), np.cos(np.radians(ra_raw)).mean())))
+    ra = _unwrap_ra(ra_raw, ref)
+    gridsize = gridsize or int(np.clip(np.sqrt(len(df)) / 2, 10, 150))
+    fig, ax = plt.subplots(figsize=(7.5, 6))
+    if column is None:
+        hb = ax.hexbin(ra, dec, gridsize=gridsize, mincnt=1, cmap="viridis")
+        label = "objects per cell"
+    else:
+        hb = ax.hexbin(ra, dec, C=df[column].to_numpy(np.float64), reduce_C_function=np.mean,
+                       gridsize=gridsize, mincnt=1, cmap="viridis")
+        label = f"mean {column} per cell"
+    fig.colorbar(hb, ax=ax, label=label, shrink=0.8)
+    if partition_order is not None and len(df):
+        hp = df["_healpix_29"].to_numpy() if "_healpix_29" in df.columns else healpix_29(ra_raw, dec)
+        pixels = np.unique(pixel_at_order(hp, partition_order))
+        lon, lat = cdshealpix.nested.vertices(pixels.astype(np.uint64), partition_order)
+        for k, (v_ra, v_dec) in enumerate(zip(lon.to_value("deg"), lat.to_value("deg"), strict=True)):
+            v_ra = _unwrap_ra(v_ra, ref)
+            ax.fill(v_ra, v_dec, fill=False, ec="tab:orange", lw=0.8, label="partitions" if k == 0 else None)
+        ax.legend(loc="upper right", fontsize=8, title=f"HEALPix order {partition_order}", title_fontsize=8)
+    ax.set_aspect(1 / max(np.cos(np.radians(np.median(dec))), 0.05))
+    ax.invert_xaxis()
+    ax.set(xlabel="RA (deg)", ylabel="Dec (deg)",
+           title=f"{len(df)} catalog objects" + (f", coloured by {column}" if column else ""))
+    fig.tight_layout()
+    return _figure_out(fig, path)
+
+
+def plot_figure1(images: np.ndarray, wave: np.ndarray, true_flux: np.ndarray, pred_median: np.ndarray,
+                 pred_lo: np.ndarray, pred_hi: np.ndarray, true_ivar: np.ndarray | None = None,
+                 titles: Sequence[str] | None = None,
+                 bands: Sequence[str] = ("g", "r", "i", "z", "y"), pixel_scale: float = 0.25,
+                 path: str | Path | None = None):
+    """Figure-1-style panels (Wu & Peek 2020): per galaxy, its grizy composite next to the true
+    spectrum and the predicted median with its 16-84% band; ``images`` [N, B, H, W], spectra [N, L]
+    on rest-frame ``wave`` (A); pixels where ``true_ivar`` is 0 (not observed) are left blank."""
+    plt = _pyplot(path)
+    n = len(images)
+    fig, axes = plt.subplots(n, 2, figsize=(11, 2.4 * n + 0.4), gridspec_kw={"width_ratios": [1, 3.6]},
+                             squeeze=False)
+    for k in range(n):
+        ax_im, ax_sp = axes[k]
+        h, w = images[k].shape[-2:]
+        half_w, half_h = w / 2 * pixel_scale, h / 2 * pixel_scale
+        ax_im.imshow(grizy_rgb(images[k], bands), origin="lower", extent=[-half_w, half_w, -half_h, half_h],
+                     interpolation="nearest")
+        ax_im.set_xlabel("arcsec", fontsize=7)
+        ax_im.tick_params(labelsize=6)
+        ax_sp.fill_between(wave, pred_lo[k], pred_hi[k], color="tab:red", alpha=0.25, lw=0, step="mid",
+                           label="predicted 16-84%")
+        true_k = np.asarray(true_flux[k], np.float64)
+        if true_ivar is not None:
+            true_k = np.where(np.asarray(true_ivar[k]) > 0, true_k, np.nan)
+        ax_sp.plot(wave, true_k, color="k", lw=0.6, drawstyle="steps-mid", label="true spectrum")
+        ax_sp.plot(wave, pred_median[k], color="tab:red", lw=0.9, label="predicted median")
+        shown = np.concatenate([true_k, np.asarray(pred_hi[k], np.float64)])
+        shown = shown[np.isfinite(shown)]
+        top = np.percentile(shown, 99.8) if shown.size else 1.0
+        ax_sp.set_ylim(min(0.0, np.percentile(shown, 0.5)) if shown.size else 0.0, 1.1 * top)
+        ax_sp.set_xlim(wave[0], wave[-1])
+        for name, wl in EMISSION_LINES.items():
+            ax_sp.axvline(wl, color="tab:blue", lw=0.5, alpha=0.5, ls=":")
+            if k == 0:
+                ax_sp.text(wl, 1.0, name, transform=ax_sp.get_xaxis_transform(), fontsize=7, ha="center",
+                           va="bottom", color="tab:blue")
+        if titles is not None:
+            ax_sp.text(0.01, 0.95, titles[k], transform=ax_sp.transAxes, fontsize=8, va="top")
+        ax_sp.set_ylabel("flux (normalised)", fontsize=8)
+        if k == 0:
+            ax_sp.legend(fontsize=7, loc="upper right", ncol=3)
+            ax_im.set_title(f"{''.join(bands)} composite", fontsize=8)
+    axes[-1, 1].set_xlabel("rest-frame wavelength (A)")
+    fig.tight_layout()
+    return _figure_out(fig, path)
+
+
+def plot_vae_reconstructions(flux: np.ndarray, ivar: np.ndarray, decoded: np.ndarray, wave: np.ndarray, *,
+                             titles: Sequence[str] | None = None, path: str | Path | None = None):
+    """Observed spectra (black, grey 1-sigma band, masked pixels blank) against their VAE
+    reconstructions (red), one per row, with the emission lines marked."""
+    plt = _pyplot(path)
+    n = len(flux)
+    fig, axes = plt.subplots(n, 1, figsize=(10, 2.2 * n), sharex=True, squeeze=False)
+    for k, ax in enumerate(axes[:, 0]):
+        ok = ivar[k] > 0
+        shown = np.where(ok, flux[k], np.nan)
+        sigma = np.where(ok, 1 / np.sqrt(np.where(ok, ivar[k], 1)), np.nan)
+        ax.fill_between(wave, shown - sigma, shown + sigma, color="0.8", lw=0, step="mid")
+        ax.plot(wave, shown, color="k", lw=0.5, drawstyle="steps-mid", label="observed")
+        ax.plot(wave, decoded[k], color="tab:red", lw=0.8, label="VAE decoded")
+        lo = min(np.nanpercentile(shown, 0.5), decoded[k].min()) if ok.any() else decoded[k].min()
+        ax.set_ylim(min(0.0, lo), 1.08 * max(np.nanmax(shown) if ok.any() else 0, decoded[k].max()))
+        for name, wl in EMISSION_LINES.items():
+            ax.axvline(wl, color="tab:blue", lw=0.4, alpha=0.5)
+            if k == 0:
+                ax.text(wl, 1.0, name, transform=ax.get_xaxis_transform(), fontsize=7, ha="center",
+                        va="bottom", color="tab:blue")
+        if titles is not None:
+            ax.text(0.01, 0.95, titles[k], transform=ax.transAxes, fontsize=8, va="top")
+        ax.set_ylabel("flux (norm.)")
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlim(wave[0], wave[-1])
+    axes[-1, 0].set_xlabel("rest-frame wavelength (A)")
+    fig.tight_layout()
+    return _figure_out(fig, path)
+
+
+def _line_labels(lines: dict[str, tuple[float, tuple[float, float]]], gap: float) -> list[tuple[float, str]]:
+    """One label per group of lines closer than ``gap`` A (e.g. 'Ha+[NII]'), at the group's mean."""
+    groups: list[list[tuple[float, str]]] = []
+    for label, (center, _) in sorted(lines.items(), key=lambda kv: kv[1][0]):
+        if groups and center - groups[-1][-1][0] < gap:
+            groups[-1].append((center, label))
+        else:
+            groups.append([(center, label)])
+    return [(float(np.mean([c for c, _ in g])), "+".join(lab for _, lab in g)) for g in groups]
+
+
+def plot_decoded_spectra(wave: np.ndarray, median: np.ndarray, lo: np.ndarray, hi: np.ndarray, *,
+                         lines: dict[str, tuple[float, tuple[float, float]]] | None = None,
+                         shaded: dict[str, tuple[float, float]] | None = None,
+                         zoom: tuple[float, float] | None = (6470.0, 6660.0),
+                         titles: Sequence[str] | None = None, path: str | Path | None = None):
+    """Decoded spectra (median [N, L] with the 16-84% band ``lo``..``hi``) on rest-frame ``wave``
+    (A), one per row, with a zoom on ``zoom`` (default Halpha + [NII]) beside each; ``lines`` maps
+    a label to (centre, line window), both shaded, and ``shaded`` a label to a band (e.g. D4000)."""
+    plt = _pyplot(path)
+    n = len(median)
+    ncol = 2 if zoom is not None else 1
+    fig, axes = plt.subplots(n, ncol, figsize=(12, 2.2 * n + 0.3), sharex="col", squeeze=False,
+                             gridspec_kw={"width_ratios": [3.2, 1][:ncol]})
+    lines = lines or {}
+    for k in range(n):
+        for c, ax in enumerate(axes[k]):
+            ax.fill_between(wave, lo[k], hi[k], color="tab:red", alpha=0.3, lw=0, label="16-84% of MC draws")
+            ax.plot(wave, median[k], color="tab:red", lw=0.8, label="median decoded spectrum")
+            for label, (a, b) in (shaded or {}).items():
+                ax.axvspan(a, b, color="0.85", lw=0, zorder=0)
+                if k == 0 and c == 0:
+                    ax.text((a + b) / 2, 0.03, label, transform=ax.get_xaxis_transform(), fontsize=6,
+                            ha="center", va="bottom", color="0.3", rotation=90)
+            for center, (a, b) in lines.values():
+                ax.axvspan(a, b, color="tab:blue", alpha=0.15, lw=0, zorder=0)
+                ax.axvline(center, color="tab:blue", lw=0.4, alpha=0.6)
+            if k == 0:
+                for center, label in _line_labels(lines, 40.0 if c == 0 else 5.0):
+                    if c == 1 and not zoom[0] <= center <= zoom[1]:
+                        continue
+                    ax.text(center, 1.0, label, transform=ax.get_xaxis_transform(), fontsize=7,
+                            ha="center", va="bottom", color="tab:blue")
+            inside = (wave >= zoom[0]) & (wave <= zoom[1]) if c == 1 else np.ones(len(wave), bool)
+            shown = np.concatenate([lo[k][inside], hi[k][inside]])
+            shown = shown[np.isfinite(shown)]
+            if shown.size:
+                ax.set_ylim(min(0.0, shown.min()), 1.1 * shown.max())
+        if titles is not None:
+            axes[k, 0].text(0.01, 0.95, titles[k], transform=axes[k, 0].transAxes, fontsize=8, va="top")
+        axes[k, 0].set_ylabel("flux (norm.)")
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    axes[-1, 0].set_xlim(wave[0], wave[-1])
+    axes[-1, 0].set_xlabel("rest-frame wavelength (A)")
+    if zoom is not None:
+        axes[-1, 1].set_xlim(*zoom)
+        axes[-1, 1].set_xlabel("rest-frame wavelength (A)")
+    fig.tight_layout()
+    return _figure_out(fig, path)
+
+
+def plot_decoded_file(spectra: str | Path, path: str | Path | None = None, n: int = 5):
+    """Plot the first ``n`` spectra of a ``galspec decode`` output, with their EW(Halpha), EW([OII])
+    and D4000 (MC median +- std) in the titles and the measurement windows shaded."""
+    from galspec_batch.decode import D4000_BLUE, D4000_RED, LINES, read_decoded
+
+    wave, sp, table = read_decoded(spectra, n)
+    t = table.to_pydict()
+
+    def _pm(name: str, k: int, fmt: str) -> str:
+        v, s = t[name][k], t[f"{name}_std"][k]
+        return "n/a" if v is None else f"{v:{fmt}}" + ("" if s is None else f" +- {s:{fmt}}")
+
+    titles = [f"id {t['object_id'][k]}  EW(Ha) {_pm('ew_halpha', k, '.1f')} A  "
+              f"EW([OII]) {_pm('ew_oii', k, '.1f')} A  D4000 {_pm('d4000', k, '.3f')}"
+              for k in range(table.num_rows)]
+    lines = {w.label: (w.center, w.line) for w in LINES}
+    shaded = {"D4000 blue": D4000_BLUE, "D4000 red": D4000_RED}
+    return plot_decoded_spectra(wave, sp["median"], sp["lo"], sp["hi"], lines=lines, shaded=shaded,
+                                titles=titles, path=path)

@@ -51,14 +51,14 @@ METRIC_COLUMNS = ("epoch", "train_loss", "train_recon", "train_kl", "train_mmd",
 class TrainSettings:
     """How a VAE is trained (stored in ``vae.json``). alpha/lam as in InfoVAE (Zhao et al.)."""
 
-    epochs: int = 200
+    epochs: int = 100
     batch_size: int = 64
     lr: float = 1e-3
     alpha: float = 0.0
     lam: float = 1000.0
     weight_floor: float = 0.01
     val_fraction: float = 0.1
-    patience: int = 15
+    patience: int = 10
     seed: int = 0
 
 

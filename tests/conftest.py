@@ -19,7 +19,8 @@ def make_tiny_store(path, n=240, seed=0, size=TINY_SIZE, ra0=150.0, width=6.0):
     ra = ra0 + rng.uniform(0, width, n)
     dec = rng.uniform(-width / 2, width / 2, n)
     images = rng.normal(0, 1, (n, 5, size, size)).astype(np.float32)
-    images[:, :, size // 2 - 2 : size // 2 + 2, size // 2 - 2 : size // 2 + 2] += rng.uniform(1, 20, (n, 5, 1, 1))
+    c = slice(size // 2 - 2, size // 2 + 2)
+    images[:, :, c, c] += rng.uniform(1, 20, (n, 5, 1, 1))
     images[3, 1, 0, :] = np.nan
     mask = np.ones((n, 5), bool)
     mask[5, 4] = False

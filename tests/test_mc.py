@@ -38,6 +38,14 @@ def features(n: int, n_features: int = 24, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, n_features, generator=torch.Generator().manual_seed(seed)).abs() + 0.5
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_masks_are_the_documented_hash():
     ids = torch.tensor([0, 1, -5, 2**62 + 7, -(2**63), 123456789012])
     seed = 2**40 + 3

@@ -406,8 +406,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def _submit_args(store, ckpt, out, *extra) -> list[str]:
-    return ["submit", "--store", str(store), "--checkpoint", str(ckpt), "--out", str(out),
-            "--mc-samples", "4", "--batch-size", "64", "--engine", "eager", "--time", "00:10:00", *extra]  # fmt: skip
+    return ["submit", "--store", str(store), "--checkpoint", str(ckpt), "--out", str(out), "--mc-samples",
+            "4", "--batch-size", "64", "--engine", "eager", "--time", "00:10:00", *extra]  # fmt: skip
 
 
 def _job_ids(out: Path) -> list[str]:

@@ -29,6 +29,7 @@ from galspec_batch.training import TrainSettings, fit, read_labels, split_indice
 
 HERE = Path(__file__).parent
 PAPER_ORDER = ["xresnet18-hybrid", "xresnet18", "xresnet18-deconv", "simple-cnn", "simple-deconv"]
+TRAIN_ORDER = ["simple-cnn", "simple-deconv", "xresnet18", "xresnet18-hybrid", "xresnet18-deconv"]
 
 
 def load_config(name: str) -> tuple[TrainSettings, dict]:
@@ -133,27 +134,27 @@ def main(argv: list[str] | None = None) -> None:
     store, labels = ((args.store, args.labels) if args.store
                      else make_data(args.work, args.n, args.size, args.vae_epochs, args.seed))
     overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v}
-    rows, total = [], 0.0
-    for name in PAPER_ORDER:
-        settings, paper = load_config(name)
-        settings = dataclasses.replace(settings, **overrides)
-        row = {"model": name, "paper": paper}
-        rows.append(row)
-        if name not in args.models:
-            continue
+    rows = {name: {"model": name, "paper": load_config(name)[1]} for name in PAPER_ORDER}
+    for name in sorted(args.models, key=TRAIN_ORDER.index):  # cheapest first; table after each
+        settings = dataclasses.replace(load_config(name)[0], **overrides)
+        row = rows[name]
         print(f"== {name}: {settings}", flush=True)
         t0 = time.perf_counter()
         result = fit(store, labels, args.work / "runs" / name, settings, threads=args.threads)
         last = result.metrics[-1]
         minutes = sum(m["seconds"] for m in result.metrics) / 60
-        total += minutes
         net = load_checkpoint(result.best).net
         row.update(val_rmse=last["val_rmse"], best_val_rmse=result.best_val_rmse,
                    best_epoch=result.best_epoch, epochs=len(result.metrics),
                    params=sum(p.numel() for p in net.cnn.parameters()),
                    img_per_s=float(np.mean([m["img_per_s"] for m in result.metrics])), minutes=minutes)
         print(f"   {name}: val_rmse {last['val_rmse']:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        _write(args, store, labels, overrides, list(rows.values()))
+    _write(args, store, labels, overrides, list(rows.values()))
+    print(f"wrote {args.out}")
 
+
+def _write(args, store: Path, labels: Path, overrides: dict, rows: list[dict]) -> None:
     first = load_config(PAPER_ORDER[0])[0]
     s = open_store(store)
     lab = read_labels(labels)
@@ -161,11 +162,11 @@ def main(argv: list[str] | None = None) -> None:
     described = ", ".join(f"{k} {v}" for k, v in overrides.items()) or "the configs' epochs and batch size"
     meta = {
         "seed": args.seed, "n_objects": len(lab.object_id), "size": s.image_shape[0], "n_train": len(tr),
-        "n_val": len(va), "overrides": described, "machine": args.machine, "minutes": total,
+        "n_val": len(va), "overrides": described, "machine": args.machine,
+        "minutes": sum(r.get("minutes", 0.0) for r in rows),
         "baseline": mean_predictor_rmse(labels, first), "notes": args.notes,
     }
     write_table(args.out, rows, meta)
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

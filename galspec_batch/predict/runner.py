@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from galspec_batch.checkpoint import load_checkpoint
 from galspec_batch.errors import GalspecError, InputError
 from galspec_batch.predict.task import PartitionJob, run_partition
 from galspec_batch.predict.worker import ModelPlugin, ModelSpec
+from galspec_batch.progress import progress_bar
 from galspec_batch.regions import Region, parse_region, select_partitions
 from galspec_batch.store import CutoutStore, open_store
 
@@ -125,7 +126,9 @@ def predict_catalog(
 
     failed: dict[str, str] = {}
     done_rows = 0
-    with _progress(progress, total_rows, len(plan) - len(pending)) as advance:
+    if progress and len(pending) < len(plan):
+        print(f"resuming {out}: {len(plan) - len(pending)} of {len(plan)} partitions already done")
+    with progress_bar(total_rows, "predict", "galaxies", enabled=progress) as advance:
         if jobs:
             with _client(cluster, workers, spec) as client:
                 results = _run_local(jobs, spec) if client is None else _run_dask(client, jobs, spec, retries)
@@ -237,35 +240,3 @@ def _client(cluster: object, n_workers: int, spec: ModelSpec):
         client.close()
         if local is not None:
             local.close()
-
-
-@contextlib.contextmanager
-def _progress(show: bool, total_rows: int, skipped: int) -> Iterator[Callable[[int], None]]:
-    if not show:
-        yield lambda n: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    rate = TextColumn("{task.fields[rate]}")
-    with Progress(
-        TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TextColumn("galaxies"), rate,
-        TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
-    ) as bar:
-        task = bar.add_task("predict", total=total_rows, rate="")
-        if skipped:
-            bar.console.print(f"resuming: {skipped} partitions already done")
-        t0 = time.perf_counter()
-
-        def advance(n: int) -> None:
-            done = bar.tasks[0].completed + n
-            bar.update(task, advance=n, rate=f"{done / max(time.perf_counter() - t0, 1e-9):,.0f}/s")
-
-        yield advance
-

@@ -1,0 +1,128 @@
+"""CPU benchmark of batch prediction, all in one run (ratios against baselines measured here):
+
+- end to end (store -> catalog, MC dropout T=32) against
+  (a) the naive way: fp32 eager with T full forward passes, and
+  (b) the model's forward pass alone (body + head on tensors already in memory);
+- peak memory of an end-to-end run at N and at 10N cutouts (separate processes).
+
+    python bench/bench_predict.py [--model xresnet18] [--n 1024] [--size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import make_tiny_checkpoint, make_tiny_store  # noqa: E402
+
+from galspec_batch.checkpoint import load_checkpoint  # noqa: E402
+from galspec_batch.engines import create_engine  # noqa: E402
+from galspec_batch.mc import head_parameters, mc_naive, mc_predict  # noqa: E402
+from galspec_batch.predict import predict_catalog  # noqa: E402
+from galspec_batch.store import open_store  # noqa: E402
+
+
+def _rate(n: int, fn, repeat: int = 1) -> float:
+    fn()  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return n * repeat / (time.perf_counter() - t0)
+
+
+def forward_rates(ckpt_path: Path, store_path: Path, engine: str, batch: int, T: int) -> dict:
+    net = load_checkpoint(ckpt_path).net
+    eng = create_engine(engine, net)
+    w, b, p = head_parameters(net.head)
+    store = open_store(store_path)
+    n = min(len(store), 4 * batch)
+    x = torch.from_numpy(store.read(slice(0, n)).images)
+    ids = torch.from_numpy(store.object_id[:n])
+
+    def forward_mc():
+        with torch.inference_mode():
+            for a in range(0, n, batch):
+                mc_predict(eng.features(x[a:a + batch]), ids[a:a + batch], w, b, p, T=T)
+
+    def forward_single():
+        with torch.inference_mode():
+            for a in range(0, n, batch):
+                net(x[a:a + batch])
+
+    n_naive = min(n, batch)
+
+    def naive():
+        mc_naive(net, x[:n_naive], T=T)
+
+    return {
+        "forward_mc": _rate(n, forward_mc),
+        "forward_single_eager": _rate(n, forward_single),
+        "naive": _rate(n_naive, naive),
+    }
+
+
+def end_to_end(ckpt: Path, store: Path, out: Path, engine: str, batch: int, T: int, cluster: str) -> float:
+    s = predict_catalog(store, ckpt, out, cluster=cluster, engine=engine, batch_size=batch, mc_samples=T,
+                        progress=False, overwrite=True)
+    return s.objects / s.seconds
+
+
+def peak_rss_child(args: list[str]) -> float:
+    """Peak resident memory (MiB) of a fresh process running one end-to-end prediction."""
+    code = (
+        "import sys; from galspec_batch.predict import predict_catalog; "
+        "predict_catalog(sys.argv[1], sys.argv[2], sys.argv[3], cluster='none', engine=sys.argv[4], "
+        "batch_size=int(sys.argv[5]), mc_samples=int(sys.argv[6]), progress=False, overwrite=True); "
+        "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="xresnet18")
+    ap.add_argument("--n", type=int, default=1024)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--mc", type=int, default=32)
+    ap.add_argument("--engine", default="eager")
+    ap.add_argument("--json", type=Path, default=None)
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-predict-"))
+    store = make_tiny_store(tmp / "s.zarr", n=a.n, size=a.size, width=3.0)
+    store10 = make_tiny_store(tmp / "s10.zarr", n=10 * a.n, size=a.size, width=3.0, seed=1)
+    ckpt = make_tiny_checkpoint(tmp / "ck", model=a.model, size=a.size)
+    print(f"# {a.model}, {a.size}x{a.size} px, N={a.n}, batch {a.batch}, MC T={a.mc}, engine {a.engine}, "
+          f"torch threads {torch.get_num_threads()}, {len(open_store(store).partitions())} partitions")
+    r = forward_rates(ckpt, store, a.engine, a.batch, a.mc)
+    e2e_none = end_to_end(ckpt, store, tmp / "c1", a.engine, a.batch, a.mc, "none")
+    e2e_local = end_to_end(ckpt, store, tmp / "c2", a.engine, a.batch, a.mc, "local")
+    mem_n = peak_rss_child([str(store), str(ckpt), str(tmp / "m1"), a.engine, str(a.batch), str(a.mc)])
+    mem_10n = peak_rss_child([str(store10), str(ckpt), str(tmp / "m10"), a.engine, str(a.batch), str(a.mc)])
+    rows = [
+        ("naive: fp32 eager, T full passes", r["naive"]),
+        ("forward alone: single pass, no MC", r["forward_single_eager"]),
+        (f"forward alone: body + head-only MC T={a.mc}", r["forward_mc"]),
+        ("end to end, in-process (cluster=none)", e2e_none),
+        ("end to end, local Dask cluster (2 workers)", e2e_local),
+    ]
+    print(f"{'':48s} {'galaxies/s':>12s} {'x naive':>9s} {'x forward+MC':>13s}")
+    for name, v in rows:
+        print(f"{name:48s} {v:12,.0f} {v / r['naive']:9.1f} {v / r['forward_mc']:13.2f}")
+    print(f"peak RSS of an in-process run: N={a.n}: {mem_n:.0f} MiB, 10N={10 * a.n}: {mem_10n:.0f} MiB "
+          f"(ratio {mem_10n / mem_n:.2f})")
+    if a.json:
+        a.json.write_text(json.dumps({"rates": dict(rows), "mem_mib": [mem_n, mem_10n]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

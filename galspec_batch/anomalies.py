@@ -1,0 +1,316 @@
+"""Anomaly flags for a catalog of predicted latents.
+
+Two scores, both in the flagged table that :func:`find_anomalies` writes:
+
+(a) where observed latents exist (a labels table from ``galspec vae encode``), the squared
+    Mahalanobis distance ``d2`` of the observed latents from the predicted distribution, whose
+    covariance is ``diag(std_i^2) + S``: the object's MC-dropout spread (epistemic) plus a population
+    residual covariance ``S`` (the CNN's typical error, which the MC spread does not capture). ``S``
+    is estimated robustly from the residuals ``obs - pred`` of the joined sample itself (a
+    concentration-step minimum covariance determinant, Rousseeuw & Van Driessen 1999, then one
+    reweighting step), so the anomalies do not inflate it; the mean MC variance of the inliers is
+    subtracted (the residuals already contain it) and the result clipped to positive semi-definite.
+    The robust residual centre (a population bias of the CNN) is subtracted too. Under the model
+    ``d2 ~ chi2(N latents)``: ``anomaly_pvalue = chi2.sf(d2, N)``, flagged below ``alpha``.
+(b) without observed latents, ``ood_score``: an out-of-distribution score from the predicted means
+    and spreads alone. Two log-ratios to the catalog median, each turned into a robust z-score
+    (median 0, MAD-scaled 1) and summed over sqrt(2):
+    sparsity ``N log(r_k / median r_k)`` (``r_k`` the distance to the k-th neighbour in the
+    standardised latent space: minus the log of a k-NN density), and epistemic uncertainty
+    ``log(sum std^2 / median)``. Flagged above ``ood_threshold``.
+
+``flag`` uses (a) where an object has observed latents and (b) elsewhere; flagged rows also carry
+:attr:`QualityFlag.OUT_OF_DISTRIBUTION` in ``quality_flags``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from scipy import stats
+from scipy.spatial import cKDTree
+
+from galspec_batch.atomic import atomic_path
+from galspec_batch.catalog.schema import QualityFlag, latent_column, latent_std_column
+from galspec_batch.errors import FormatError, InputError, MissingFileError
+
+OUT_COLUMNS = ("object_id", "ra", "dec", "anomaly_score", "anomaly_pvalue", "ood_score", "flag",
+               "quality_flags")
+_LATENT = re.compile(r"^latent_(\d+)$")
+_MAD_TO_SIGMA = 1.4826
+
+
+@dataclass(frozen=True)
+class ResidualModel:
+    """The robust centre and covariance ``S`` of the residuals obs - pred (see module docstring)."""
+
+    center: np.ndarray
+    cov: np.ndarray
+    inliers: np.ndarray  # bool [N]: rows of the reweighted support
+
+
+@dataclass(frozen=True)
+class AnomalyReport:
+    out: Path
+    n_objects: int
+    n_labelled: int
+    n_flagged: int
+    auc_mahalanobis: float | None
+    auc_ood: float | None
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """ROC AUC of ``scores`` for the boolean truth ``positive``: the Mann-Whitney U over
+    n_pos * n_neg, ties counted one half (average ranks). NaN when a class is empty."""
+    scores = np.asarray(scores, np.float64)
+    positive = np.asarray(positive, bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = stats.rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _mahalanobis2(x: np.ndarray, center: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    d = x - center
+    return np.einsum("ij,ij->i", d, np.linalg.solve(cov, d.T).T)
+
+
+def robust_covariance(x: np.ndarray, support_fraction: float = 0.75, max_steps: int = 50,
+                      quantile: float = 0.975) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Robust (centre, covariance, inliers) of the rows of ``x`` [N, p].
+
+    Start from the ``support_fraction`` of rows nearest the coordinate-wise median (MAD-scaled),
+    iterate concentration steps to a fixed point, rescale so the median d2 matches chi2(p), then
+    reweight: the mean and covariance of the rows with d2 below the chi2 ``quantile``, corrected
+    for the truncation. Consistent for Gaussian data; breaks down only past 1 - support_fraction.
+    """
+    x = np.asarray(x, np.float64)
+    n, p = x.shape
+    h = max(p + 1, int(np.ceil(support_fraction * n)))
+    if n < p + 2:
+        raise InputError(f"a robust covariance of {p} latents needs at least {p + 2} objects, got {n}")
+    med = np.median(x, axis=0)
+    mad = _MAD_TO_SIGMA * np.median(np.abs(x - med), axis=0)
+    mad = np.where(mad > 0, mad, np.std(x, axis=0) + 1e-12)
+    d2 = (((x - med) / mad) ** 2).sum(axis=1)
+    keep = np.sort(np.argsort(d2, kind="stable")[:h])
+    for _ in range(max_steps):
+        center, cov = x[keep].mean(axis=0), np.cov(x[keep].T).reshape(p, p)
+        cov += 1e-12 * np.trace(cov) / p * np.eye(p)
+        d2 = _mahalanobis2(x, center, cov)
+        new = np.sort(np.argsort(d2, kind="stable")[:h])
+        if np.array_equal(new, keep):
+            break
+        keep = new
+    cov *= np.median(d2) / stats.chi2.ppf(0.5, p)
+    d2 = _mahalanobis2(x, center, cov)
+    inliers = d2 <= stats.chi2.ppf(quantile, p)
+    center = x[inliers].mean(axis=0)
+    # A Gaussian truncated at chi2_p quantile q has covariance (F_{p+2}(q) / quantile) * Sigma.
+    cov = np.cov(x[inliers].T).reshape(p, p) * quantile / stats.chi2.cdf(stats.chi2.ppf(quantile, p), p + 2)
+    return center, cov, inliers
+
+
+def residual_model(observed: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                   support_fraction: float = 0.75) -> ResidualModel:
+    """The population residual model ``S`` of observed latents around the predicted means."""
+    resid = np.asarray(observed, np.float64) - np.asarray(mean, np.float64)
+    center, cov, inliers = robust_covariance(resid, support_fraction)
+    cov = cov - np.diag((np.asarray(std, np.float64)[inliers] ** 2).mean(axis=0))
+    w, v = np.linalg.eigh((cov + cov.T) / 2)
+    return ResidualModel(center, (v * np.clip(w, 0, None)) @ v.T, inliers)
+
+
+def mahalanobis_scores(observed: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                       model: ResidualModel | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(d2, p-value) of each object's observed latents under N(mean + centre, diag(std^2) + S);
+    ``model`` is estimated from these objects when not given."""
+    observed, mean, std = (np.asarray(a, np.float64) for a in (observed, mean, std))
+    if not observed.shape == mean.shape == std.shape or observed.ndim != 2:
+        raise InputError(f"observed {observed.shape}, mean {mean.shape} and std {std.shape} must all be "
+                         "[N, L]")
+    model = model or residual_model(observed, mean, std)
+    p = observed.shape[1]
+    floor = 1e-12 * max(float(np.trace(model.cov)) / p, 1e-12)
+    covs = model.cov[None] + np.einsum("ij,jk->ijk", np.maximum(std**2, floor), np.eye(p))
+    d = observed - mean - model.center
+    d2 = np.einsum("ij,ij->i", d, np.linalg.solve(covs, d[..., None])[..., 0])
+    return d2, stats.chi2.sf(d2, p)
+
+
+def _robust_z(x: np.ndarray) -> np.ndarray:
+    med = np.median(x)
+    mad = _MAD_TO_SIGMA * np.median(np.abs(x - med))
+    return (x - med) / (mad if mad > 0 else (np.std(x) or 1.0))
+
+
+def ood_scores(mean: np.ndarray, std: np.ndarray, k: int = 10) -> np.ndarray:
+    """Out-of-distribution score of each object from its predicted means and MC spreads alone
+    (higher = more unusual; about N(0, 1) for typical objects; see the module docstring)."""
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    n, p = mean.shape
+    if n < 3:
+        raise InputError(f"an out-of-distribution score needs at least 3 objects, got {n}")
+    k = min(k, n - 1)
+    med = np.median(mean, axis=0)
+    mad = _MAD_TO_SIGMA * np.median(np.abs(mean - med), axis=0)
+    z = (mean - med) / np.where(mad > 0, mad, 1.0)
+    dist, _ = cKDTree(z).query(z, k=k + 1)  # the first neighbour is the object itself
+    r_k = np.maximum(dist[:, -1], 1e-12)
+    sparsity = p * np.log(r_k / np.median(r_k))
+    var = np.maximum((std**2).sum(axis=1), 1e-30)
+    epistemic = np.log(var / np.median(var))
+    return (_robust_z(sparsity) + _robust_z(epistemic)) / np.sqrt(2)
+
+
+def catalog_latents(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted means and MC spreads [N, L] of a catalog table (``latent_i``, ``latent_i_std``)."""
+    n = count_latents(table.column_names, "catalog")
+    stds = [latent_std_column(i) for i in range(1, n + 1)]
+    missing = [c for c in stds if c not in table.column_names]
+    if missing:
+        raise InputError(f"catalog lacks columns {missing}; a galspec catalog has latent_i and latent_i_std")
+    mean = np.stack([table[latent_column(i)].to_numpy() for i in range(1, n + 1)], axis=1)
+    std = np.stack([table[latent_std_column(i)].to_numpy() for i in range(1, n + 1)], axis=1)
+    return mean.astype(np.float64), std.astype(np.float64)
+
+
+def count_latents(columns: list[str], what: str) -> int:
+    """The number of latent columns ``latent_1..latent_N`` in ``columns``, checked to be contiguous."""
+    found = sorted(int(m.group(1)) for c in columns if (m := _LATENT.match(c)))
+    if not found:
+        raise InputError(f"{what} has no latent columns latent_1..latent_N (columns: {columns})")
+    if found != list(range(1, len(found) + 1)):
+        raise InputError(f"{what} has latent columns {found}; expected latent_1..latent_{len(found)}")
+    return len(found)
+
+
+def match_ids(reference: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Row of each of ``ids`` in the unique ``reference`` ids, -1 where absent."""
+    reference, ids = np.asarray(reference, np.int64), np.asarray(ids, np.int64)
+    if len(reference) == 0:
+        return np.full(len(ids), -1, np.int64)
+    order = np.argsort(reference, kind="stable")
+    pos = np.clip(np.searchsorted(reference[order], ids), 0, len(reference) - 1)
+    return np.where(reference[order][pos] == ids, order[pos], -1).astype(np.int64)
+
+
+def read_labels_table(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """``object_id`` [N] and observed latents [N, L] of a labels table (``galspec vae encode``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"labels table {path} does not exist")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:
+        raise FormatError(f"{path} is not a readable Parquet labels table ({exc})") from None
+    if "object_id" not in table.column_names:
+        raise InputError(f"labels table {path} has no object_id column (columns: {table.column_names})")
+    n = count_latents(table.column_names, f"labels table {path}")
+    ids = table["object_id"].to_numpy()
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise InputError(f"labels table {path}: duplicate object ids {uniq[counts > 1][:5].tolist()}")
+    z = np.stack([table[latent_column(i)].to_numpy(zero_copy_only=False) for i in range(1, n + 1)], axis=1)
+    if not np.isfinite(z).all():
+        bad = int((~np.isfinite(z)).any(axis=1).sum())
+        raise InputError(f"labels table {path} has {bad} rows with NaN latents")
+    return ids.astype(np.int64), z.astype(np.float64)
+
+
+def flag_anomalies(catalog: pa.Table, labels: tuple[np.ndarray, np.ndarray] | None = None, *,
+                   alpha: float = 1e-3, ood_threshold: float = 5.0, k: int = 10) -> pa.Table:
+    """The flagged table (``OUT_COLUMNS``) of a catalog table and optional (object_id, latents)."""
+    if not 0 < alpha < 1:
+        raise InputError(f"alpha must be in (0, 1), got {alpha}")
+    mean, std = catalog_latents(catalog)
+    n, p = mean.shape
+    ids = catalog["object_id"].to_numpy()
+    ood = ood_scores(mean, std, k)
+    d2 = np.full(n, np.nan)
+    pval = np.full(n, np.nan)
+    if labels is not None:
+        lab_ids, lab_z = labels
+        if lab_z.shape[1] != p:
+            raise InputError(f"labels have {lab_z.shape[1]} latents but the catalog has {p}")
+        rows = match_ids(ids, lab_ids)
+        hit = rows >= 0
+        if not hit.any():
+            raise InputError(f"none of the {len(lab_ids)} labelled object ids (e.g. {lab_ids[:3].tolist()}) "
+                             f"is in the catalog (ids {ids.min()}..{ids.max()})")
+        rows = rows[hit]
+        d2[rows], pval[rows] = mahalanobis_scores(lab_z[hit], mean[rows], std[rows])
+    labelled = np.isfinite(pval)
+    flag = np.where(labelled, pval < alpha, ood > ood_threshold)
+    qf = catalog["quality_flags"].to_numpy().astype(np.uint16) if "quality_flags" in catalog.column_names \
+        else np.zeros(n, np.uint16)
+    qf = np.where(flag, qf | np.uint16(QualityFlag.OUT_OF_DISTRIBUTION), qf).astype(np.uint16)
+    return pa.table({
+        "object_id": pa.array(ids, pa.int64()),
+        "ra": pa.array(catalog["ra"].to_numpy(), pa.float64()),
+        "dec": pa.array(catalog["dec"].to_numpy(), pa.float64()),
+        "anomaly_score": pa.array(d2, pa.float64()),
+        "anomaly_pvalue": pa.array(pval, pa.float64()),
+        "ood_score": pa.array(ood, pa.float64()),
+        "flag": pa.array(flag, pa.bool_()),
+        "quality_flags": pa.array(qf, pa.uint16()),
+    })
+
+
+def read_truth(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """(object_id, truth_anomaly) of a spectra table."""
+    from galspec_batch.spectra_table import read_spectra_table
+
+    try:
+        table = read_spectra_table(path, columns=["object_id", "truth_anomaly"])
+    except FormatError:
+        try:
+            names = pq.read_schema(path).names
+        except Exception:
+            names = ["truth_anomaly"]  # not Parquet at all: the FormatError says so
+        if "truth_anomaly" in names:
+            raise
+        raise InputError(f"spectra table {path} has no truth_anomaly column "
+                         "(a mock survey's table has)") from None
+    return table["object_id"].to_numpy().astype(np.int64), table["truth_anomaly"].to_numpy().astype(bool)
+
+
+def truth_auc(flagged: pa.Table, truth: tuple[np.ndarray, np.ndarray]) -> tuple[float | None, float | None]:
+    """ROC AUC of anomaly_score (labelled objects) and of ood_score (all), against the truth."""
+    t_ids, t_anom = truth
+    rows = match_ids(t_ids, flagged["object_id"].to_numpy())
+    known = rows >= 0
+    if not known.any():
+        raise InputError("no object of the catalog is in the truth table")
+    truth_row = np.where(known, t_anom[rows], False)
+    d2 = flagged["anomaly_score"].to_numpy(zero_copy_only=False)
+    ood = flagged["ood_score"].to_numpy()
+    lab = known & np.isfinite(d2)
+    auc_a = roc_auc(d2[lab], truth_row[lab]) if lab.any() else float("nan")
+    auc_b = roc_auc(ood[known], truth_row[known])
+    return (None if np.isnan(auc_a) else auc_a), (None if np.isnan(auc_b) else auc_b)
+
+
+def find_anomalies(catalog: str | Path, out: str | Path, *, labels: str | Path | None = None,
+                   truth: str | Path | None = None, alpha: float = 1e-3, ood_threshold: float = 5.0,
+                   k: int = 10, overwrite: bool = False) -> AnomalyReport:
+    """Score and flag every object of ``catalog``; write the flagged Parquet table ``out`` atomically."""
+    from galspec_batch.catalog import read_catalog
+
+    table = read_catalog(catalog)
+    lab = read_labels_table(labels) if labels is not None else None
+    flagged = flag_anomalies(table, lab, alpha=alpha, ood_threshold=ood_threshold, k=k)
+    with atomic_path(out, overwrite=overwrite) as tmp:
+        pq.write_table(flagged, tmp)
+    auc_a = auc_b = None
+    if truth is not None:
+        auc_a, auc_b = truth_auc(flagged, read_truth(truth))
+    n_lab = int(np.isfinite(flagged["anomaly_pvalue"].to_numpy(zero_copy_only=False)).sum())
+    n_flag = int(flagged["flag"].to_numpy(zero_copy_only=False).sum())
+    return AnomalyReport(Path(out), flagged.num_rows, n_lab, n_flag, auc_a, auc_b)
