@@ -220,9 +220,10 @@ def catalog_status_cmd(catalog: str, as_json: bool) -> None:
 @click.option("--seed", default=0, show_default=True, help="Run seed of the MC-dropout masks.")
 @click.option("--no-finalize", is_flag=True, help="Leave the catalog for `galspec finalize`.")
 @click.option("--overwrite", is_flag=True, help="Replace a complete catalog.")
+@click.option("--no-calibration", is_flag=True, help="Ignore the checkpoint's calibration.json.")
 @one_line_errors
 def predict_cmd(store, checkpoint, out, mc_samples, cluster, engine, batch_size, n_workers, region,
-                partitions, plan_file, task_index, seed, no_finalize, overwrite) -> None:
+                partitions, plan_file, task_index, seed, no_finalize, overwrite, no_calibration) -> None:
     """Predict latents with MC-dropout uncertainty for every cutout into a HATS catalog."""
     from galspec_batch.predict import predict_catalog
     from galspec_batch.regions import parse_partitions
@@ -236,7 +237,8 @@ def predict_cmd(store, checkpoint, out, mc_samples, cluster, engine, batch_size,
     s = predict_catalog(store, checkpoint, out, region=region, partitions=pixels, only=only,
                         mc_samples=mc_samples,
                         engine=engine, batch_size=batch_size, cluster=cluster, n_workers=n_workers,
-                        seed=seed, finalize=not no_finalize, overwrite=overwrite)
+                        seed=seed, finalize=not no_finalize, overwrite=overwrite,
+                        calibrate=not no_calibration)
     click.echo(f"{s.catalog}: {s.objects} galaxies in {s.partitions_done} partitions "
                f"({s.partitions_skipped} already done) in {s.seconds:.1f} s, {s.rate:,.0f} galaxies/s")
 
@@ -473,7 +475,7 @@ def anomalies_cmd(catalog, labels, out, truth, alpha, ood_threshold, k, overwrit
               help="Object ids to fit on, one per line (the rest measure coverage).")
 @click.option("--fraction", default=0.5, show_default=True,
               help="Share of objects to fit on, without --split-file.")
-@click.option("--method", type=click.Choice(["likelihood", "robust"]), default="likelihood",
+@click.option("--method", type=click.Choice(["likelihood", "robust"]), default="robust",
               show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--plot", type=click.Path(), default=None, help="Calibration plot (PNG) to write.")
@@ -556,7 +558,7 @@ def decode_cmd(catalog, vae_dir, ids, where, region, out, draws, seed, write_bac
 
 @main.command("demo")
 @click.option("--out", default="galspec-demo", show_default=True, type=click.Path(), help="Output directory.")
-@click.option("-n", "n_galaxies", default=2000, show_default=True, help="Mock galaxies.")
+@click.option("-n", "n_galaxies", default=4000, show_default=True, help="Mock galaxies.")
 @click.option("--image-size", default=32, show_default=True, help="Cutout size in pixels.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an earlier demo in --out.")

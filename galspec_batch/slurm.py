@@ -20,17 +20,13 @@ import shutil
 import string
 import subprocess
 import sys
+import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from galspec_batch.atomic import atomic_path
 from galspec_batch.errors import GalspecError, InputError, MissingFileError, did_you_mean
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "slurm"
 ARRAY_TEMPLATE = "array.sbatch.template"
@@ -339,7 +335,7 @@ def write_json(path: Path, obj: dict) -> None:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 # -- running SLURM commands --------------------------------------------------------------------

@@ -310,8 +310,9 @@ class CutoutStore:
         return [Partition(order, p, tuple(rs)) for p, rs in sorted(by_pixel.items())]
 
     # -- reading -----------------------------------------------------------------------------
-    def read(self, rows: np.ndarray | slice) -> Batch:
-        """Read the given rows (a slice or sorted row indices)."""
+    def read(self, rows: np.ndarray | slice, dtype: str | None = "float32") -> Batch:
+        """Read the given rows (a slice or sorted row indices); ``dtype=None`` keeps the stored
+        dtype (half the bytes to copy to a GPU for a float16 store)."""
         if isinstance(rows, slice):
             start, stop, _ = rows.indices(self.n_objects)
             idx = np.arange(start, stop)
@@ -324,7 +325,7 @@ class CutoutStore:
         return Batch(
             rows=idx,
             object_id=self.object_id[idx],
-            images=images.astype(np.float32, copy=False),
+            images=images if dtype is None else images.astype(dtype, copy=False),
             mask=self.mask[idx],
             flags=self.flags[idx],
             ra=self.ra[idx],

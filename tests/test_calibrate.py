@@ -115,7 +115,7 @@ def test_calibrate_catalog_writes_calibration_json(setup, tmp_path):
     doc = load_calibration(ckpt)
     assert doc["scale"] == pytest.approx(report.scale.tolist())
     assert doc["latent_names"] == [f"latent_{i}" for i in range(1, 7)]
-    assert doc["method"] == "likelihood" and doc["data"]["n_fit"] == 120 and "created" in doc
+    assert doc["method"] == "robust" and doc["data"]["n_fit"] == 120 and "created" in doc
     assert "latent_1" in report.table() and f"{report.scale[0]:.3f}" in report.table()
     # a calibration for other weights is refused
     doc["model_hash"] = "0" * 64

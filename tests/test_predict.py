@@ -185,3 +185,22 @@ def test_killed_worker_partition_is_retried(tmp_path):
     assert done_at_kill < n_parts, "the run finished before the worker was killed"
     df = _frame(out)
     assert df.object_id.is_unique and len(df) == 3000
+
+
+def test_calibration_scales_the_mc_spread(catalog, tiny_store, tmp_path):
+    from galspec_batch.calibrate import save_calibration
+    from galspec_batch.catalog import read_provenance
+
+    ckpt = make_tiny_checkpoint(tmp_path / "calibrated")
+    scale = np.array([1.0, 2.0, 3.0, 0.5, 4.0, 1.5])
+    save_calibration(ckpt, scale, LATENTS, {"method": "robust"})
+    out = tmp_path / "cal"
+    predict_catalog(tiny_store, ckpt, out, cluster="none", mc_samples=16, progress=False, engine="eager")
+    a, b = _frame(catalog), _frame(out)
+    np.testing.assert_allclose(b[LATENTS].to_numpy(), a[LATENTS].to_numpy())
+    np.testing.assert_allclose(b[STDS].to_numpy(), a[STDS].to_numpy() * scale, rtol=1e-6)
+    assert read_provenance(out)["provenance"]["calibration"]["scale"] == scale.tolist()
+    raw = tmp_path / "raw"
+    predict_catalog(tiny_store, ckpt, raw, cluster="none", mc_samples=16, progress=False, engine="eager",
+                    calibrate=False)
+    np.testing.assert_allclose(_frame(raw)[STDS].to_numpy(), a[STDS].to_numpy())

@@ -18,10 +18,10 @@ import argparse
 import dataclasses
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
-import tomllib
 
 from galspec_batch.checkpoint import load_checkpoint
 from galspec_batch.store import open_store

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from galspec_batch import __version__
+from galspec_batch.calibrate import load_calibration
 from galspec_batch.catalog import CatalogWriter, mark_failed
 from galspec_batch.checkpoint import load_checkpoint
 from galspec_batch.errors import GalspecError, InputError
@@ -71,6 +72,7 @@ def predict_catalog(
     overwrite: bool = False,
     progress: bool = True,
     retries: int = 2,
+    calibrate: bool = True,
 ) -> PredictSummary:
     """Predict every object of ``store`` (or of ``region``/``partitions``) into the catalog ``out``.
 
@@ -79,11 +81,13 @@ def predict_catalog(
     ``distributed.Client``. A rerun resumes: finished partitions are kept, the rest are redone.
     ``partitions`` limits the catalog to those store partitions; ``only`` runs just these of them
     now (one SLURM array task's share) and implies ``finalize=False`` unless all are done.
+    With ``calibrate`` the MC spread is scaled by the checkpoint's ``calibration.json``, if any.
     """
     t0 = time.perf_counter()
     store_obj = open_store(store)
     ckpt = load_checkpoint(checkpoint)
     _check_compatible(store_obj, ckpt.config, checkpoint)
+    calibration = load_calibration(checkpoint) if calibrate else None
     region_obj = parse_region(region) if region is not None else None
     plan = select_partitions(store_obj, region_obj, partitions)
     device = device or ("cuda" if cluster == "cuda" else "cpu")
@@ -101,6 +105,8 @@ def predict_catalog(
         "run": settings,
         "code_version": __version__,
     }
+    if calibration is not None:
+        provenance["calibration"] = {k: calibration[k] for k in ("scale", "method", "created", "model_hash")}
     writer = CatalogWriter.begin(
         out, n_latents=ckpt.net.n_out, store_fingerprint=store_obj.fingerprint(), provenance=provenance,
         partition_order=store_obj.partition_order, model_id=mid, overwrite=overwrite,
@@ -122,7 +128,8 @@ def predict_catalog(
     total_rows = sum(n for _, n in pending)
     workers = n_workers or _default_workers(cluster)
     threads = max(1, (os.cpu_count() or 1) // workers) if device == "cpu" else 0
-    spec = ModelSpec(str(checkpoint), engine, device, precision, mc_samples, seed, threads)
+    scale = tuple(float(v) for v in calibration["scale"]) if calibration is not None else None
+    spec = ModelSpec(str(checkpoint), engine, device, precision, mc_samples, seed, threads, scale)
 
     failed: dict[str, str] = {}
     done_rows = 0

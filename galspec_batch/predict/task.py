@@ -30,7 +30,7 @@ class PartitionJob:
     batch_size: int = 256
 
 
-def _batches(store, partition: Partition, batch_size: int):
+def _batches(store, partition: Partition, batch_size: int, dtype: str | None):
     """Iterate the partition's batches with one read in flight ahead of the consumer."""
     bounds = [
         (a, min(a + batch_size, stop))
@@ -40,10 +40,10 @@ def _batches(store, partition: Partition, batch_size: int):
     if not bounds:
         return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="galspec-read") as pool:
-        future = pool.submit(store.read, slice(*bounds[0]))
+        future = pool.submit(store.read, slice(*bounds[0]), dtype)
         for nxt in bounds[1:]:
             batch = future.result()
-            future = pool.submit(store.read, slice(*nxt))
+            future = pool.submit(store.read, slice(*nxt), dtype)
             yield batch
         yield future.result()
 
@@ -61,7 +61,7 @@ def run_partition(job: PartitionJob, spec: ModelSpec) -> dict:
     n_latents = predictor.weight.shape[0]
     cols: dict[str, list[np.ndarray]] = {k: [] for k in ("object_id", "ra", "dec", "_healpix_29", "flags")}
     means, stds = [], []
-    for batch in _batches(store, job.partition, job.batch_size):
+    for batch in _batches(store, job.partition, job.batch_size, predictor.read_dtype):
         if region is not None:
             batch = _select(batch, region.contains(batch.ra, batch.dec))
             if len(batch.rows) == 0:

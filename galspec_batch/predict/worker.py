@@ -30,6 +30,7 @@ class ModelSpec:
     mc_samples: int = 32
     seed: int = 0
     torch_threads: int = 0  # 0: leave torch's default
+    std_scale: tuple[float, ...] | None = None  # per-latent calibration of the MC spread
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,12 +53,19 @@ class Predictor:
         self.weight, self.bias = weight.to(self.device), bias.to(self.device)
         self.latent_mean = net.latent_mean.detach().to(self.device, torch.float32)
         self.latent_std = net.latent_std.detach().to(self.device, torch.float32)
+        self.std_scale = (torch.ones_like(self.latent_std) if spec.std_scale is None
+                          else torch.tensor(spec.std_scale, dtype=torch.float32, device=self.device))
+
+    @property
+    def read_dtype(self) -> str | None:
+        """Read the store's own dtype for a GPU (float16 halves the copy), float32 for the CPU."""
+        return None if self.device.type == "cuda" else "float32"
 
     def to_device(self, images: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(images)
         if self.device.type == "cuda":
-            return x.pin_memory().to(self.device, non_blocking=True)
-        return x
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        return x.float()
 
     @torch.inference_mode()
     def predict(self, images: np.ndarray, object_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -68,7 +76,7 @@ class Predictor:
             T=self.spec.mc_samples, seed=self.spec.seed,
         )
         mean = out["mean"] * self.latent_std + self.latent_mean
-        std = out["std"] * self.latent_std
+        std = out["std"] * self.latent_std * self.std_scale
         return mean.cpu().numpy(), std.cpu().numpy()
 
 
