@@ -25,7 +25,6 @@ Two scores, both in the flagged table that :func:`find_anomalies` writes:
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,11 +36,11 @@ from scipy.spatial import cKDTree
 
 from galspec_batch.atomic import atomic_path
 from galspec_batch.catalog.schema import QualityFlag, latent_column, latent_std_column
-from galspec_batch.errors import FormatError, InputError, MissingFileError
+from galspec_batch.errors import FormatError, InputError
+from galspec_batch.labels import count_latents, read_labels
 
 OUT_COLUMNS = ("object_id", "ra", "dec", "anomaly_score", "anomaly_pvalue", "ood_score", "flag",
                "quality_flags")
-_LATENT = re.compile(r"^latent_(\d+)$")
 _MAD_TO_SIGMA = 1.4826
 
 
@@ -181,16 +180,6 @@ def catalog_latents(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float64), std.astype(np.float64)
 
 
-def count_latents(columns: list[str], what: str) -> int:
-    """The number of latent columns ``latent_1..latent_N`` in ``columns``, checked to be contiguous."""
-    found = sorted(int(m.group(1)) for c in columns if (m := _LATENT.match(c)))
-    if not found:
-        raise InputError(f"{what} has no latent columns latent_1..latent_N (columns: {columns})")
-    if found != list(range(1, len(found) + 1)):
-        raise InputError(f"{what} has latent columns {found}; expected latent_1..latent_{len(found)}")
-    return len(found)
-
-
 def match_ids(reference: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Row of each of ``ids`` in the unique ``reference`` ids, -1 where absent."""
     reference, ids = np.asarray(reference, np.int64), np.asarray(ids, np.int64)
@@ -201,27 +190,9 @@ def match_ids(reference: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.where(reference[order][pos] == ids, order[pos], -1).astype(np.int64)
 
 
-def read_labels_table(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """``object_id`` [N] and observed latents [N, L] of a labels table (``galspec vae encode``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"labels table {path} does not exist")
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:
-        raise FormatError(f"{path} is not a readable Parquet labels table ({exc})") from None
-    if "object_id" not in table.column_names:
-        raise InputError(f"labels table {path} has no object_id column (columns: {table.column_names})")
-    n = count_latents(table.column_names, f"labels table {path}")
-    ids = table["object_id"].to_numpy()
-    uniq, counts = np.unique(ids, return_counts=True)
-    if (counts > 1).any():
-        raise InputError(f"labels table {path}: duplicate object ids {uniq[counts > 1][:5].tolist()}")
-    z = np.stack([table[latent_column(i)].to_numpy(zero_copy_only=False) for i in range(1, n + 1)], axis=1)
-    if not np.isfinite(z).all():
-        bad = int((~np.isfinite(z)).any(axis=1).sum())
-        raise InputError(f"labels table {path} has {bad} rows with NaN latents")
-    return ids.astype(np.int64), z.astype(np.float64)
+def _observed(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    labels = read_labels(path)
+    return labels.object_id, labels.values.astype(np.float64)
 
 
 def flag_anomalies(catalog: pa.Table, labels: tuple[np.ndarray, np.ndarray] | None = None, *,
@@ -304,7 +275,7 @@ def find_anomalies(catalog: str | Path, out: str | Path, *, labels: str | Path |
     from galspec_batch.catalog import read_catalog
 
     table = read_catalog(catalog)
-    lab = read_labels_table(labels) if labels is not None else None
+    lab = _observed(labels) if labels is not None else None
     flagged = flag_anomalies(table, lab, alpha=alpha, ood_threshold=ood_threshold, k=k)
     with atomic_path(out, overwrite=overwrite) as tmp:
         pq.write_table(flagged, tmp)

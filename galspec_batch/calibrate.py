@@ -157,9 +157,10 @@ def calibrate_catalog(catalog: str | Path, labels: str | Path, checkpoint: str |
                       plot: str | Path | None = None) -> CalibrationReport:
     """Fit per-latent scales on part of ``catalog`` joined with ``labels``, measure coverage on the
     rest before and after, and (``write``) save ``calibration.json`` into ``checkpoint``."""
-    from galspec_batch.anomalies import catalog_latents, match_ids, read_labels_table
+    from galspec_batch.anomalies import catalog_latents, match_ids
     from galspec_batch.catalog import read_catalog, read_provenance
     from galspec_batch.checkpoint import WEIGHTS_FILE, file_sha256
+    from galspec_batch.labels import read_labels
 
     doc = read_provenance(catalog)
     prov = doc.get("provenance", doc)  # the run's record sits under "provenance"
@@ -175,7 +176,8 @@ def calibrate_catalog(catalog: str | Path, labels: str | Path, checkpoint: str |
                          f"{checkpoint}")
     table = read_catalog(catalog)
     mean, std = catalog_latents(table)
-    lab_ids, lab_z = read_labels_table(labels)
+    lab = read_labels(labels)
+    lab_ids, lab_z = lab.object_id, lab.values.astype(np.float64)
     if lab_z.shape[1] != mean.shape[1]:
         raise InputError(f"labels {labels} have {lab_z.shape[1]} latents but the catalog has {mean.shape[1]}")
     rows = match_ids(table["object_id"].to_numpy(), lab_ids)

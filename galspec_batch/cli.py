@@ -46,9 +46,9 @@ def vae() -> None:
 @one_line_errors
 def vae_train(spectra: str, out: str, latents: int, epochs: int, seed: int, overwrite: bool) -> None:
     """Train a VAE on a spectra table."""
-    from galspec_batch.spectral_vae import TrainSettings, train_vae
+    from galspec_batch.spectral_vae import VAESettings, train_vae
 
-    settings = TrainSettings(epochs=epochs, seed=seed)
+    settings = VAESettings(epochs=epochs, seed=seed)
     trained = train_vae(spectra, out, n_latent=latents, settings=settings, overwrite=overwrite, progress=True)
     m = trained.meta
     click.echo(f"wrote {out}: best epoch {m['best_epoch']}/{m['epochs_run']}, "

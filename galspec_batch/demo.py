@@ -86,8 +86,14 @@ def run_demo(out: str | Path = "galspec-demo", settings: DemoSettings = DemoSett
     from galspec_batch.select import select_targets, write_targets
     from galspec_batch.simulate import simulate_survey
     from galspec_batch.spectra_table import read_spectra_table, spectra_arrays
-    from galspec_batch.spectral_vae import TrainSettings as VAESettings
-    from galspec_batch.spectral_vae import chi2_per_dof, decode, encode, encode_spectra_table, train_vae
+    from galspec_batch.spectral_vae import (
+        VAESettings,
+        chi2_per_dof,
+        decode,
+        encode,
+        encode_spectra_table,
+        train_vae,
+    )
     from galspec_batch.training import TrainSettings, fit
 
     out = Path(out)
@@ -187,16 +193,17 @@ def _truth(spectra: Path) -> np.ndarray:
 
 def _held_out(catalog: Path, labels: Path, checkpoint: Path):
     """Observed latents and the calibrated and raw predicted spread of the held-out field."""
-    from galspec_batch.anomalies import catalog_latents, match_ids, read_labels_table
+    from galspec_batch.anomalies import catalog_latents, match_ids
     from galspec_batch.calibrate import load_calibration
     from galspec_batch.catalog import read_catalog
+    from galspec_batch.labels import read_labels
 
     table = read_catalog(catalog)
     mean, std = catalog_latents(table)
-    lab_ids, observed = read_labels_table(labels)
-    rows = match_ids(lab_ids, table["object_id"].to_numpy())
+    lab = read_labels(labels)
+    rows = match_ids(lab.object_id, table["object_id"].to_numpy())
     scale = np.asarray(load_calibration(checkpoint)["scale"])
-    return observed[rows], mean, std, std / scale
+    return lab.values[rows].astype(np.float64), mean, std, std / scale
 
 
 def _figures(paths: dict[str, Path], truth, mean, std_raw, std) -> list[str]:

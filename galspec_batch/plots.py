@@ -167,7 +167,7 @@ def _latent_arrays(data) -> tuple[np.ndarray, list[str]]:
     """[N, L] latent means and their names from a catalog path, table, DataFrame or array."""
     if isinstance(data, np.ndarray):
         return data.astype(np.float64), [f"latent_{i}" for i in range(1, data.shape[1] + 1)]
-    from galspec_batch.anomalies import count_latents
+    from galspec_batch.labels import count_latents
 
     if isinstance(data, (str, Path)):
         from galspec_batch.catalog import read_catalog

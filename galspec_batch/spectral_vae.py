@@ -33,6 +33,7 @@ from safetensors.torch import load_file, save_file
 from galspec_batch import __version__
 from galspec_batch.atomic import atomic_path
 from galspec_batch.errors import FormatError, InputError, MissingFileError
+from galspec_batch.labels import latent_names, read_labels
 from galspec_batch.models.vae import SpectrumVAE, VAEArch, infovae_loss
 from galspec_batch.spectra_table import FLUX, OBJECT_ID, SPECTRUM_TYPE, read_spectra_table, spectra_arrays
 
@@ -42,13 +43,12 @@ WEIGHTS_FILE = "vae.safetensors"
 CONFIG_FILE = "vae.json"
 METRICS_FILE = "metrics.csv"
 MEAN_KEY = "mean_spectrum"
-LATENT_PREFIX = "latent_"
 VAE_METADATA_KEY = b"galspec.vae"
 METRIC_COLUMNS = ("epoch", "train_loss", "train_recon", "train_kl", "train_mmd", "val_loss", "val_chi2_dof")
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class VAESettings:
     """How a VAE is trained (stored in ``vae.json``). alpha/lam as in InfoVAE (Zhao et al.)."""
 
     epochs: int = 100
@@ -68,7 +68,7 @@ class TrainedVAE:
 
     model: SpectrumVAE
     mean_spectrum: np.ndarray
-    settings: TrainSettings
+    settings: VAESettings
     meta: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
 
@@ -148,7 +148,7 @@ def fit_vae(
     ivar,
     *,
     n_latent: int = 6,
-    settings: TrainSettings = TrainSettings(),
+    settings: VAESettings = VAESettings(),
     progress: bool = False,
 ) -> TrainedVAE:
     """Train a VAE on spectra [N, 1000]; early stopping on a seeded validation split."""
@@ -217,7 +217,7 @@ def fit_vae(
     return vae
 
 
-def _validation_loss(model: SpectrumVAE, x: torch.Tensor, w: torch.Tensor, s: TrainSettings) -> float:
+def _validation_loss(model: SpectrumVAE, x: torch.Tensor, w: torch.Tensor, s: VAESettings) -> float:
     """The training objective on the validation split, with the same noise draws every epoch."""
     gen = torch.Generator().manual_seed(s.seed + 1)
     model.eval()
@@ -334,12 +334,7 @@ def load_vae(vae_dir: str | os.PathLike) -> TrainedVAE:
         with open(vae_dir / METRICS_FILE, newline="") as f:
             history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
     return TrainedVAE(model=model, mean_spectrum=tensors[MEAN_KEY].numpy(),
-                      settings=TrainSettings(**cfg["training"]), meta=meta, history=history)
-
-
-def latent_columns(n_latent: int) -> list[str]:
-    """``latent_1 .. latent_N``: the label columns the CNN is trained on."""
-    return [f"{LATENT_PREFIX}{i}" for i in range(1, n_latent + 1)]
+                      settings=VAESettings(**cfg["training"]), meta=meta, history=history)
 
 
 def _read_spectra(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -355,7 +350,7 @@ def train_vae(
     out_dir: str | os.PathLike,
     *,
     n_latent: int = 6,
-    settings: TrainSettings = TrainSettings(),
+    settings: VAESettings = VAESettings(),
     overwrite: bool = False,
     progress: bool = False,
 ) -> TrainedVAE:
@@ -378,7 +373,7 @@ def encode_spectra_table(
     object_id, flux, ivar = _read_spectra(spectra_path)
     z = encode(vae, flux, ivar)
     cols = {OBJECT_ID: pa.array(object_id.astype(np.int64))}
-    cols.update({name: pa.array(z[:, i]) for i, name in enumerate(latent_columns(vae.n_latent))})
+    cols.update({name: pa.array(z[:, i]) for i, name in enumerate(latent_names(vae.n_latent))})
     provenance = {
         "vae": str(vae_dir), "weights_sha256": vae.meta["weights_sha256"], "spectra": str(spectra_path)
     }
@@ -388,36 +383,14 @@ def encode_spectra_table(
     return table
 
 
-def read_labels(path: str | os.PathLike, n_latent: int) -> tuple[np.ndarray, np.ndarray]:
-    """``object_id`` [N] and latents [N, n_latent] from a labels table, checked."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"labels table {path} does not exist")
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:
-        raise FormatError(f"{path} is not a readable Parquet labels table ({exc})") from exc
-    wanted = [OBJECT_ID, *latent_columns(n_latent)]
-    missing = [c for c in wanted if c not in table.column_names]
-    if missing:
-        raise InputError(
-            f"{path} lacks columns {missing} (has {table.column_names}); this VAE has {n_latent} latents"
-        )
-    ids = table[OBJECT_ID].to_numpy()
-    uniq, counts = np.unique(ids, return_counts=True)
-    if (counts > 1).any():
-        raise InputError(f"{path}: duplicate object ids {uniq[counts > 1][:5].tolist()}")
-    z = np.stack([table[c].to_numpy(zero_copy_only=False) for c in wanted[1:]], axis=1).astype(np.float32)
-    return ids.astype(np.int64), z
-
-
 def decode_labels_table(
     vae_dir: str | os.PathLike, labels_path: str | os.PathLike, out_path: str | os.PathLike,
     overwrite: bool = False,
 ) -> pa.Table:
     """Write decoded spectra: ``object_id`` and ``flux`` (1000 float32, the table's normalisation)."""
     vae = load_vae(vae_dir)
-    ids, z = read_labels(labels_path, vae.n_latent)
+    lab = read_labels(labels_path, vae.n_latent)
+    ids, z = lab.object_id, lab.values
     flux = decode(vae, z)
     table = pa.table({
         OBJECT_ID: pa.array(ids),

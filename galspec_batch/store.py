@@ -47,10 +47,12 @@ _PER_OBJECT = (MASK, FLAGS, OBJECT_ID, RA, DEC, HEALPIX)
 
 
 class QualityFlag(enum.IntFlag):
-    """Per-object quality bits, shared by the store and the catalog."""
+    """Per-object quality bits (uint16), shared by the store and the catalog's ``quality_flags``."""
 
-    NAN_PIXELS = 1
-    MISSING_BAND = 2
+    NAN_PIXELS = 1  # some pixels are NaN (kept in the store, zero for the CNN)
+    MISSING_BAND = 2  # a band was not observed (zero-filled, mask False)
+    LOW_COVERAGE = 4  # reserved: too few valid pixels for a trustworthy prediction
+    OUT_OF_DISTRIBUTION = 8  # set by `galspec anomalies` on flagged objects
 
 
 @dataclass(frozen=True)

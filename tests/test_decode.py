@@ -31,7 +31,7 @@ from galspec_batch.models.vae import SpectrumVAE, VAEArch
 from galspec_batch.predict import predict_catalog
 from galspec_batch.select import derived_path, select_targets
 from galspec_batch.spectra import N_BINS, WAVE, WAVE_EDGES
-from galspec_batch.spectral_vae import TrainedVAE, TrainSettings, decode, load_vae, save_vae
+from galspec_batch.spectral_vae import TrainedVAE, VAESettings, decode, load_vae, save_vae
 
 LINE = {w.name: w for w in LINES}
 
@@ -105,7 +105,7 @@ def make_vae(path, seed=0):
     torch.manual_seed(seed)
     mean = continuum(1.0) * np.where(WAVE < 3975, 0.8, 1.0) + gaussian_line(6564.6, 2.5, 30.0)
     mean = mean.astype(np.float32)
-    vae = TrainedVAE(SpectrumVAE(VAEArch(n_latent=6)).eval(), mean, TrainSettings(seed=seed))
+    vae = TrainedVAE(SpectrumVAE(VAEArch(n_latent=6)).eval(), mean, VAESettings(seed=seed))
     save_vae(vae, path)
     return path
 

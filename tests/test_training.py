@@ -145,7 +145,7 @@ def test_labels_checks(tmp_path, data):
     with pytest.raises(InputError, match=msg):
         read_labels(path)
     dup = write_labels(tmp_path / "dup.parquet", np.r_[data["ids"][:5], data["ids"][:1]], data["latents"][:6])
-    with pytest.raises(InputError, match="repeats object_id"):
+    with pytest.raises(InputError, match="duplicate object ids"):
         read_labels(dup)
     pq.write_table(pa.table({"object_id": [1, 2], "z": [0.1, 0.2]}), tmp_path / "nolat.parquet")
     with pytest.raises(InputError, match="no latent columns"):

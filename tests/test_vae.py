@@ -19,7 +19,7 @@ from galspec_batch.models.vae import SpectrumVAE, VAEArch, gaussian_kl, infovae_
 from galspec_batch.spectra import WAVE, WAVE_EDGES
 from galspec_batch.spectra_table import spectra_to_table, write_spectra_table
 from galspec_batch.spectral_vae import (
-    TrainSettings,
+    VAESettings,
     chi2_per_dof,
     decode,
     encode,
@@ -72,7 +72,7 @@ def line_ew(flux: np.ndarray, center: float) -> np.ndarray:
 def trained():
     torch.set_num_threads(1)
     flux, ivar, _ = synth(1200, seed=0)
-    return fit_vae(flux, ivar, settings=TrainSettings(epochs=40, patience=10)), flux, ivar
+    return fit_vae(flux, ivar, settings=VAESettings(epochs=40, patience=10)), flux, ivar
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +121,7 @@ def test_mmd_pulls_latents_to_standard_normal(trained):
     assert torch.all(mu.std(0) > 0.3)
     mmd = float(mmd_rbf(z, prior))
     # lam = 1 (MMD weight 0, a plain VAE): measured offsets up to 0.36, MMD 0.044
-    plain = fit_vae(flux, ivar, settings=TrainSettings(epochs=40, patience=10, lam=1.0))
+    plain = fit_vae(flux, ivar, settings=VAESettings(epochs=40, patience=10, lam=1.0))
     assert mmd < 0.5 * float(mmd_rbf(_aggregate_posterior(plain, flux, ivar)[0], prior))
 
 
@@ -177,11 +177,11 @@ def test_save_load_bit_identical(trained, held_out, tmp_path):
 
 def test_training_is_deterministic():
     flux, ivar, _ = synth(200, seed=3)
-    s = TrainSettings(epochs=2)
+    s = VAESettings(epochs=2)
     a, b = fit_vae(flux, ivar, settings=s), fit_vae(flux, ivar, settings=s)
     for k, v in a.model.state_dict().items():
         assert torch.equal(v, b.model.state_dict()[k]), k
-    c = fit_vae(flux, ivar, settings=TrainSettings(epochs=2, seed=1))
+    c = fit_vae(flux, ivar, settings=VAESettings(epochs=2, seed=1))
     assert not torch.equal(a.model.decoder[0].weight, c.model.decoder[0].weight)
 
 

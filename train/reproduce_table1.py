@@ -40,8 +40,7 @@ def load_config(name: str) -> tuple[TrainSettings, dict]:
 
 def make_data(work: Path, n: int, size: int, vae_epochs: int, seed: int) -> tuple[Path, Path]:
     from galspec_batch.simulate.survey import simulate_survey
-    from galspec_batch.spectral_vae import TrainSettings as VAESettings
-    from galspec_batch.spectral_vae import encode_spectra_table, train_vae
+    from galspec_batch.spectral_vae import VAESettings, encode_spectra_table, train_vae
 
     store, spectra, vae, labels = (work / "store.zarr", work / "spectra.parquet", work / "vae",
                                    work / "labels.parquet")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import enum
-
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -11,6 +9,7 @@ import pyarrow.compute as pc
 
 from galspec_batch.errors import InputError, did_you_mean
 from galspec_batch.sky import SPATIAL_INDEX_COLUMN, healpix_29, pixel_at_order
+from galspec_batch.store import QualityFlag  # noqa: F401  (the catalog's quality bits)
 
 OBJECT_ID = "object_id"
 RA = "ra"
@@ -19,15 +18,6 @@ HEALPIX = SPATIAL_INDEX_COLUMN
 MC_SAMPLES = "mc_samples"
 QUALITY_FLAGS = "quality_flags"
 MODEL_ID = "model_id"
-
-
-class QualityFlag(enum.IntFlag):
-    """Bits of ``quality_flags`` (uint16). 1 and 2 mirror the store's per-object flags."""
-
-    NAN_PIXELS = 1
-    MISSING_BAND = 2
-    LOW_COVERAGE = 4  # reserved: too few valid pixels for a trustworthy prediction
-    OUT_OF_DISTRIBUTION = 8  # reserved: set by the anomaly search
 
 
 def latent_column(i: int) -> str:

@@ -8,70 +8,26 @@ read from the store batch by batch.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
-from galspec_batch.errors import FormatError, InputError, MissingFileError
+from galspec_batch.errors import InputError
+from galspec_batch.labels import Labels, show_ids
+from galspec_batch.labels import read_labels as read_labels_table
 from galspec_batch.store import CutoutStore
 
-LABEL_ID = "object_id"
-LATENT_PREFIX = "latent_"
 DEFAULT_MAX_RAM_BYTES = 4 << 30
 READ_BLOCK = 1024
 
 
-@dataclass
-class Labels:
-    object_id: np.ndarray  # [N] int64
-    names: list[str]
-    values: np.ndarray  # [N, L] float32
-
-
-def _show(ids: np.ndarray, n: int = 5) -> str:
-    ids = np.asarray(ids)
-    more = f" and {ids.size - n} more" if ids.size > n else ""
-    return f"{ids[:n].tolist()}{more}"
-
-
 def read_labels(path: str | os.PathLike) -> Labels:
-    """Read and check a labels table: unique ids, latent columns present, no NaN."""
-    path = Path(path)
-    if not path.exists():
-        raise MissingFileError(f"labels table {path} does not exist")
-    try:
-        table = pq.read_table(path)
-    except Exception as exc:  # pyarrow raises ArrowInvalid & co. for non-Parquet files
-        raise FormatError(f"{path} is not a Parquet labels table: {exc}") from None
-    if LABEL_ID not in table.column_names:
-        raise InputError(f"labels table {path} has no {LABEL_ID!r} column (columns: {table.column_names})")
-    names = [c for c in table.column_names if re.fullmatch(rf"{LATENT_PREFIX}\d+", c)]
-    names.sort(key=lambda c: int(c[len(LATENT_PREFIX):]))
-    if not names:
-        raise InputError(
-            f"labels table {path} has no latent columns; expected {LATENT_PREFIX}1..{LATENT_PREFIX}N "
-            f"(columns: {table.column_names})"
-        )
-    ids = table.column(LABEL_ID).to_numpy().astype(np.int64)
-    values = np.stack([table.column(c).to_numpy(zero_copy_only=False) for c in names], axis=1)
-    values = values.astype(np.float32)
-    uniq, counts = np.unique(ids, return_counts=True)
-    if (counts > 1).any():
-        raise InputError(f"labels table {path} repeats object_id {_show(uniq[counts > 1])}")
-    bad = ~np.isfinite(values).all(axis=1)
-    if bad.any():
-        raise InputError(
-            f"labels table {path} has NaN or infinite latents for {int(bad.sum())} objects: "
-            f"object_id {_show(ids[bad])}"
-        )
-    if ids.size < 2:
-        raise InputError(f"labels table {path} has {ids.size} rows; training needs at least 2")
-    return Labels(ids, names, values)
+    """Read and check a labels table for training (see ``galspec_batch.labels``): at least 2 rows."""
+    labels = read_labels_table(path)
+    if labels.object_id.size < 2:
+        raise InputError(f"labels table {path} has {labels.object_id.size} rows; training needs at least 2")
+    return labels
 
 
 def match_rows(store: CutoutStore, ids: np.ndarray) -> np.ndarray:
@@ -85,7 +41,7 @@ def match_rows(store: CutoutStore, ids: np.ndarray) -> np.ndarray:
     if not found.all():
         raise InputError(
             f"{int((~found).sum())} labelled objects are not in the store {store.path}: "
-            f"object_id {_show(ids[~found])}"
+            f"object_id {show_ids(ids[~found])}"
         )
     return rows.astype(np.int64)
 

@@ -1,0 +1,77 @@
+"""The labels table: observed latents per object (``object_id``, ``latent_1..latent_N``), as
+``galspec vae encode`` writes it; the CNN trains on it, anomalies and calibration compare with it."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from galspec_batch.errors import FormatError, InputError, MissingFileError
+
+OBJECT_ID = "object_id"
+LATENT_PREFIX = "latent_"
+_LATENT = re.compile(rf"^{LATENT_PREFIX}(\d+)$")
+
+
+@dataclass
+class Labels:
+    object_id: np.ndarray  # [N] int64, unique
+    names: list[str]  # latent_1..latent_L
+    values: np.ndarray  # [N, L] float32, finite
+
+
+def latent_names(n: int) -> list[str]:
+    return [f"{LATENT_PREFIX}{i}" for i in range(1, n + 1)]
+
+
+def count_latents(columns: list[str], what: str) -> int:
+    """The number of latent columns ``latent_1..latent_N`` in ``columns``, checked to be contiguous."""
+    found = sorted(int(m.group(1)) for c in columns if (m := _LATENT.match(c)))
+    if not found:
+        raise InputError(f"{what} has no latent columns latent_1..latent_N (columns: {columns})")
+    if found != list(range(1, len(found) + 1)):
+        raise InputError(f"{what} has latent columns {found}; expected latent_1..latent_{len(found)}")
+    return len(found)
+
+
+def show_ids(ids: np.ndarray, n: int = 5) -> str:
+    """A few ids for an error message, e.g. ``[3, 7] and 12 more``."""
+    ids = np.asarray(ids)
+    more = f" and {ids.size - n} more" if ids.size > n else ""
+    return f"{ids[:n].tolist()}{more}"
+
+
+def read_labels(path: str | os.PathLike, n_latent: int | None = None) -> Labels:
+    """Read and check a labels table: an ``object_id`` column, unique ids, contiguous latent columns
+    (exactly ``n_latent`` of them when given), finite values."""
+    path = Path(path)
+    what = f"labels table {path}"
+    if not path.is_file():
+        raise MissingFileError(f"{what} does not exist")
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid & co. for non-Parquet files
+        raise FormatError(f"{path} is not a readable Parquet labels table ({exc})") from None
+    if OBJECT_ID not in table.column_names:
+        raise InputError(f"{what} has no {OBJECT_ID} column (columns: {table.column_names})")
+    if n_latent is not None:
+        missing = [c for c in latent_names(n_latent) if c not in table.column_names]
+        if missing:
+            raise InputError(f"{what} lacks columns {missing} (has {table.column_names}); "
+                             f"expected {n_latent} latents")
+    names = latent_names(n_latent if n_latent is not None else count_latents(table.column_names, what))
+    ids = table[OBJECT_ID].to_numpy().astype(np.int64)
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise InputError(f"{what} has duplicate object ids {show_ids(uniq[counts > 1])}")
+    values = np.stack([table[c].to_numpy(zero_copy_only=False) for c in names], axis=1).astype(np.float32)
+    bad = ~np.isfinite(values).all(axis=1)
+    if bad.any():
+        raise InputError(f"{what} has NaN or infinite latents for {int(bad.sum())} objects: "
+                         f"object_id {show_ids(ids[bad])}")
+    return Labels(ids, names, values)
