@@ -179,28 +179,6 @@ def train_cmd(model, store, labels, epochs, out, init, lr, batch_size, dropout, 
                f"last epoch val_rmse {result.metrics[-1]['val_rmse']:.4f}")
 
 
-@main.command("catalog-status")
-@click.argument("catalog", type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
-@one_line_errors
-def catalog_status_cmd(catalog: str, as_json: bool) -> None:
-    """Progress of a catalog being written: partitions done, pending, failed (no store needed)."""
-    import json
-
-    from galspec_batch.catalog import catalog_status
-
-    s = catalog_status(catalog)
-    if as_json:
-        click.echo(json.dumps(s, indent=1))
-        return
-    planned = "?" if s["planned"] is None else s["planned"]
-    click.echo(f"{catalog}: {'complete' if s['complete'] else 'in progress'}, order {s['partition_order']}; "
-               f"partitions {s['done']} done, {s['pending']} pending, {s['failed']} failed of {planned}; "
-               f"objects {s['objects_done']} of {s['objects_planned'] or '?'}")
-    for pixel, error in s["failures"].items():
-        click.echo(f"  failed {pixel}: {error}")
-
-
 @main.command("predict")
 @click.option("--store", "store", required=True, type=click.Path(exists=True), help="Cutout store (Zarr).")
 @click.option("--checkpoint", required=True, type=click.Path(exists=True), help="Trained model directory.")
@@ -350,9 +328,13 @@ def _echo_submission(sub, dry_run: bool) -> None:
 
 @main.command("status")
 @click.argument("catalog", type=click.Path(exists=True))
+@click.option("--json", "as_json", is_flag=True, help="Print the catalog's counts as JSON.")
 @one_line_errors
-def status_cmd(catalog) -> None:
-    """Partitions done, running, queued, pending and failed of CATALOG (and its SLURM jobs)."""
+def status_cmd(catalog, as_json) -> None:
+    """Partitions done, running, queued, pending and failed of CATALOG (and its SLURM jobs),
+    from the catalog's own state: no store needed."""
+    import json
+
     from rich.console import Console
     from rich.table import Table
 
@@ -360,6 +342,9 @@ def status_cmd(catalog) -> None:
 
     st = slurm_status(catalog)
     s = st.summary
+    if as_json:
+        click.echo(json.dumps({**s, "jobs": st.jobs}, indent=1))
+        return
     table = Table(title=f"{catalog}: {'complete' if s['complete'] else 'in progress'}")
     table.add_column("partitions")
     table.add_column("count", justify="right")

@@ -283,9 +283,11 @@ def test_failures_show_in_status_and_clear_on_retry(tmp_path):
 
     from galspec_batch.cli import main
 
-    out = CliRunner().invoke(main, ["catalog-status", str(path)])
-    assert out.exit_code == 0 and f"0 done, {len(parts) - 1} pending, 1 failed" in out.output
-    assert "CUDA out of memory" in out.output
+    out = CliRunner().invoke(main, ["status", str(path)])
+    assert out.exit_code == 0 and "CUDA out of memory" in out.output
+    out = CliRunner().invoke(main, ["status", str(path), "--json"])
+    got = json.loads(out.output)
+    assert (got["done"], got["pending"], got["failed"]) == (0, len(parts) - 1, 1)
     write_partition(path, ORDER, p, t)
     s = catalog_status(path)
     assert (s["done"], s["failed"], s["objects_done"]) == (1, 0, t.num_rows)
