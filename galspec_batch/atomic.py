@@ -7,6 +7,8 @@ A reader never sees a half-written file or directory; an interrupted run leaves 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import uuid
@@ -40,6 +42,8 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     On error the temporary output is removed and ``path`` is left as it was.
     """
     path = Path(path)
+    if path.exists() and not overwrite:  # before the work, not after it
+        raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(path)
     tmp = tmp_sibling(path)
@@ -67,3 +71,18 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def write_json(path: str | os.PathLike, obj: dict) -> None:
+    """Write a small JSON document atomically (keys sorted, so reruns give identical files)."""
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -88,7 +88,8 @@ class CalibrationReport:
 
 def save_calibration(checkpoint: str | Path, scale: np.ndarray, latent_names: list[str], info: dict) -> Path:
     """Write ``calibration.json`` (scales, method, data used, date) into a checkpoint, atomically."""
-    from galspec_batch.checkpoint import WEIGHTS_FILE, file_sha256
+    from galspec_batch.atomic import file_sha256
+    from galspec_batch.checkpoint import WEIGHTS_FILE
 
     checkpoint = Path(checkpoint)
     if not (checkpoint / WEIGHTS_FILE).is_file():
@@ -113,7 +114,8 @@ def save_calibration(checkpoint: str | Path, scale: np.ndarray, latent_names: li
 def load_calibration(checkpoint: str | Path) -> dict | None:
     """The checkpoint's calibration document, or None when it has none. Refuses a calibration
     made for other weights (its ``model_hash`` differs)."""
-    from galspec_batch.checkpoint import WEIGHTS_FILE, file_sha256
+    from galspec_batch.atomic import file_sha256
+    from galspec_batch.checkpoint import WEIGHTS_FILE
 
     path = Path(checkpoint) / CALIBRATION_FILE
     if not path.is_file():
@@ -158,8 +160,9 @@ def calibrate_catalog(catalog: str | Path, labels: str | Path, checkpoint: str |
     """Fit per-latent scales on part of ``catalog`` joined with ``labels``, measure coverage on the
     rest before and after, and (``write``) save ``calibration.json`` into ``checkpoint``."""
     from galspec_batch.anomalies import catalog_latents, match_ids
+    from galspec_batch.atomic import file_sha256
     from galspec_batch.catalog import read_catalog, read_provenance
-    from galspec_batch.checkpoint import WEIGHTS_FILE, file_sha256
+    from galspec_batch.checkpoint import WEIGHTS_FILE
     from galspec_batch.labels import read_labels
 
     doc = read_provenance(catalog)

@@ -8,7 +8,6 @@ latent mean and std that turn its z-scored outputs back into physical latents.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from galspec_batch import __version__
-from galspec_batch.atomic import atomic_path
+from galspec_batch.atomic import atomic_path, file_sha256
 from galspec_batch.errors import FormatError, InputError, MissingFileError
 
 FORMAT = "galspec-checkpoint"
@@ -136,14 +135,6 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         described = ""
     return f"{__version__}+git.{described}" if described else __version__
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def build_net(config: dict[str, Any]) -> GalspecNet:

@@ -189,6 +189,9 @@ def train_cmd(model, store, labels, epochs, out, init, lr, batch_size, dropout, 
 @click.option("--engine", default="auto", show_default=True,
               help="auto | eager | compile | onnxruntime | tensorrt.")
 @click.option("--batch-size", default=256, show_default=True)
+@click.option("--device", default=None, help="cpu | cuda (default: cuda with --cluster cuda, else cpu).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+              help="CNN precision (default: fp16 on a GPU, fp32 on the CPU).")
 @click.option("--workers", "n_workers", type=int, default=None, help="Dask workers (default: 2 CPU, 1/GPU).")
 @click.option("--region", default=None, help="cone:RA,DEC,R | box:... | pixels:ORDER:P,... | moc:FILE.")
 @click.option("--partitions", default=None, help="Comma-separated partition pixels (store order).")
@@ -200,21 +203,25 @@ def train_cmd(model, store, labels, epochs, out, init, lr, batch_size, dropout, 
 @click.option("--overwrite", is_flag=True, help="Replace a complete catalog.")
 @click.option("--no-calibration", is_flag=True, help="Ignore the checkpoint's calibration.json.")
 @one_line_errors
-def predict_cmd(store, checkpoint, out, mc_samples, cluster, engine, batch_size, n_workers, region,
-                partitions, plan_file, task_index, seed, no_finalize, overwrite, no_calibration) -> None:
+def predict_cmd(store, checkpoint, out, mc_samples, cluster, engine, batch_size, device, precision,
+                n_workers, region, partitions, plan_file, task_index, seed, no_finalize, overwrite,
+                no_calibration) -> None:
     """Predict latents with MC-dropout uncertainty for every cutout into a HATS catalog."""
     from galspec_batch.predict import predict_catalog
     from galspec_batch.regions import parse_partitions
 
     pixels = parse_partitions(partitions) if partitions else None
     only = None
+    if (plan_file is None) != (task_index is None):
+        raise click.UsageError("--plan-file and --task-index go together")
     if plan_file is not None:
         from galspec_batch.slurm import task_partitions
 
-        only = task_partitions(plan_file, 0 if task_index is None else task_index)
+        only = task_partitions(plan_file, task_index)
     s = predict_catalog(store, checkpoint, out, region=region, partitions=pixels, only=only,
                         mc_samples=mc_samples,
-                        engine=engine, batch_size=batch_size, cluster=cluster, n_workers=n_workers,
+                        engine=engine, batch_size=batch_size, device=device, precision=precision,
+                        cluster=cluster, n_workers=n_workers,
                         seed=seed, finalize=not no_finalize, overwrite=overwrite,
                         calibrate=not no_calibration)
     click.echo(f"{s.catalog}: {s.objects} galaxies in {s.partitions_done} partitions "
@@ -229,7 +236,7 @@ def finalize_cmd(catalog) -> None:
     from galspec_batch.predict import finalize_catalog
 
     doc = finalize_catalog(catalog)
-    click.echo(f"{catalog}: complete, {doc.get('n_rows', '?')} rows")
+    click.echo(f"{catalog}: complete, {doc['n_objects']} objects in {doc['n_partitions']} partitions")
 
 
 _SLURM_SITE_OPTIONS = [

@@ -74,9 +74,7 @@ def plot_mock_galaxies(
         ax_sp.set_ylabel("flux (norm.)")
     axes[-1, 1].set_xlabel("rest-frame wavelength (A)")
     fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=110)
-    return fig
+    return _figure_out(fig, path)
 
 
 def plot_mock_survey(store: str | Path, spectra: str | Path, path: str | Path | None = None, n: int = 6):
@@ -110,9 +108,12 @@ def plot_mock_survey(store: str | Path, spectra: str | Path, path: str | Path | 
 
 
 def _figure_out(fig, path):
-    """Save ``fig`` when given a path (PNG/PDF by the suffix); return it."""
+    """Save ``fig`` atomically when given a path (PNG/PDF by the suffix); return it."""
     if path is not None:
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        from galspec_batch.atomic import atomic_path
+
+        with atomic_path(path, overwrite=True) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight", format=Path(path).suffix.lstrip(".") or "png")
     return fig
 
 

@@ -26,15 +26,3 @@ def pixel_at_order(hp29: np.ndarray, order: int) -> np.ndarray:
     if not 0 <= order <= SPATIAL_INDEX_ORDER:
         raise ValueError(f"HEALPix order must be in 0..29, got {order}")
     return np.asarray(hp29, dtype=np.int64) >> (2 * (SPATIAL_INDEX_ORDER - order))
-
-
-def pixel_range_29(order: int, pixel: int) -> tuple[int, int]:
-    """The half-open range of order-29 indices inside ``pixel`` at ``order``."""
-    shift = 2 * (SPATIAL_INDEX_ORDER - order)
-    return pixel << shift, (pixel + 1) << shift
-
-
-def pixel_center(order: int, pixel: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
-    """RA, Dec (degrees) of pixel centres."""
-    lon, lat = nested.healpix_to_lonlat(np.atleast_1d(np.asarray(pixel, dtype=np.uint64)), order)
-    return np.asarray(lon.to_value(u.deg)), np.asarray(lat.to_value(u.deg))

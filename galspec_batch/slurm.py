@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from galspec_batch.atomic import atomic_path
+from galspec_batch.atomic import write_json
 from galspec_batch.errors import GalspecError, InputError, MissingFileError, did_you_mean
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "slurm"
@@ -197,6 +197,7 @@ def _values(spec: JobSpec) -> dict:
         "catalog": q(str(spec.catalog)),
         "plan_file": q(str(spec.plan_file)),
         "task_cluster": "cuda" if site.gpus_per_job > 1 else "none",
+        "device": "cuda" if site.gpus_per_job else "cpu",
         "predict_options": " ".join(q(o) for o in options),
     }
 
@@ -326,12 +327,6 @@ def read_plan(catalog: str | Path) -> dict:
     if plan.get("format") != PLAN_FORMAT or plan.get("version") != PLAN_VERSION:
         raise InputError(f"{f} is not a version-{PLAN_VERSION} galspec submission record")
     return plan
-
-
-def write_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1) + "\n")
 
 
 def now() -> str:
@@ -550,28 +545,13 @@ def _submit(plan: dict, sub: Submission, mode: str = "array") -> Submission:
 
 def _begin_catalog(store, checkpoint, catalog, region, counts, order, options) -> None:
     """Begin (or reopen) the catalog with its full plan before any task runs, so that the array
-    tasks, which run concurrently, only ever resume it."""
-    from galspec_batch import __version__
-    from galspec_batch.catalog import CatalogWriter
-    from galspec_batch.checkpoint import load_checkpoint
-    from galspec_batch.predict.runner import model_id
-    from galspec_batch.store import open_store
+    tasks, which run concurrently, only ever resume it (without writing its run state)."""
+    from galspec_batch.predict.runner import begin_catalog
 
-    ckpt = load_checkpoint(checkpoint)
-    opened = open_store(store)
-    mid = model_id(ckpt.config, ckpt.model_hash)
-    provenance = {
-        "model": {"id": mid, "hash": ckpt.model_hash, "checkpoint": str(checkpoint), "config": ckpt.config},
-        "store": {"path": str(store), "fingerprint": opened.fingerprint(), "n_objects": opened.n_objects,
-                  "survey": opened.survey},
-        "run": {**options, "region": region, "submitted_by": "galspec submit"},
-        "code_version": __version__,
-    }  # fmt: skip
-    CatalogWriter.begin(
-        catalog, n_latents=ckpt.net.n_out, store_fingerprint=opened.fingerprint(), provenance=provenance,
-        partition_order=order, model_id=mid, plan=[(order, p, n) for p, n in sorted(counts.items())],
-    )  # fmt: skip
-
+    begun = begin_catalog(store, checkpoint, catalog, region=region, partitions=sorted(counts),
+                          settings={**options, "submitted_by": "galspec submit"})
+    if begun.plan[0][0].order != order or {p.pixel: n for p, n in begun.plan} != counts:
+        raise SlurmError(f"the plan of {catalog} changed while it was submitted; submit again")
 
 def submit_array(
     store: str | Path,

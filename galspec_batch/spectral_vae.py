@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from galspec_batch import __version__
-from galspec_batch.atomic import atomic_path
+from galspec_batch.atomic import atomic_path, file_sha256
 from galspec_batch.errors import FormatError, InputError, MissingFileError
 from galspec_batch.labels import latent_names, read_labels
 from galspec_batch.models.vae import SpectrumVAE, VAEArch, infovae_loss
@@ -328,7 +328,7 @@ def load_vae(vae_dir: str | os.PathLike) -> TrainedVAE:
         raise FormatError(f"{w_path} does not match the architecture in {cfg_path}: {exc}") from exc
     model.eval()
     meta = dict(cfg.get("meta", {}))
-    meta["weights_sha256"] = hashlib.sha256(w_path.read_bytes()).hexdigest()
+    meta["weights_sha256"] = file_sha256(w_path)
     history = []
     if (vae_dir / METRICS_FILE).is_file():
         with open(vae_dir / METRICS_FILE, newline="") as f:

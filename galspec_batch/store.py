@@ -25,6 +25,7 @@ import enum
 import hashlib
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -335,16 +336,36 @@ class CutoutStore:
             healpix_29=self.healpix_29[idx],
         )
 
-    def iter_batches(self, start: int = 0, stop: int | None = None, batch_size: int = 256) -> Iterator[Batch]:
-        """Yield consecutive batches of rows [start, stop); memory is bounded by ``batch_size``."""
-        stop = self.n_objects if stop is None else min(stop, self.n_objects)
-        for a in range(start, stop, batch_size):
-            yield self.read(slice(a, min(a + batch_size, stop)))
+    def iter_batches(self, start: int = 0, stop: int | None = None, batch_size: int = 256,
+                     dtype: str | None = "float32", prefetch: bool = False) -> Iterator[Batch]:
+        """Yield consecutive batches of rows [start, stop); memory is bounded by ``batch_size``.
 
-    def iter_partition(self, partition: Partition, batch_size: int = 256) -> Iterator[Batch]:
-        """Yield the batches of one sky partition."""
-        for start, stop in partition.ranges:
-            yield from self.iter_batches(start, stop, batch_size)
+        With ``prefetch`` the next batch is read in a thread while the caller works on this one
+        (Zarr decompression releases the GIL), so reading overlaps compute.
+        """
+        stop = self.n_objects if stop is None else min(stop, self.n_objects)
+        yield from self._read_all([(a, min(a + batch_size, stop)) for a in range(start, stop, batch_size)],
+                                  dtype, prefetch)
+
+    def iter_partition(self, partition: Partition, batch_size: int = 256, dtype: str | None = "float32",
+                       prefetch: bool = False) -> Iterator[Batch]:
+        """Yield the batches of one sky partition (see ``iter_batches``)."""
+        bounds = [(a, min(a + batch_size, stop)) for start, stop in partition.ranges
+                  for a in range(start, stop, batch_size)]
+        yield from self._read_all(bounds, dtype, prefetch)
+
+    def _read_all(self, bounds: list[tuple[int, int]], dtype: str | None, prefetch: bool) -> Iterator[Batch]:
+        if not prefetch or len(bounds) < 2:
+            for a, b in bounds:
+                yield self.read(slice(a, b), dtype)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="galspec-read") as pool:
+            future = pool.submit(self.read, slice(*bounds[0]), dtype)
+            for nxt in bounds[1:]:
+                batch = future.result()
+                future = pool.submit(self.read, slice(*nxt), dtype)
+                yield batch
+            yield future.result()
 
     # -- writing -----------------------------------------------------------------------------
     def append(self, object_id, ra, dec, images, mask=None, flags=None) -> None:

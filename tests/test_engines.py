@@ -12,7 +12,7 @@ from torch import nn
 
 from galspec_batch.checkpoint import GalspecNet, load_checkpoint
 from galspec_batch.cli import main
-from galspec_batch.engines import create_engine, export_checkpoint, export_onnx, list_engines, model_hash
+from galspec_batch.engines import create_engine, export_checkpoint, export_onnx, list_engines, state_digest
 from galspec_batch.engines.base import FeatureGraph
 from galspec_batch.engines.tensorrt import engine_file_name
 from galspec_batch.errors import InputError
@@ -190,10 +190,10 @@ def test_unknown_or_unavailable_engines_are_input_errors():
 def test_model_hash_follows_the_weights():
     net = make_net("simple-cnn")
     same = make_net("simple-cnn")
-    assert model_hash(net) == model_hash(same)
+    assert state_digest(net) == state_digest(same)
     with torch.no_grad():
         same.cnn.head[1].bias[0] += 1e-3
-    assert model_hash(net) != model_hash(same)
+    assert state_digest(net) != state_digest(same)
 
 
 def test_engine_cache_file_name():

@@ -204,3 +204,24 @@ def test_calibration_scales_the_mc_spread(catalog, tiny_store, tmp_path):
     predict_catalog(tiny_store, ckpt, raw, cluster="none", mc_samples=16, progress=False, engine="eager",
                     calibrate=False)
     np.testing.assert_allclose(_frame(raw)[STDS].to_numpy(), a[STDS].to_numpy())
+
+
+def test_an_array_task_leaves_other_tasks_partitions_alone(tiny_store, tiny_checkpoint, tmp_path):
+    from galspec_batch.catalog.paths import run_state_file
+
+    out = tmp_path / "array"
+    parts = open_store(tiny_store).partitions()
+    predict_catalog(tiny_store, tiny_checkpoint, out, cluster="none", only=[parts[0].pixel], progress=False,
+                    engine="eager")
+    # another task is mid-write of its partition: a temporary file, and a file not yet marked done
+    other = partition_file(out, parts[1].order, parts[1].pixel)
+    other.parent.mkdir(parents=True, exist_ok=True)
+    tmp = other.with_name(other.name + ".tmp-12345678")
+    tmp.write_bytes(b"being written")
+    other.write_bytes(b"renamed, marker not yet written")
+    state = run_state_file(out).read_bytes()
+    s = predict_catalog(tiny_store, tiny_checkpoint, out, cluster="none", only=[parts[2].pixel],
+                        progress=False, engine="eager")
+    assert s.partitions_done == 1
+    assert tmp.exists() and other.exists()
+    assert run_state_file(out).read_bytes() == state  # tasks do not rewrite the shared run state

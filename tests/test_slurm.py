@@ -98,7 +98,7 @@ def test_array_script_has_the_sbatch_lines(tmp_path):
     assert "/opt/venv/bin/python -m galspec_batch.cli predict" in command
     assert f"--out '{tmp_path}/cat dir'" in command
     assert '--task-index "${SLURM_ARRAY_TASK_ID}"' in command  # $$ in the template is a literal $
-    assert "--cluster cuda --no-finalize --mc-samples 4 --region cone:150,2,3" in command
+    assert "--cluster cuda --device cuda --no-finalize --mc-samples 4 --region cone:150,2,3" in command
     # the SBATCH block comes before any command, or sbatch ignores it
     first_command = min(i for i, line in enumerate(script.splitlines()) if line.startswith("set -e"))
     assert all(script.splitlines().index(line) < first_command for line in lines)

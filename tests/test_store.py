@@ -168,3 +168,16 @@ def test_reader_memory_is_bounded_by_batch(tmp_path):
     tracemalloc.stop()
     assert n == 2000
     assert peak < store_bytes / 8, f"peak {peak} bytes for a {store_bytes}-byte store"
+
+
+def test_prefetch_reads_the_same_batches(store):
+    s, _ = store
+    part = max(s.partitions(3), key=lambda p: p.n)
+    plain = list(s.iter_partition(part, batch_size=7))
+    ahead = list(s.iter_partition(part, batch_size=7, prefetch=True))
+    assert [len(b.rows) for b in plain] == [len(b.rows) for b in ahead]
+    assert sum(len(b.rows) for b in plain) == part.n
+    for a, b in zip(plain, ahead, strict=True):
+        np.testing.assert_array_equal(a.images, b.images)
+        np.testing.assert_array_equal(a.object_id, b.object_id)
+    assert s.read(slice(0, 3), dtype=None).images.dtype == np.float32  # this store is float32

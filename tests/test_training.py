@@ -25,7 +25,7 @@ from galspec_batch.training import (
     make_one_cycle,
     make_optimizer,
     random_d4,
-    read_labels,
+    read_training_labels,
     robust_sky_sigma,
     split_indices,
 )
@@ -143,14 +143,14 @@ def test_labels_checks(tmp_path, data):
     path = write_labels(tmp_path / "nan.parquet", data["ids"], bad)
     msg = f"NaN or infinite latents for 2 objects: object_id .*{data['ids'][3]}"
     with pytest.raises(InputError, match=msg):
-        read_labels(path)
+        read_training_labels(path)
     dup = write_labels(tmp_path / "dup.parquet", np.r_[data["ids"][:5], data["ids"][:1]], data["latents"][:6])
     with pytest.raises(InputError, match="duplicate object ids"):
-        read_labels(dup)
+        read_training_labels(dup)
     pq.write_table(pa.table({"object_id": [1, 2], "z": [0.1, 0.2]}), tmp_path / "nolat.parquet")
     with pytest.raises(InputError, match="no latent columns"):
-        read_labels(tmp_path / "nolat.parquet")
-    lab = read_labels(data["labels"])
+        read_training_labels(tmp_path / "nolat.parquet")
+    lab = read_training_labels(data["labels"])
     assert lab.names == [f"latent_{i}" for i in range(1, 7)] and lab.values.dtype == np.float32
     store = open_store(data["store"])
     rows = match_rows(store, lab.object_id)
@@ -185,7 +185,7 @@ def test_fit_learns_and_writes_outputs(trained, data):
     assert cfg["data"]["n_train"] == 160 and cfg["data"]["n_val"] == 40
     assert cfg["data"]["store_fingerprint"] == open_store(data["store"]).fingerprint()
     # the checkpoint reproduces the validation RMSE from raw store images
-    store, lab = open_store(data["store"]), read_labels(data["labels"])
+    store, lab = open_store(data["store"]), read_training_labels(data["labels"])
     tr, va = split_indices(lab.object_id, 0.2, 0)
     mean = lab.values[tr].mean(0)
     std = lab.values[tr].std(0)

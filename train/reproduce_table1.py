@@ -25,7 +25,7 @@ import numpy as np
 
 from galspec_batch.checkpoint import load_checkpoint
 from galspec_batch.store import open_store
-from galspec_batch.training import TrainSettings, fit, read_labels, split_indices
+from galspec_batch.training import TrainSettings, fit, read_training_labels, split_indices
 
 HERE = Path(__file__).parent
 PAPER_ORDER = ["xresnet18-hybrid", "xresnet18", "xresnet18-deconv", "simple-cnn", "simple-deconv"]
@@ -57,7 +57,7 @@ def make_data(work: Path, n: int, size: int, vae_epochs: int, seed: int) -> tupl
 
 def mean_predictor_rmse(labels: Path, settings: TrainSettings) -> float:
     """Validation RMSE of always predicting the training mean (z-scored): the bar to beat."""
-    lab = read_labels(labels)
+    lab = read_training_labels(labels)
     tr, va = split_indices(lab.object_id, settings.val_fraction, settings.seed)
     mean, std = lab.values[tr].mean(0), lab.values[tr].std(0)
     return float(np.sqrt(np.mean(((lab.values[va] - mean) / std) ** 2)))
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
 def _write(args, store: Path, labels: Path, overrides: dict, rows: list[dict]) -> None:
     first = load_config(PAPER_ORDER[0])[0]
     s = open_store(store)
-    lab = read_labels(labels)
+    lab = read_training_labels(labels)
     tr, va = split_indices(lab.object_id, first.val_fraction, first.seed)
     described = ", ".join(f"{k} {v}" for k, v in overrides.items()) or "the configs' epochs and batch size"
     meta = {

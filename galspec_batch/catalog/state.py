@@ -6,7 +6,6 @@ Workers write only their own partition's markers; only the coordinator writes ``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -15,7 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from galspec_batch.atomic import atomic_path
+from galspec_batch.atomic import atomic_path, file_sha256, write_json
 from galspec_batch.catalog import paths
 from galspec_batch.errors import FormatError, MissingFileError
 
@@ -72,11 +71,6 @@ class DoneMarker:
     written: str
 
 
-def write_json(path: Path, obj: dict) -> None:
-    with atomic_path(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-
-
 def read_run_state(catalog: str | Path) -> RunState:
     f = paths.run_state_file(catalog)
     if not f.exists():
@@ -101,14 +95,6 @@ def read_schema(catalog: str | Path) -> pa.Schema:
     if not f.exists():
         raise MissingFileError(f"{catalog} is not a galspec catalog: {f} is missing")
     return pq.read_schema(f)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_done(catalog: str | Path, marker: DoneMarker) -> None:

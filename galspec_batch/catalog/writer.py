@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from galspec_batch import __version__
-from galspec_batch.atomic import TMP_MARK, atomic_path
+from galspec_batch.atomic import TMP_MARK, atomic_path, file_sha256, write_json
 from galspec_batch.catalog import hats_files, paths, state
 from galspec_batch.catalog.schema import HEALPIX, OBJECT_ID, QualityFlag, catalog_schema, conform_table
 from galspec_batch.errors import IncompleteOutputError, InputError
@@ -56,13 +56,15 @@ class CatalogWriter:
         model_id: str | None = None,
         extra_columns: Sequence[pa.Field] = (),
         overwrite: bool = False,
+        record_resume: bool = True,
     ) -> CatalogWriter:
         """Start a catalog at ``path``, or resume the unfinished one there.
 
         ``plan`` lists the partitions to write as (order, pixel) or (order, pixel, expected rows);
         with expected rows, a partition of another size is refused. A resume must agree with the
         first run on the store fingerprint, partition order, schema, model and plan. A complete
-        catalog is refused unless ``overwrite``.
+        catalog is refused unless ``overwrite``. ``record_resume=False`` checks without writing
+        the run state (for array tasks that run concurrently under one coordinator).
         """
         path = Path(path)
         try:
@@ -78,7 +80,8 @@ class CatalogWriter:
                 raise InputError(f"catalog {path} is already complete; pass overwrite=True to write it again")
             else:
                 return cls._resume(
-                    path, schema, store_fingerprint, partition_order, plan_rows, model_id, provenance
+                    path, schema, store_fingerprint, partition_order, plan_rows, model_id, provenance,
+                    record_resume,
                 )
         elif path.exists() and any(path.iterdir()):
             raise InputError(f"{path} exists and is not a galspec catalog; choose an empty or new directory")
@@ -97,7 +100,8 @@ class CatalogWriter:
         return cls(path, run)
 
     @classmethod
-    def _resume(cls, path, schema, fingerprint, order, plan_rows, model_id, provenance) -> CatalogWriter:
+    def _resume(cls, path, schema, fingerprint, order, plan_rows, model_id, provenance,
+                record: bool = True) -> CatalogWriter:
         run = state.read_run_state(path)
         began = f"catalog {path} began {run.created}"
         if run.store_fingerprint != fingerprint:
@@ -113,6 +117,8 @@ class CatalogWriter:
             raise InputError(f"{began} with model {run.model_id!r}, not {model_id!r}")
         if plan_rows is not None and run.plan is not None and plan_rows != run.plan:
             raise InputError(f"{began} with another plan of partitions ({len(run.plan)} planned)")
+        if not record:
+            return cls(path, run)
         resume = {"at": _now(), "code_version": __version__}
         if provenance != run.provenance:
             resume["provenance"] = provenance
@@ -162,7 +168,7 @@ class CatalogWriter:
         doc = _provenance_doc(self.path, self.state, markers)
         schema = schema.with_metadata({paths.SCHEMA_METADATA_KEY: json.dumps(doc, sort_keys=True)})
         hats_files.write_all(self.path, schema, markers, self.state, doc)
-        state.write_json(paths.complete_file(self.path), {"finalized": doc["finalized"]})
+        write_json(paths.complete_file(self.path), {"finalized": doc["finalized"]})
         return doc
 
 
@@ -192,7 +198,7 @@ def write_partition(catalog_path: str | Path, order: int, pixel: int, table: pa.
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target, overwrite=True) as tmp:
         pq.write_table(table, tmp, **_parquet_kwargs(schema))
-        size, sha = tmp.stat().st_size, state.file_sha256(tmp)
+        size, sha = tmp.stat().st_size, file_sha256(tmp)
     ids = table[OBJECT_ID]
     state.write_done(
         catalog_path,

@@ -9,7 +9,7 @@ auto. Every engine folds deconvolution layers into plain convolutions first.
 """
 
 from .auto import ENGINE_NAMES, create_engine, list_engines, unavailable_reason
-from .base import PRECISIONS, Engine, FeatureGraph, model_hash
+from .base import PRECISIONS, Engine, FeatureGraph, state_digest
 from .export import ExportResult, export_checkpoint
 from .onnx import export_onnx
 
@@ -23,6 +23,6 @@ __all__ = [
     "export_checkpoint",
     "export_onnx",
     "list_engines",
-    "model_hash",
+    "state_digest",
     "unavailable_reason",
 ]

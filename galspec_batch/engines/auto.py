@@ -18,7 +18,7 @@ from torch import nn
 from galspec_batch.errors import InputError, did_you_mean
 
 from . import tensorrt as trt_engine
-from .base import Engine, check_images, check_precision, model_hash, resolve_device
+from .base import Engine, check_images, check_precision, resolve_device, state_digest
 from .compiled import CompiledEngine
 from .eager import EagerEngine
 from .onnx import OnnxRuntimeEngine
@@ -117,7 +117,7 @@ class AutoCpuEngine(Engine):
         return "auto" if self.chosen is None else self.chosen.name
 
     def _choose(self, x: torch.Tensor) -> Engine:
-        key = (model_hash(self._net), tuple(x.shape[1:]), self.precision, torch.get_num_threads())
+        key = (state_digest(self._net), tuple(x.shape[1:]), self.precision, torch.get_num_threads())
         names = ["eager"] + (["onnxruntime"] if unavailable_reason("onnxruntime") is None
                              and self.precision != "bf16" else [])
         if key in _CPU_CHOICES:

@@ -118,7 +118,7 @@ class FeatureGraph(nn.Module):
         return self.net.forward_features(x.to(self.dtype)).float()
 
 
-def model_hash(net: nn.Module) -> str:
+def state_digest(net: nn.Module) -> str:
     """A short content hash of a network: its class and every parameter and buffer."""
     digest = hashlib.sha256(type(net).__qualname__.encode())
     for name, tensor in net.state_dict().items():

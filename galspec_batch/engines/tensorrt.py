@@ -22,7 +22,7 @@ from torch import nn
 from galspec_batch.atomic import atomic_path
 from galspec_batch.errors import FormatError, GalspecError, InputError
 
-from .base import INPUT_NAME, OUTPUT_NAME, Engine, check_images, model_hash, resolve_device
+from .base import INPUT_NAME, OUTPUT_NAME, Engine, check_images, resolve_device, state_digest
 from .onnx import export_onnx
 
 MIN_VERSION = 10
@@ -107,7 +107,7 @@ class TensorRTEngine(Engine):
         self.max_batch = int(max_batch)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self._net = net
-        self._hash = model_hash(net)
+        self._hash = state_digest(net)
         self._contexts: dict[tuple[int, ...], tuple] = {}
 
     def engine_path(self, input_shape: tuple[int, int, int]) -> Path:

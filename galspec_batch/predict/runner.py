@@ -25,7 +25,7 @@ from galspec_batch.predict.task import PartitionJob, run_partition
 from galspec_batch.predict.worker import ModelPlugin, ModelSpec
 from galspec_batch.progress import progress_bar
 from galspec_batch.regions import Region, parse_region, select_partitions
-from galspec_batch.store import CutoutStore, open_store
+from galspec_batch.store import CutoutStore, Partition, open_store
 
 CLUSTERS = ("local", "none", "cuda")
 
@@ -84,43 +84,24 @@ def predict_catalog(
     With ``calibrate`` the MC spread is scaled by the checkpoint's ``calibration.json``, if any.
     """
     t0 = time.perf_counter()
-    store_obj = open_store(store)
-    ckpt = load_checkpoint(checkpoint)
-    _check_compatible(store_obj, ckpt.config, checkpoint)
-    calibration = load_calibration(checkpoint) if calibrate else None
-    region_obj = parse_region(region) if region is not None else None
-    plan = select_partitions(store_obj, region_obj, partitions)
     device = device or ("cuda" if cluster == "cuda" else "cpu")
     precision = precision or ("fp16" if device.startswith("cuda") else "fp32")
-    mid = model_id(ckpt.config, ckpt.model_hash)
-    settings = {
-        "mc_samples": mc_samples, "engine": engine, "device": device, "precision": precision,
-        "batch_size": batch_size, "seed": seed, "region": str(region_obj) if region_obj else None,
-    }
-    provenance = {
-        "model": {"id": mid, "hash": ckpt.model_hash, "checkpoint": str(Path(checkpoint).resolve()),
-                  "config": ckpt.config},
-        "store": {"path": str(Path(store).resolve()), "fingerprint": store_obj.fingerprint(),
-                  "n_objects": store_obj.n_objects, "survey": store_obj.survey},
-        "run": settings,
-        "code_version": __version__,
-    }
-    if calibration is not None:
-        provenance["calibration"] = {k: calibration[k] for k in ("scale", "method", "created", "model_hash")}
-    writer = CatalogWriter.begin(
-        out, n_latents=ckpt.net.n_out, store_fingerprint=store_obj.fingerprint(), provenance=provenance,
-        partition_order=store_obj.partition_order, model_id=mid, overwrite=overwrite,
-        plan=[(p.order, p.pixel, n) for p, n in plan],
-    )
+    settings = {"mc_samples": mc_samples, "engine": engine, "device": device, "precision": precision,
+                "batch_size": batch_size, "seed": seed}
+    # an array task (``only``) must not rewrite the shared run state the other tasks read
+    begun = begin_catalog(store, checkpoint, out, region=region, partitions=partitions, settings=settings,
+                          calibrate=calibrate, overwrite=overwrite, record_resume=only is None)
+    plan, region_obj, calibration, mid = begun.plan, begun.region, begun.calibration, begun.model_id
     by_key = {(p.order, p.pixel): (p, n) for p, n in plan}
-    pending = [by_key[k] for k in writer.pending([(p.order, p.pixel) for p, _ in plan])]
+    todo = list(by_key)
     if only is not None:
         share = set(only)
         missing = share - {p.pixel for p, _ in plan}
         if missing:
             raise InputError(f"partitions {sorted(missing)[:5]} are not in the plan of catalog {out}")
-        finalize = finalize and len(pending) == len([p for p, _ in pending if p.pixel in share])
-        pending = [(p, n) for p, n in pending if p.pixel in share]
+        todo = [k for k in todo if k[1] in share]  # never touch the partitions of other tasks
+        finalize = False
+    pending = [by_key[k] for k in begun.writer.pending(todo)]
     jobs = [
         PartitionJob(str(store), str(out), p, mid, str(region_obj) if region_obj else None, batch_size)
         for p, _ in pending
@@ -133,8 +114,8 @@ def predict_catalog(
 
     failed: dict[str, str] = {}
     done_rows = 0
-    if progress and len(pending) < len(plan):
-        print(f"resuming {out}: {len(plan) - len(pending)} of {len(plan)} partitions already done")
+    if progress and len(pending) < len(todo):
+        print(f"resuming {out}: {len(todo) - len(pending)} of {len(todo)} partitions already done")
     with progress_bar(total_rows, "predict", "galaxies", enabled=progress) as advance:
         if jobs:
             with _client(cluster, workers, spec) as client:
@@ -154,9 +135,51 @@ def predict_catalog(
             "the others are written: rerun the same command to retry the failed ones"
         )
     if finalize:
-        writer.finalize()
-    return PredictSummary(Path(out), len(jobs), len(plan) - len(pending), done_rows,
+        begun.writer.finalize()
+    return PredictSummary(Path(out), len(jobs), len(todo) - len(pending), done_rows,
                           time.perf_counter() - t0, failed)
+
+
+@dataclass
+class Begun:
+    """A catalog begun (or resumed) for prediction, with what the run needs."""
+
+    writer: CatalogWriter
+    plan: list[tuple[Partition, int]]
+    region: Region | None
+    calibration: dict | None
+    model_id: str
+
+
+def begin_catalog(store: str | Path, checkpoint: str | Path, out: str | Path, *,
+                  region: Region | str | None = None, partitions: list[int] | None = None,
+                  settings: dict | None = None, calibrate: bool = True, overwrite: bool = False,
+                  record_resume: bool = True) -> Begun:
+    """Check store and checkpoint against each other, plan the partitions, and begin the catalog
+    (or resume it) with its provenance. ``galspec submit`` calls this once before its array tasks."""
+    store_obj = open_store(store)
+    ckpt = load_checkpoint(checkpoint)
+    _check_compatible(store_obj, ckpt.config, checkpoint)
+    calibration = load_calibration(checkpoint) if calibrate else None
+    region_obj = parse_region(region) if region is not None else None
+    plan = select_partitions(store_obj, region_obj, partitions)
+    mid = model_id(ckpt.config, ckpt.model_hash)
+    provenance = {
+        "model": {"id": mid, "hash": ckpt.model_hash, "checkpoint": str(Path(checkpoint).resolve()),
+                  "config": ckpt.config},
+        "store": {"path": str(Path(store).resolve()), "fingerprint": store_obj.fingerprint(),
+                  "n_objects": store_obj.n_objects, "survey": store_obj.survey},
+        "run": {**(settings or {}), "region": str(region_obj) if region_obj else None},
+        "code_version": __version__,
+    }
+    if calibration is not None:
+        provenance["calibration"] = {k: calibration[k] for k in ("scale", "method", "created", "model_hash")}
+    writer = CatalogWriter.begin(
+        out, n_latents=ckpt.net.n_out, store_fingerprint=store_obj.fingerprint(), provenance=provenance,
+        partition_order=store_obj.partition_order, model_id=mid, overwrite=overwrite,
+        plan=[(p.order, p.pixel, n) for p, n in plan], record_resume=record_resume,
+    )
+    return Begun(writer, plan, region_obj, calibration, mid)
 
 
 def finalize_catalog(out: str | Path) -> dict:
@@ -174,6 +197,12 @@ def _check_compatible(store: CutoutStore, config: dict, checkpoint: str | Path) 
         raise InputError(
             f"checkpoint {checkpoint} was trained on bands {''.join(bands)} but store {store.path} has "
             f"{''.join(store.bands)}"
+        )
+    scale = config.get("pixel_scale")
+    if scale is not None and abs(float(scale) - store.pixel_scale) > 1e-3 * float(scale):
+        raise InputError(
+            f"checkpoint {checkpoint} was trained at {scale}\"/px but store {store.path} has "
+            f"{store.pixel_scale}\"/px"
         )
     if tuple(config["image_size"]) != store.image_shape:
         raise InputError(
@@ -194,7 +223,7 @@ def _run_local(jobs: list[PartitionJob], spec: ModelSpec) -> Iterator[tuple[Part
     for job in jobs:
         try:
             yield job, run_partition(job, spec)
-        except GalspecError as exc:
+        except Exception as exc:  # noqa: BLE001 - recorded as the partition's failure, the run goes on
             yield job, exc
 
 

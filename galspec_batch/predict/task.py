@@ -1,13 +1,12 @@
 """The unit of batch work: one sky partition of the store, read -> predict -> write.
 
-Reading runs one batch ahead in a thread (Zarr decompression releases the GIL), so I/O
-overlaps compute; memory holds at most two batches plus the partition's output rows.
+The store reads one batch ahead in a thread, so I/O overlaps compute; memory holds at most two
+batches plus the partition's output rows.
 """
 
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,24 +29,6 @@ class PartitionJob:
     batch_size: int = 256
 
 
-def _batches(store, partition: Partition, batch_size: int, dtype: str | None):
-    """Iterate the partition's batches with one read in flight ahead of the consumer."""
-    bounds = [
-        (a, min(a + batch_size, stop))
-        for start, stop in partition.ranges
-        for a in range(start, stop, batch_size)
-    ]
-    if not bounds:
-        return
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="galspec-read") as pool:
-        future = pool.submit(store.read, slice(*bounds[0]), dtype)
-        for nxt in bounds[1:]:
-            batch = future.result()
-            future = pool.submit(store.read, slice(*nxt), dtype)
-            yield batch
-        yield future.result()
-
-
 def _select(batch: Batch, keep: np.ndarray) -> Batch:
     return Batch(**{k: v[keep] for k, v in vars(batch).items()})
 
@@ -61,7 +42,7 @@ def run_partition(job: PartitionJob, spec: ModelSpec) -> dict:
     n_latents = predictor.weight.shape[0]
     cols: dict[str, list[np.ndarray]] = {k: [] for k in ("object_id", "ra", "dec", "_healpix_29", "flags")}
     means, stds = [], []
-    for batch in _batches(store, job.partition, job.batch_size, predictor.read_dtype):
+    for batch in store.iter_partition(job.partition, job.batch_size, predictor.read_dtype, prefetch=True):
         if region is not None:
             batch = _select(batch, region.contains(batch.ra, batch.dec))
             if len(batch.rows) == 0:

@@ -6,7 +6,7 @@ augmentation, store + labels data, and a resumable, fine-tunable loop.
 """
 
 from .augment import d4_transform, random_d4
-from .data import Labels, read_labels, split_indices
+from .data import Labels, read_training_labels, split_indices
 from .loop import TrainResult, TrainSettings, default_max_lr, fit
 from .optim import Lookahead, make_one_cycle, make_optimizer
 from .preprocess import fit_preprocess, robust_sky_sigma
@@ -23,7 +23,7 @@ __all__ = [
     "make_one_cycle",
     "make_optimizer",
     "random_d4",
-    "read_labels",
+    "read_training_labels",
     "robust_sky_sigma",
     "split_indices",
 ]

@@ -14,17 +14,16 @@ import numpy as np
 import torch
 
 from galspec_batch.errors import InputError
-from galspec_batch.labels import Labels, show_ids
-from galspec_batch.labels import read_labels as read_labels_table
+from galspec_batch.labels import Labels, read_labels, show_ids
 from galspec_batch.store import CutoutStore
 
 DEFAULT_MAX_RAM_BYTES = 4 << 30
 READ_BLOCK = 1024
 
 
-def read_labels(path: str | os.PathLike) -> Labels:
+def read_training_labels(path: str | os.PathLike) -> Labels:
     """Read and check a labels table for training (see ``galspec_batch.labels``): at least 2 rows."""
-    labels = read_labels_table(path)
+    labels = read_labels(path)
     if labels.object_id.size < 2:
         raise InputError(f"labels table {path} has {labels.object_id.size} rows; training needs at least 2")
     return labels

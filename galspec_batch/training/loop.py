@@ -45,7 +45,7 @@ from galspec_batch.models import create_model, list_models
 from galspec_batch.store import CutoutStore, open_store
 
 from .augment import random_d4
-from .data import ImageSource, iter_batches, match_rows, n_batches, read_labels, split_indices
+from .data import ImageSource, iter_batches, match_rows, n_batches, read_training_labels, split_indices
 from .optim import flatten_state, make_one_cycle, make_optimizer, unflatten_state
 from .preprocess import MAX_SAMPLE_OBJECTS, fit_preprocess
 
@@ -134,7 +134,7 @@ def fit(
         raise InputError(
             f"epochs and batch_size must be positive, got {settings.epochs} and {settings.batch_size}"
         )
-    lab = read_labels(labels)
+    lab = read_training_labels(labels)
     rows = match_rows(store, lab.object_id)
     tr, va = split_indices(lab.object_id, settings.val_fraction, settings.seed)
 
