@@ -93,7 +93,8 @@ def peak_rss_child(args: list[str]) -> float:
         "import sys; from galspec_batch.predict import predict_catalog; "
         "predict_catalog(sys.argv[1], sys.argv[2], sys.argv[3], cluster='none', engine=sys.argv[4], "
         "batch_size=int(sys.argv[5]), mc_samples=int(sys.argv[6]), progress=False, overwrite=True); "
-        "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        # VmHWM, not ru_maxrss: the latter keeps the forking parent's peak across exec
+        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
     )
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
     return int(out.stdout.strip().splitlines()[-1]) / 1024

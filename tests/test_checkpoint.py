@@ -153,3 +153,16 @@ def test_save_checks_config_against_network(tmp_path):
         save_checkpoint(tmp_path / "ck", make_net(), {**config(), "bands": ["g", "r", "i"]})
     with pytest.raises(InputError, match="lacks"):
         save_checkpoint(tmp_path / "ck", make_net(), {"bands": BANDS})
+
+
+def test_asinh_stretch_matches_torch_asinh():
+    from galspec_batch.checkpoint import _asinh
+
+    x = torch.cat([torch.randn(10000) * 10 ** torch.empty(10000).uniform_(-8, 17),
+                   torch.tensor([0.0, -0.0, 1e-30, -1e18, 1e18])])
+    ref = torch.asinh(x.double())
+    rel = ((_asinh(x).double() - ref).abs() / ref.abs().clamp_min(1e-300)).max().item()
+    assert rel < 3e-7
+    assert _asinh(torch.tensor([0.0])).item() == 0.0
+    huge = _asinh(torch.tensor([3.4e38, -1e30]))
+    assert torch.isfinite(huge).all() and huge[0].item() == pytest.approx(42.1, abs=0.05)

@@ -1,7 +1,7 @@
 """ONNX export of the body, and the ``onnxruntime`` engine that runs it on the CPU.
 
 The exported graph is the whole of :class:`~galspec_batch.engines.base.FeatureGraph`: float32
-images ``images`` [batch, B, H, W] (NaN allowed: IsNaN/IsInf/Where and Asinh are in the graph) ->
+images ``images`` [batch, B, H, W] (NaN allowed: IsNaN/IsInf/Where and the asinh stretch are in the graph) ->
 float32 ``features`` [batch, F], deconvolution folded into Conv, with a dynamic batch axis. For
 fp16 the CNN's weights and activations are float16 inside the graph and the inputs and outputs
 stay float32; TensorRT builds from exactly these graphs.
@@ -28,10 +28,6 @@ from .base import INPUT_NAME, OUTPUT_NAME, Engine, FeatureGraph, check_images, c
 OPSET = 17
 
 
-def _asinh_symbolic(g, x):
-    return g.op("Asinh", x)
-
-
 def export_onnx(
     net: nn.Module,
     input_shape: tuple[int, int, int],
@@ -54,8 +50,6 @@ def export_onnx(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the exporter's own notices
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks seen as constants
-        # The TorchScript exporter has no rule for asinh, which ONNX has had since opset 9.
-        torch.onnx.register_custom_op_symbolic("aten::asinh", _asinh_symbolic, 9)
         torch.onnx.export(
             graph, (example,), buffer, dynamo=False, opset_version=OPSET,
             input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],

@@ -212,6 +212,8 @@ def _check_compatible(store: CutoutStore, config: dict, checkpoint: str | Path) 
 
 
 def _default_workers(cluster: object) -> int:
+    if cluster == "none":
+        return 1
     if cluster == "cuda":
         import torch
 
