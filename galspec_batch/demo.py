@@ -57,8 +57,8 @@ class DemoSummary:
         lines = [
             f"galspec demo: {self.settings.n_galaxies} mock galaxies at {self.settings.image_size} px, "
             f"in {sum(self.seconds.values()):.0f} s ({steps})",
-            f"  VAE: {n['vae_latents']} latents, validation chi2/dof median {n['vae_chi2_median']:.2f} "
-            f"(1 = at the noise level)",
+            f"  VAE: {n['vae_latents']} latents, reconstruction chi2/dof median {n['vae_chi2_median']:.2f} "
+            f"on the held-out field's spectra (1 = at the noise level)",
             f"  CNN {self.settings.cnn_model}: validation RMSE {n['val_rmse']:.3f} on z-scored latents "
             f"(predicting the mean: 1.0), per latent {', '.join(f'{v:.2f}' for v in n['val_rmse_latents'])}",
             f"  catalog: {n['catalog_rows']} held-out galaxies with {self.settings.mc_samples} MC-dropout "
@@ -213,6 +213,7 @@ def _figures(paths: dict[str, Path], truth, mean, std_raw, std) -> list[str]:
     from galspec_batch import plots
     from galspec_batch.decode import read_decoded
     from galspec_batch.spectra_table import spectra_arrays
+    from galspec_batch.spectral_vae import decode, encode, load_vae
     from galspec_batch.store import open_store
 
     fig_dir = paths["figures"]
@@ -235,6 +236,9 @@ def _figures(paths: dict[str, Path], truth, mean, std_raw, std) -> list[str]:
     plots.plot_figure1(images, wave, flux, spec["median"][pick], spec["lo"][pick], spec["hi"][pick],
                        true_ivar=ivar, titles=titles, path=fig_dir / "figure1.png")
     plots.plot_decoded_file(paths["decoded"], fig_dir / "decoded-spectra.png", n=4)
+    vae = load_vae(paths["vae"])
+    plots.plot_vae_reconstructions(flux, ivar, decode(vae, encode(vae, flux, ivar)), wave, titles=titles,
+                                   path=fig_dir / "vae-reconstructions.png")
     return sorted(f"{fig_dir.name}/{p.name}" for p in fig_dir.glob("*.png"))
 
 

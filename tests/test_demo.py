@@ -1,0 +1,24 @@
+"""The whole chain, small: every step runs and leaves its outputs and numbers."""
+
+import json
+
+import lsdb
+
+from galspec_batch.demo import DemoSettings, run_demo
+
+
+def test_demo_runs_the_whole_chain(tmp_path):
+    settings = DemoSettings(n_galaxies=400, image_size=24, vae_epochs=8, cnn_epochs=3, mc_samples=8,
+                            test_fraction=1.0, test_anomaly_rate=0.05)
+    summary = run_demo(tmp_path / "demo", settings, progress=False)
+    n = summary.numbers
+    assert n["catalog_rows"] == 400 and len(lsdb.read_hats(tmp_path / "demo" / "catalog").compute()) == 400
+    assert 0 < n["val_rmse"] < 1.1 and len(n["val_rmse_latents"]) == 6
+    assert n["n_anomalies"] > 5 and 0.5 < n["auc_mahalanobis"] <= 1.0
+    assert all(0 <= c <= 1 for c in n["coverage_raw"] + n["coverage_calibrated"])
+    assert len(n["figures"]) == 7 and all((tmp_path / "demo" / f).stat().st_size > 10_000 for f in n["figures"])
+    for name in ("targets-starforming.fits", "targets-uncertain.csv", "anomalies.parquet", "decoded.parquet",
+                 "cnn/best/config.json", "cnn/best/calibration.json", "demo.json"):
+        assert (tmp_path / "demo" / name).exists(), name
+    assert json.loads((tmp_path / "demo" / "summary.json").read_text())["numbers"]["catalog_rows"] == 400
+    assert "ROC AUC" in str(summary)
