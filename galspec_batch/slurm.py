@@ -28,7 +28,7 @@ from pathlib import Path
 from galspec_batch.atomic import write_json
 from galspec_batch.errors import GalspecError, InputError, MissingFileError, did_you_mean
 
-TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "slurm"
+TEMPLATE_DIR = Path(__file__).resolve().parent / "slurm_templates"  # linked from the top-level slurm/
 ARRAY_TEMPLATE = "array.sbatch.template"
 FINALIZE_TEMPLATE = "finalize.sbatch.template"
 SITE_ENV = "GALSPEC_SLURM_SITE"
