@@ -553,6 +553,7 @@ def _begin_catalog(store, checkpoint, catalog, region, counts, order, options) -
     if begun.plan[0][0].order != order or {p.pixel: n for p, n in begun.plan} != counts:
         raise SlurmError(f"the plan of {catalog} changed while it was submitted; submit again")
 
+
 def submit_array(
     store: str | Path,
     checkpoint: str | Path,
