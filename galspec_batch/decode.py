@@ -45,6 +45,7 @@ import pyarrow.parquet as pq
 from galspec_batch.atomic import atomic_path
 from galspec_batch.catalog.schema import DEC, OBJECT_ID, RA
 from galspec_batch.errors import InputError
+from galspec_batch.progress import progress_bar
 from galspec_batch.regions import Region
 from galspec_batch.select import CatalogView, derived_path
 from galspec_batch.spectra import LOGLAM_MAX, LOGLAM_MIN, N_BINS, WAVE, WAVE_EDGES
@@ -264,7 +265,7 @@ def decode_catalog(
     )
     derived_parts = []
     with atomic_path(out, overwrite=overwrite) as tmp, pq.ParquetWriter(tmp, schema) as writer, \
-            _Progress(progress, rows.num_rows) as advance:
+            progress_bar(rows.num_rows, "decode", "spectra", enabled=progress) as advance:
         for start in range(0, rows.num_rows, batch_size):
             b = rows.slice(start, batch_size)
             mean = np.stack([b[n].to_numpy() for n in names], axis=1)
@@ -320,24 +321,3 @@ def read_decoded(
     spectra = {k: np.asarray(table[c].combine_chunks().flatten(), np.float32).reshape(-1, N_BINS)
                for k, c in (("median", FLUX_MEDIAN), ("lo", FLUX_LO), ("hi", FLUX_HI))}
     return np.asarray(meta["wave"]), spectra, table.drop_columns([FLUX_MEDIAN, FLUX_LO, FLUX_HI])
-
-
-class _Progress:
-    """A rich progress bar over objects, or nothing."""
-
-    def __init__(self, show: bool, total: int):
-        self.show, self.total = show, total
-
-    def __enter__(self):
-        if not self.show:
-            return lambda k: None
-        from rich.progress import Progress
-
-        self.bar = Progress(transient=True)
-        self.bar.start()
-        task = self.bar.add_task("decoding", total=self.total)
-        return lambda k: self.bar.advance(task, k)
-
-    def __exit__(self, *exc):
-        if self.show:
-            self.bar.stop()
