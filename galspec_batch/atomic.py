@@ -73,6 +73,16 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def read_json(path: str | os.PathLike) -> object:
+    """A JSON document; a file that does not parse is a one-line FormatError naming it."""
+    from galspec_batch.errors import FormatError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"{path} is not valid JSON: {exc}") from None
+
+
 def write_json(path: str | os.PathLike, obj: dict) -> None:
     """Write a small JSON document atomically (keys sorted, so reruns give identical files)."""
     with atomic_path(path, overwrite=True) as tmp:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy import special
 
-from galspec_batch.atomic import atomic_path
+from galspec_batch.atomic import atomic_path, read_json
 from galspec_batch.errors import FormatError, InputError, MissingFileError
 
 CALIBRATION_FILE = "calibration.json"
@@ -120,10 +120,7 @@ def load_calibration(checkpoint: str | Path) -> dict | None:
     path = Path(checkpoint) / CALIBRATION_FILE
     if not path.is_file():
         return None
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{path} is not valid JSON: {exc}") from None
+    doc = read_json(path)
     if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
         raise FormatError(f"{path} is not a {FORMAT} version {FORMAT_VERSION} document")
     if doc.get("model_hash") != file_sha256(Path(checkpoint) / WEIGHTS_FILE):

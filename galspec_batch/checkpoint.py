@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from galspec_batch import __version__
-from galspec_batch.atomic import atomic_path, file_sha256
+from galspec_batch.atomic import atomic_path, file_sha256, read_json
 from galspec_batch.errors import FormatError, InputError, MissingFileError
 
 FORMAT = "galspec-checkpoint"
@@ -236,10 +236,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         raise MissingFileError(
             f"{path} is not a galspec checkpoint: expected a directory with {WEIGHTS_FILE} and {CONFIG_FILE}"
         )
-    try:
-        config = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{cfg_path} is not valid JSON: {exc}") from None
+    config = read_json(cfg_path)
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise FormatError(f"{cfg_path} has format {config.get('format')!r}; expected {FORMAT!r}")
     if config.get("format_version") != FORMAT_VERSION:

@@ -211,6 +211,7 @@ def _figures(paths: dict[str, Path], truth, mean, std_raw, std) -> list[str]:
 
     matplotlib.use("Agg")
     from galspec_batch import plots
+    from galspec_batch.anomalies import match_ids
     from galspec_batch.decode import read_decoded
     from galspec_batch.spectra_table import spectra_arrays
     from galspec_batch.spectral_vae import decode, encode, load_vae
@@ -228,9 +229,9 @@ def _figures(paths: dict[str, Path], truth, mean, std_raw, std) -> list[str]:
     pick = _figure1_objects(spectra, meta["object_id"].to_numpy())
     ids = meta["object_id"].to_numpy()[pick]
     store = open_store(paths["test_store"])
-    rows = _positions(store.object_id, ids)
+    rows = match_ids(store.object_id, ids)
     images = np.stack([store.read(np.array([r])).images[0] for r in rows])
-    at = _positions(spectra["object_id"].to_numpy(), ids)
+    at = match_ids(spectra["object_id"].to_numpy(), ids)
     flux, ivar = spectra_arrays(spectra.take(at))
     titles = [f"object {i}, z = {z:.3f}" for i, z in zip(ids, spectra["truth_z"].to_numpy()[at], strict=True)]
     plots.plot_figure1(images, wave, flux, spec["median"][pick], spec["lo"][pick], spec["hi"][pick],
@@ -242,14 +243,11 @@ def _figures(paths: dict[str, Path], truth, mean, std_raw, std) -> list[str]:
     return sorted(f"{fig_dir.name}/{p.name}" for p in fig_dir.glob("*.png"))
 
 
-def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    index = {int(v): i for i, v in enumerate(ids)}
-    return np.array([index[int(w)] for w in wanted])
-
-
 def _figure1_objects(spectra: pa.Table, decoded_ids: np.ndarray, n: int = 4) -> np.ndarray:
     """Rows of the decoded table for ``n`` galaxies spanning bulge fraction (disk to elliptical)."""
-    pos = _positions(spectra["object_id"].to_numpy(), decoded_ids)
+    from galspec_batch.anomalies import match_ids
+
+    pos = match_ids(spectra["object_id"].to_numpy(), decoded_ids)
     bulge = spectra["truth_bulge_frac"].to_numpy()[pos]
     normal = ~spectra["truth_anomaly"].to_numpy()[pos]
     candidates = np.flatnonzero(normal)

@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from galspec_batch import __version__
-from galspec_batch.atomic import atomic_path, file_sha256
+from galspec_batch.atomic import atomic_path, file_sha256, read_json
 from galspec_batch.errors import FormatError, InputError, MissingFileError
 from galspec_batch.labels import latent_names, read_labels
 from galspec_batch.models.vae import SpectrumVAE, VAEArch, infovae_loss
@@ -310,10 +310,7 @@ def load_vae(vae_dir: str | os.PathLike) -> TrainedVAE:
             raise MissingFileError(
                 f"{p} not found: {vae_dir} is not a VAE directory (write one with `galspec vae train`)"
             )
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{cfg_path} is not valid JSON: {exc}") from exc
+    cfg = read_json(cfg_path)
     if cfg.get("format") != VAE_FORMAT or cfg.get("format_version") != VAE_FORMAT_VERSION:
         raise FormatError(
             f"{cfg_path} has format {cfg.get('format')!r} version {cfg.get('format_version')!r}; "

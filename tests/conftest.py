@@ -51,6 +51,15 @@ def make_tiny_checkpoint(path, model="simple-cnn", size=TINY_SIZE, dropout=0.2, 
     return path
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run a test with one torch thread (CPU timings and rounding independent of the machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_store(tmp_path_factory):
     return make_tiny_store(tmp_path_factory.mktemp("store") / "tiny.zarr")

@@ -19,6 +19,8 @@ from galspec_batch.errors import InputError
 from galspec_batch.models import DeconvConv2d, create_model, list_models
 from galspec_batch.models.xresnet import SimpleSelfAttention
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SIZE = 32
 
 
@@ -56,14 +58,6 @@ def flux(n: int, seed: int = 1, size: int = SIZE) -> torch.Tensor:
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
     return float((got - want).abs().max() / want.abs().max())
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_eager_is_the_network_body_and_leaves_the_network_alone():

@@ -11,6 +11,8 @@ from galspec_batch.errors import InputError
 from galspec_batch.mc import _mix32_int, head_parameters, keep_masks, mc_naive, mc_predict, mc_samples
 from galspec_batch.models import create_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 M32 = 0xFFFFFFFF
 
 
@@ -36,14 +38,6 @@ def head(n_features: int = 24, n_out: int = 3, seed: int = 0):
 
 def features(n: int, n_features: int = 24, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, n_features, generator=torch.Generator().manual_seed(seed)).abs() + 0.5
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_masks_are_the_documented_hash():

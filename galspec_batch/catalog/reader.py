@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as pds
 
+from galspec_batch.atomic import read_json
 from galspec_batch.catalog import paths, state
-from galspec_batch.errors import FormatError, IncompleteOutputError, MissingFileError
+from galspec_batch.errors import IncompleteOutputError, MissingFileError
 
 
 def catalog_status(path: str | Path) -> dict:
@@ -53,10 +53,7 @@ def read_provenance(path: str | Path) -> dict:
     if not f.exists():
         _require_complete(Path(path))
         raise MissingFileError(f"catalog {path} has no {paths.PROVENANCE_FILENAME}")
-    try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{f} is not valid JSON: {exc}") from None
+    return read_json(f)
 
 
 def read_catalog(
