@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import make_tiny_checkpoint  # noqa: E402
 
 from galspec_batch.catalog import catalog_status  # noqa: E402
+from galspec_batch.options import PredictOptions
 from galspec_batch.predict import predict_catalog  # noqa: E402
 from galspec_batch.store import create_store, open_store  # noqa: E402
 
@@ -89,12 +90,12 @@ def main() -> None:
     make_tiny_checkpoint(ckpt, model=a.model, size=a.size)
     sampler = MemorySampler()
     sampler.start()
-    summary = predict_catalog(store, ckpt, out, cluster="local", n_workers=a.workers, engine="eager",
-                              mc_samples=a.mc, batch_size=1024, progress=True)
+    options = PredictOptions(engine="eager", mc_samples=a.mc, batch_size=1024)
+    summary = predict_catalog(store, ckpt, out, options, cluster="local", n_workers=a.workers, progress=True)
     samples = sampler.stop()
     status = catalog_status(out)
-    print(f"catalog: complete={status['complete']}, {status['objects_done']:,} objects in "
-          f"{status['done']} partitions; {summary.objects:,} galaxies in {summary.seconds:.0f} s "
+    print(f"catalog: complete={status.complete}, {status.objects.get('done', 0):,} objects in "
+          f"{status.count('done')} partitions; {summary.objects:,} galaxies in {summary.seconds:.0f} s "
           f"({summary.rate:,.0f} galaxies/s, MC T={a.mc}, {a.workers} workers)")
     t_end = samples[-1][0]
     for frac in (0.1, 0.5, 1.0):

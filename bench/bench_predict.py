@@ -26,6 +26,7 @@ from conftest import make_tiny_checkpoint, make_tiny_store  # noqa: E402
 from galspec_batch.checkpoint import load_checkpoint  # noqa: E402
 from galspec_batch.engines import create_engine  # noqa: E402
 from galspec_batch.mc import head_parameters, mc_naive, mc_predict  # noqa: E402
+from galspec_batch.options import PredictOptions
 from galspec_batch.predict import predict_catalog  # noqa: E402
 from galspec_batch.store import open_store  # noqa: E402
 
@@ -70,8 +71,8 @@ def forward_rates(ckpt_path: Path, store_path: Path, engine: str, batch: int, T:
 
 
 def end_to_end(ckpt: Path, store: Path, out: Path, engine: str, batch: int, T: int, cluster) -> float:
-    s = predict_catalog(store, ckpt, out, cluster=cluster, engine=engine, batch_size=batch, mc_samples=T,
-                        progress=False, overwrite=True)
+    s = predict_catalog(store, ckpt, out, PredictOptions(engine=engine, batch_size=batch, mc_samples=T),
+                        cluster=cluster, progress=False, overwrite=True)
     return s.objects / s.seconds
 
 
@@ -91,8 +92,10 @@ def peak_rss_child(args: list[str]) -> float:
     """Peak resident memory (MiB) of a fresh process running one end-to-end prediction."""
     code = (
         "import sys; from galspec_batch.predict import predict_catalog; "
-        "predict_catalog(sys.argv[1], sys.argv[2], sys.argv[3], cluster='none', engine=sys.argv[4], "
-        "batch_size=int(sys.argv[5]), mc_samples=int(sys.argv[6]), progress=False, overwrite=True); "
+        "from galspec_batch.options import PredictOptions; "
+        "predict_catalog(sys.argv[1], sys.argv[2], sys.argv[3], PredictOptions(engine=sys.argv[4], "
+        "batch_size=int(sys.argv[5]), mc_samples=int(sys.argv[6])), cluster='none', progress=False, "
+        "overwrite=True); "
         # VmHWM, not ru_maxrss: the latter keeps the forking parent's peak across exec
         "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
     )

@@ -16,8 +16,7 @@ import time
 
 import torch
 
-from galspec_batch.checkpoint import GalspecNet
-from galspec_batch.models import create_model, list_models
+from galspec_batch.models import GalspecNet, create_model, list_models
 from galspec_batch.training import default_max_lr, make_one_cycle, make_optimizer, random_d4
 from galspec_batch.training.loop import rmse
 

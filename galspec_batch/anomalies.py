@@ -35,11 +35,12 @@ from scipy import stats
 from scipy.spatial import cKDTree
 
 from galspec_batch.atomic import atomic_path
-from galspec_batch.catalog.schema import QualityFlag, latent_column, latent_std_column
+from galspec_batch.catalog.joins import catalog_latents, match_ids
+from galspec_batch.columns import DEC, OBJECT_ID, RA, QualityFlag
 from galspec_batch.errors import FormatError, InputError
-from galspec_batch.labels import count_latents, read_labels
+from galspec_batch.labels import read_labels
 
-OUT_COLUMNS = ("object_id", "ra", "dec", "anomaly_score", "anomaly_pvalue", "ood_score", "flag",
+OUT_COLUMNS = (OBJECT_ID, RA, DEC, "anomaly_score", "anomaly_pvalue", "ood_score", "flag",
                "quality_flags")
 _MAD_TO_SIGMA = 1.4826
 
@@ -168,28 +169,6 @@ def ood_scores(mean: np.ndarray, std: np.ndarray, k: int = 10) -> np.ndarray:
     return (_robust_z(sparsity) + _robust_z(epistemic)) / np.sqrt(2)
 
 
-def catalog_latents(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted means and MC spreads [N, L] of a catalog table (``latent_i``, ``latent_i_std``)."""
-    n = count_latents(table.column_names, "catalog")
-    stds = [latent_std_column(i) for i in range(1, n + 1)]
-    missing = [c for c in stds if c not in table.column_names]
-    if missing:
-        raise InputError(f"catalog lacks columns {missing}; a galspec catalog has latent_i and latent_i_std")
-    mean = np.stack([table[latent_column(i)].to_numpy() for i in range(1, n + 1)], axis=1)
-    std = np.stack([table[latent_std_column(i)].to_numpy() for i in range(1, n + 1)], axis=1)
-    return mean.astype(np.float64), std.astype(np.float64)
-
-
-def match_ids(reference: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Row of each of ``ids`` in the unique ``reference`` ids, -1 where absent."""
-    reference, ids = np.asarray(reference, np.int64), np.asarray(ids, np.int64)
-    if len(reference) == 0:
-        return np.full(len(ids), -1, np.int64)
-    order = np.argsort(reference, kind="stable")
-    pos = np.clip(np.searchsorted(reference[order], ids), 0, len(reference) - 1)
-    return np.where(reference[order][pos] == ids, order[pos], -1).astype(np.int64)
-
-
 def _observed(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     labels = read_labels(path)
     return labels.object_id, labels.values.astype(np.float64)
@@ -202,7 +181,7 @@ def flag_anomalies(catalog: pa.Table, labels: tuple[np.ndarray, np.ndarray] | No
         raise InputError(f"alpha must be in (0, 1), got {alpha}")
     mean, std = catalog_latents(catalog)
     n, p = mean.shape
-    ids = catalog["object_id"].to_numpy()
+    ids = catalog[OBJECT_ID].to_numpy()
     ood = ood_scores(mean, std, k)
     d2 = np.full(n, np.nan)
     pval = np.full(n, np.nan)
@@ -223,9 +202,9 @@ def flag_anomalies(catalog: pa.Table, labels: tuple[np.ndarray, np.ndarray] | No
         else np.zeros(n, np.uint16)
     qf = np.where(flag, qf | np.uint16(QualityFlag.OUT_OF_DISTRIBUTION), qf).astype(np.uint16)
     return pa.table({
-        "object_id": pa.array(ids, pa.int64()),
-        "ra": pa.array(catalog["ra"].to_numpy(), pa.float64()),
-        "dec": pa.array(catalog["dec"].to_numpy(), pa.float64()),
+        OBJECT_ID: pa.array(ids, pa.int64()),
+        RA: pa.array(catalog[RA].to_numpy(), pa.float64()),
+        DEC: pa.array(catalog[DEC].to_numpy(), pa.float64()),
         "anomaly_score": pa.array(d2, pa.float64()),
         "anomaly_pvalue": pa.array(pval, pa.float64()),
         "ood_score": pa.array(ood, pa.float64()),
@@ -239,7 +218,7 @@ def read_truth(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     from galspec_batch.spectra_table import read_spectra_table
 
     try:
-        table = read_spectra_table(path, columns=["object_id", "truth_anomaly"])
+        table = read_spectra_table(path, columns=[OBJECT_ID, "truth_anomaly"])
     except FormatError:
         try:
             names = pq.read_schema(path).names
@@ -249,13 +228,13 @@ def read_truth(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             raise
         raise InputError(f"spectra table {path} has no truth_anomaly column "
                          "(a mock survey's table has)") from None
-    return table["object_id"].to_numpy().astype(np.int64), table["truth_anomaly"].to_numpy().astype(bool)
+    return table[OBJECT_ID].to_numpy().astype(np.int64), table["truth_anomaly"].to_numpy().astype(bool)
 
 
 def truth_auc(flagged: pa.Table, truth: tuple[np.ndarray, np.ndarray]) -> tuple[float | None, float | None]:
     """ROC AUC of anomaly_score (labelled objects) and of ood_score (all), against the truth."""
     t_ids, t_anom = truth
-    rows = match_ids(t_ids, flagged["object_id"].to_numpy())
+    rows = match_ids(t_ids, flagged[OBJECT_ID].to_numpy())
     known = rows >= 0
     if not known.any():
         raise InputError("no object of the catalog is in the truth table")

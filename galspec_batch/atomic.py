@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 TMP_MARK = ".tmp-"
+MAX_JSON_BYTES = 64 << 20  # every JSON document galspec writes is far smaller
 
 
 def tmp_sibling(path: str | os.PathLike) -> Path:
@@ -43,7 +44,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     """
     path = Path(path)
     if path.exists() and not overwrite:  # before the work, not after it
-        raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
+        raise FileExistsError(f"{path} already exists (pass --overwrite to replace it)")
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(path)
     tmp = tmp_sibling(path)
@@ -51,7 +52,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
         yield tmp
         if path.exists():
             if not overwrite:
-                raise FileExistsError(f"{path} already exists (pass overwrite=True to replace it)")
+                raise FileExistsError(f"{path} already exists (pass --overwrite to replace it)")
             old = tmp_sibling(path)
             os.replace(path, old)
             os.replace(tmp, path)
@@ -73,13 +74,20 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def read_json(path: str | os.PathLike) -> object:
-    """A JSON document; a file that does not parse is a one-line FormatError naming it."""
-    from galspec_batch.errors import FormatError
+def read_json(path: str | os.PathLike, max_bytes: int = MAX_JSON_BYTES) -> object:
+    """A JSON document; a missing, oversized or unparsable file is a one-line error naming it."""
+    from galspec_batch.errors import FormatError, MissingFileError
 
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as exc:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise MissingFileError(f"{path} does not exist") from None
+    if size > max_bytes:
+        raise FormatError(f"{path} is {size:,} bytes; a galspec JSON document is under {max_bytes:,}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise FormatError(f"{path} is not valid JSON: {exc}") from None
 
 

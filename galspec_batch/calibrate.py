@@ -7,27 +7,21 @@ median absolute z-score, ``s = median(|z|) / 0.6745`` (``method="robust"``, the 
 insensitive to the few objects whose spectrum disagrees with their image, and to the heavy tails
 of the CNN's errors, which make the likelihood scale overshoot 68% coverage).
 :func:`calibrate_catalog` fits the scales on one part of a catalog joined with its labels, measures
-the 1-sigma coverage on the other part before and after, and writes ``calibration.json`` into the
-checkpoint directory; a run that finds that file multiplies the catalog's ``latent_i_std`` by
-``scale[i]``.
+the 1-sigma coverage on the other part before and after, and writes them into the checkpoint
+(:mod:`galspec_batch.checkpoint.calibration`); a run that finds them multiplies the catalog's
+``latent_i_std`` by ``scale[i]``.
 """
 
 from __future__ import annotations
 
-import datetime
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import special
 
-from galspec_batch.atomic import atomic_path, read_json
-from galspec_batch.errors import FormatError, InputError, MissingFileError
+from galspec_batch.errors import InputError, MissingFileError, UsageError
 
-CALIBRATION_FILE = "calibration.json"
-FORMAT = "galspec-calibration"
-FORMAT_VERSION = 1
 METHODS = ("likelihood", "robust")
 ONE_SIGMA = float(special.erf(1 / np.sqrt(2)))  # 0.6827
 
@@ -74,6 +68,7 @@ class CalibrationReport:
     n_fit: int
     n_test: int
     path: Path | None  # the calibration.json written, if any
+    held_out: tuple[np.ndarray, np.ndarray, np.ndarray]  # (observed, mean, std) of the test objects
 
     def table(self) -> str:
         """The per-latent table, plain text."""
@@ -86,49 +81,6 @@ class CalibrationReport:
         return "\n".join(lines)
 
 
-def save_calibration(checkpoint: str | Path, scale: np.ndarray, latent_names: list[str], info: dict) -> Path:
-    """Write ``calibration.json`` (scales, method, data used, date) into a checkpoint, atomically."""
-    from galspec_batch.atomic import file_sha256
-    from galspec_batch.checkpoint import WEIGHTS_FILE
-
-    checkpoint = Path(checkpoint)
-    if not (checkpoint / WEIGHTS_FILE).is_file():
-        raise MissingFileError(f"{checkpoint} is not a galspec checkpoint (no {WEIGHTS_FILE})")
-    if len(scale) != len(latent_names):
-        raise InputError(f"{len(scale)} scales for {len(latent_names)} latents")
-    doc = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model_hash": file_sha256(checkpoint / WEIGHTS_FILE),
-        "latent_names": list(latent_names),
-        "scale": [float(s) for s in scale],
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        **info,
-    }
-    path = checkpoint / CALIBRATION_FILE
-    with atomic_path(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    return path
-
-
-def load_calibration(checkpoint: str | Path) -> dict | None:
-    """The checkpoint's calibration document, or None when it has none. Refuses a calibration
-    made for other weights (its ``model_hash`` differs)."""
-    from galspec_batch.atomic import file_sha256
-    from galspec_batch.checkpoint import WEIGHTS_FILE
-
-    path = Path(checkpoint) / CALIBRATION_FILE
-    if not path.is_file():
-        return None
-    doc = read_json(path)
-    if doc.get("format") != FORMAT or doc.get("format_version") != FORMAT_VERSION:
-        raise FormatError(f"{path} is not a {FORMAT} version {FORMAT_VERSION} document")
-    if doc.get("model_hash") != file_sha256(Path(checkpoint) / WEIGHTS_FILE):
-        raise FormatError(f"{path} was fitted for other weights (model_hash differs); "
-                          "rerun galspec calibrate")
-    return doc
-
-
 def split_objects(ids: np.ndarray, fraction: float = 0.5, split_file: str | Path | None = None,
                   seed: int = 0) -> np.ndarray:
     """Boolean mask of the objects to fit on: the ids listed in ``split_file`` (one per line), or
@@ -137,11 +89,11 @@ def split_objects(ids: np.ndarray, fraction: float = 0.5, split_file: str | Path
         try:
             listed = np.loadtxt(split_file, dtype=np.int64, ndmin=1, comments="#")
         except (OSError, ValueError) as exc:
-            raise InputError(f"split file {split_file}: expected one object_id per line ({exc})") from None
+            raise InputError(f"--split-file {split_file}: expected one object_id per line ({exc})") from None
         fit = np.isin(ids, listed)
     else:
         if not 0 < fraction < 1:
-            raise InputError(f"fraction must be in (0, 1), got {fraction}")
+            raise UsageError(f"--fraction must be in (0, 1), got {fraction}")
         fit = np.zeros(len(ids), bool)
         fit[np.random.default_rng(seed).permutation(len(ids))[: int(round(fraction * len(ids)))]] = True
     if fit.sum() < 2 or (~fit).sum() < 2:
@@ -152,26 +104,27 @@ def split_objects(ids: np.ndarray, fraction: float = 0.5, split_file: str | Path
 
 def calibrate_catalog(catalog: str | Path, labels: str | Path, checkpoint: str | Path, *,
                       fraction: float = 0.5, split_file: str | Path | None = None, seed: int = 0,
-                      method: str = "robust", write: bool = True,
-                      plot: str | Path | None = None) -> CalibrationReport:
+                      method: str = "robust", write: bool = True) -> CalibrationReport:
     """Fit per-latent scales on part of ``catalog`` joined with ``labels``, measure coverage on the
     rest before and after, and (``write``) save ``calibration.json`` into ``checkpoint``."""
-    from galspec_batch.anomalies import catalog_latents, match_ids
     from galspec_batch.atomic import file_sha256
     from galspec_batch.catalog import read_catalog, read_provenance
-    from galspec_batch.checkpoint import WEIGHTS_FILE
+    from galspec_batch.catalog.joins import catalog_latents, match_ids
+    from galspec_batch.checkpoint import WEIGHTS_FILE, Calibration, save_calibration
+    from galspec_batch.columns import OBJECT_ID, latent_names
     from galspec_batch.labels import read_labels
 
     doc = read_provenance(catalog)
     prov = doc.get("provenance", doc)  # the run's record sits under "provenance"
     if prov.get("calibration"):
         raise InputError(f"catalog {catalog} already carries calibrated uncertainties; calibrate on a "
-                         "catalog predicted without calibration.json")
+                         "catalog predicted with --no-calibration")
     weights = Path(checkpoint) / WEIGHTS_FILE
     if not weights.is_file():
         raise MissingFileError(f"{checkpoint} is not a galspec checkpoint (no {WEIGHTS_FILE})")
+    model_hash = file_sha256(weights)
     made_by = prov.get("model", {}).get("hash")
-    if made_by != file_sha256(weights):
+    if made_by != model_hash:
         raise InputError(f"catalog {catalog} was predicted by model {made_by}, not by checkpoint "
                          f"{checkpoint}")
     table = read_catalog(catalog)
@@ -180,7 +133,7 @@ def calibrate_catalog(catalog: str | Path, labels: str | Path, checkpoint: str |
     lab_ids, lab_z = lab.object_id, lab.values.astype(np.float64)
     if lab_z.shape[1] != mean.shape[1]:
         raise InputError(f"labels {labels} have {lab_z.shape[1]} latents but the catalog has {mean.shape[1]}")
-    rows = match_ids(table["object_id"].to_numpy(), lab_ids)
+    rows = match_ids(table[OBJECT_ID].to_numpy(), lab_ids)
     if (rows >= 0).sum() < 4:
         raise InputError(f"only {int((rows >= 0).sum())} labelled objects are in catalog {catalog}; "
                          "need 4 or more")
@@ -190,21 +143,18 @@ def calibrate_catalog(catalog: str | Path, labels: str | Path, checkpoint: str |
     scale = fit_scale(lab_z[fit], mean[fit], std[fit], method)
     before, _ = coverage(lab_z[~fit], mean[~fit], std[~fit])
     after, _ = coverage(lab_z[~fit], mean[~fit], std[~fit] * scale)
-    names = [f"latent_{i}" for i in range(1, mean.shape[1] + 1)]
+    names = latent_names(mean.shape[1])
     path = None
     if write:
-        info = {
-            "method": method,
-            "coverage_1sigma_before": before.tolist(),
-            "coverage_1sigma_after": after.tolist(),
-            "data": {"catalog": str(Path(catalog).resolve()), "labels": str(Path(labels).resolve()),
-                     "split_file": str(split_file) if split_file else None,
-                     "fraction": None if split_file else fraction, "seed": seed,
-                     "n_fit": int(fit.sum()), "n_test": int((~fit).sum())},
-        }
-        path = save_calibration(checkpoint, scale, names, info)
-    if plot is not None:
-        from galspec_batch.plots import plot_calibration
-
-        plot_calibration(lab_z[~fit], mean[~fit], std[~fit], scale=scale, path=plot)
-    return CalibrationReport(names, scale, before, after, int(fit.sum()), int((~fit).sum()), path)
+        cal = Calibration(
+            model_hash=model_hash, latent_names=tuple(names), scale=tuple(float(s) for s in scale),
+            method=method, coverage_1sigma_before=tuple(before.tolist()),
+            coverage_1sigma_after=tuple(after.tolist()),
+            data={"catalog": str(Path(catalog).resolve()), "labels": str(Path(labels).resolve()),
+                  "split_file": str(split_file) if split_file else None,
+                  "fraction": None if split_file else fraction, "seed": seed,
+                  "n_fit": int(fit.sum()), "n_test": int((~fit).sum())},
+        )
+        path = save_calibration(checkpoint, cal)
+    held_out = (lab_z[~fit], mean[~fit], std[~fit])
+    return CalibrationReport(names, scale, before, after, int(fit.sum()), int((~fit).sum()), path, held_out)

@@ -27,7 +27,7 @@ Balogh et al. (1999): mean f_nu over 4000-4100 A over mean f_nu over 3850-3950 A
 quantities with no value are null.
 
 ``--write-back`` stores the derived columns in the catalog's sidecar (see
-:mod:`galspec_batch.select`), merged by ``object_id``; the HATS partitions are not rewritten.
+:mod:`galspec_batch.catalog.view`), merged by ``object_id``; the HATS partitions are not rewritten.
 """
 
 from __future__ import annotations
@@ -43,11 +43,24 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from galspec_batch.atomic import atomic_path
-from galspec_batch.catalog.schema import DEC, OBJECT_ID, RA
-from galspec_batch.errors import InputError
+from galspec_batch.catalog import paths
+from galspec_batch.catalog.view import CatalogView
+from galspec_batch.columns import (
+    D4000,
+    D4000_BLUE,
+    D4000_RED,
+    DEC,
+    DERIVED,
+    DERIVED_COLUMNS,
+    LINES,
+    OBJECT_ID,
+    RA,
+    SPECTRUM_TYPE,
+    LineWindow,
+)
+from galspec_batch.errors import InputError, UsageError
 from galspec_batch.progress import progress_bar
 from galspec_batch.regions import Region
-from galspec_batch.select import CatalogView, derived_path
 from galspec_batch.spectra import LOGLAM_MAX, LOGLAM_MIN, N_BINS, WAVE, WAVE_EDGES
 
 FLUX_MEDIAN = "flux_median"
@@ -56,33 +69,6 @@ FLUX_HI = "flux_hi"
 QUANTILES = (16.0, 50.0, 84.0)
 DECODE_METADATA_KEY = b"galspec.decode"
 DERIVED_METADATA_KEY = b"galspec.derived"
-SPECTRUM_TYPE = pa.list_(pa.float32(), N_BINS)
-
-
-@dataclass(frozen=True)
-class LineWindow:
-    """An equivalent-width definition: line window and side bands, rest-frame vacuum Angstrom."""
-
-    name: str
-    label: str
-    center: float
-    line: tuple[float, float]
-    blue: tuple[float, float]
-    red: tuple[float, float]
-
-
-LINES = (
-    LineWindow("ew_oii", "[OII]", 3728.5, (3713.0, 3741.0), (3653.0, 3713.0), (3741.0, 3801.0)),
-    LineWindow("ew_hbeta", "Hb", 4862.7, (4849.0, 4877.0), (4829.0, 4849.0), (4877.0, 4892.0)),
-    LineWindow("ew_oiii", "[OIII]", 5008.2, (4998.0, 5018.0), (4978.0, 4998.0), (5018.0, 5038.0)),
-    LineWindow("ew_halpha", "Ha", 6564.6, (6554.0, 6575.0), (6490.0, 6535.0), (6600.0, 6640.0)),
-    LineWindow("ew_nii", "[NII]", 6585.3, (6575.0, 6595.0), (6490.0, 6535.0), (6600.0, 6640.0)),
-)
-D4000 = "d4000"
-D4000_BLUE = (3850.0, 3950.0)
-D4000_RED = (4000.0, 4100.0)
-DERIVED = tuple(w.name for w in LINES) + (D4000,)
-DERIVED_COLUMNS = tuple(c for q in DERIVED for c in (q, f"{q}_std"))
 
 
 def window_weights(lo: float, hi: float, edges: np.ndarray = WAVE_EDGES) -> np.ndarray:
@@ -159,7 +145,7 @@ def decode_latents(vae, mean, std, object_id, *, n_draws: int = 64, seed: int = 
     std = np.asarray(std, dtype=np.float32)
     object_id = np.asarray(object_id, dtype=np.int64)
     if n_draws < 2:
-        raise InputError(f"n_draws must be >= 2 for percentiles and a std, got {n_draws}")
+        raise UsageError(f"--draws must be >= 2 for percentiles and a std, got {n_draws}")
     if mean.shape != std.shape or mean.ndim != 2 or len(object_id) != len(mean):
         raise InputError(
             f"latent means {mean.shape}, stds {std.shape} and ids {object_id.shape} do not match"
@@ -287,7 +273,7 @@ def decode_catalog(
 def write_derived(catalog: str | Path, table: pa.Table, provenance: dict, *, replace: bool = False) -> Path:
     """Merge derived columns into the catalog's sidecar by ``object_id`` (new rows win). A sidecar
     made by another VAE is refused unless ``replace``, which starts it afresh."""
-    path = derived_path(catalog)
+    path = paths.derived_file(catalog)
     table = table.select([OBJECT_ID, *DERIVED_COLUMNS])
     if path.exists():
         old = pq.read_table(path)

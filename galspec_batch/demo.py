@@ -24,9 +24,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
-import torch
 
-from galspec_batch import __version__
+from galspec_batch import code_version
+from galspec_batch.columns import OBJECT_ID
+from galspec_batch.options import DEFAULT_MC_SAMPLES, PredictOptions
 from galspec_batch.progress import progress_bar
 
 
@@ -38,7 +39,7 @@ class DemoSettings:
     vae_epochs: int = 80
     cnn_model: str = "simple-cnn"
     cnn_epochs: int = 20
-    mc_samples: int = 32
+    mc_samples: int = DEFAULT_MC_SAMPLES
     workers: int = 2
     test_fraction: float = 0.5  # size of the held-out field, relative to n_galaxies
     test_anomaly_rate: float = 0.03  # more than the survey's 1%, for a stable AUC
@@ -102,7 +103,7 @@ def run_demo(out: str | Path = "galspec-demo", settings: DemoSettings = DemoSett
             raise FileExistsError(f"{out} already exists (use --overwrite to start again)")
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    config = {"settings": asdict(settings), "code_version": __version__}
+    config = {"settings": asdict(settings), "code_version": code_version()}
     (out / "demo.json").write_text(json.dumps(config, indent=1))
     summary = DemoSummary(out, settings)
     s = settings
@@ -142,17 +143,18 @@ def run_demo(out: str | Path = "galspec-demo", settings: DemoSettings = DemoSett
         )
 
     with _step(summary, "calibrate"):
-        predict_catalog(paths["store"], result.best, paths["train_catalog"], mc_samples=s.mc_samples,
-                        cluster="none", seed=s.seed, progress=progress)
+        options = PredictOptions(mc_samples=s.mc_samples, seed=s.seed)
+        predict_catalog(paths["store"], result.best, paths["train_catalog"], options, cluster="none",
+                        progress=progress)
         labels = pq.read_table(paths["labels"])
         val_ids = _validation_ids(labels, s.seed)
-        pq.write_table(labels.filter(pa.compute.is_in(labels["object_id"], pa.array(val_ids))),
+        pq.write_table(labels.filter(pa.compute.is_in(labels[OBJECT_ID], pa.array(val_ids))),
                        paths["val_labels"])
         calibrate_catalog(paths["train_catalog"], paths["val_labels"], result.best, seed=s.seed)
 
     with _step(summary, "predict"):
-        p = predict_catalog(paths["test_store"], result.best, paths["catalog"], mc_samples=s.mc_samples,
-                            cluster="local", n_workers=s.workers, seed=s.seed, progress=progress)
+        p = predict_catalog(paths["test_store"], result.best, paths["catalog"], options, cluster="local",
+                            n_workers=s.workers, progress=progress)
         summary.numbers.update(catalog_rows=p.objects, predict_rate=p.rate)
 
     with _step(summary, "evaluate"):
@@ -180,10 +182,10 @@ def run_demo(out: str | Path = "galspec-demo", settings: DemoSettings = DemoSett
 
 def _validation_ids(labels: pa.Table, seed: int) -> np.ndarray:
     """The objects the CNN did not train on (the trainer's fixed-seed split)."""
-    from galspec_batch.training import split_indices
+    from galspec_batch.training import TrainSettings, split_indices
 
-    ids = labels["object_id"].to_numpy()
-    _, val = split_indices(ids, 0.2, seed)
+    ids = labels[OBJECT_ID].to_numpy()
+    _, val = split_indices(ids, TrainSettings().val_fraction, seed)
     return ids[val]
 
 
@@ -193,16 +195,16 @@ def _truth(spectra: Path) -> np.ndarray:
 
 def _held_out(catalog: Path, labels: Path, checkpoint: Path):
     """Observed latents and the calibrated and raw predicted spread of the held-out field."""
-    from galspec_batch.anomalies import catalog_latents, match_ids
-    from galspec_batch.calibrate import load_calibration
     from galspec_batch.catalog import read_catalog
+    from galspec_batch.catalog.joins import catalog_latents, match_ids
+    from galspec_batch.checkpoint import load_calibration
     from galspec_batch.labels import read_labels
 
     table = read_catalog(catalog)
     mean, std = catalog_latents(table)
     lab = read_labels(labels)
-    rows = match_ids(lab.object_id, table["object_id"].to_numpy())
-    scale = np.asarray(load_calibration(checkpoint)["scale"])
+    rows = match_ids(lab.object_id, table[OBJECT_ID].to_numpy())
+    scale = np.asarray(load_calibration(checkpoint).scale)
     return lab.values[rows].astype(np.float64), mean, std, std / scale
 
 
@@ -211,7 +213,7 @@ def _figures(paths: dict[str, Path], truth, mean, std_raw, std) -> list[str]:
 
     matplotlib.use("Agg")
     from galspec_batch import plots
-    from galspec_batch.anomalies import match_ids
+    from galspec_batch.catalog.joins import match_ids
     from galspec_batch.decode import read_decoded
     from galspec_batch.spectra_table import spectra_arrays
     from galspec_batch.spectral_vae import decode, encode, load_vae
@@ -226,12 +228,12 @@ def _figures(paths: dict[str, Path], truth, mean, std_raw, std) -> list[str]:
     plots.plot_sky_map(paths["catalog"], column="latent_1", path=fig_dir / "sky-map.png")
     wave, spec, meta = read_decoded(paths["decoded"])
     spectra = pq.read_table(paths["test_spectra"])
-    pick = _figure1_objects(spectra, meta["object_id"].to_numpy())
-    ids = meta["object_id"].to_numpy()[pick]
+    pick = _figure1_objects(spectra, meta[OBJECT_ID].to_numpy())
+    ids = meta[OBJECT_ID].to_numpy()[pick]
     store = open_store(paths["test_store"])
     rows = match_ids(store.object_id, ids)
     images = np.stack([store.read(np.array([r])).images[0] for r in rows])
-    at = match_ids(spectra["object_id"].to_numpy(), ids)
+    at = match_ids(spectra[OBJECT_ID].to_numpy(), ids)
     flux, ivar = spectra_arrays(spectra.take(at))
     titles = [f"object {i}, z = {z:.3f}" for i, z in zip(ids, spectra["truth_z"].to_numpy()[at], strict=True)]
     plots.plot_figure1(images, wave, flux, spec["median"][pick], spec["lo"][pick], spec["hi"][pick],
@@ -245,9 +247,9 @@ def _figures(paths: dict[str, Path], truth, mean, std_raw, std) -> list[str]:
 
 def _figure1_objects(spectra: pa.Table, decoded_ids: np.ndarray, n: int = 4) -> np.ndarray:
     """Rows of the decoded table for ``n`` galaxies spanning bulge fraction (disk to elliptical)."""
-    from galspec_batch.anomalies import match_ids
+    from galspec_batch.catalog.joins import match_ids
 
-    pos = match_ids(spectra["object_id"].to_numpy(), decoded_ids)
+    pos = match_ids(spectra[OBJECT_ID].to_numpy(), decoded_ids)
     bulge = spectra["truth_bulge_frac"].to_numpy()[pos]
     normal = ~spectra["truth_anomaly"].to_numpy()[pos]
     candidates = np.flatnonzero(normal)
@@ -277,8 +279,12 @@ class _threads:
         self.n = n
 
     def __enter__(self) -> None:
+        import torch
+
         self.old = torch.get_num_threads()
         torch.set_num_threads(self.n)
 
     def __exit__(self, *exc) -> None:
+        import torch
+
         torch.set_num_threads(self.old)

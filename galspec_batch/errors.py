@@ -1,5 +1,9 @@
 """The project's errors: each also subclasses the matching built-in, and its message names the
-file or object it is about, what was found and what was expected."""
+file, object or command-line option it is about, what was found and what was expected.
+
+The command line turns them into one ``galspec: error: ...`` line and an exit status:
+``UsageError`` (a command-line value that cannot be used) exits 2, every other error exits 1.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,15 @@ class GalspecError(Exception):
 
 
 class InputError(GalspecError, ValueError):
-    """Bad user input: a wrong shape, a NaN label, a duplicate id, an unknown name."""
+    """Bad input data: a wrong shape, a NaN label, a duplicate id, a store that does not fit."""
+
+
+class UsageError(InputError):
+    """A command-line value that cannot be used: an unknown name, a bad number, a bad region."""
 
 
 class FormatError(GalspecError, ValueError):
-    """A file that is not what it claims to be: corrupt FITS, unknown store version."""
+    """A file that is not what it claims to be: corrupt FITS, unknown format version."""
 
 
 class MissingFileError(GalspecError, FileNotFoundError):
@@ -21,7 +29,23 @@ class MissingFileError(GalspecError, FileNotFoundError):
 
 
 class IncompleteOutputError(GalspecError, RuntimeError):
-    """An output left half-written by an interrupted run."""
+    """An output left half-written, damaged or missing parts; rerunning the command repairs it."""
+
+
+class BusyError(GalspecError, RuntimeError):
+    """Another run holds the output (its lock names the holder)."""
+
+
+class SlurmError(GalspecError, RuntimeError):
+    """A SLURM command failed; the message quotes SLURM's own words."""
+
+
+class Interrupted(GalspecError, RuntimeError):
+    """The run was stopped by a signal; nothing half-done was kept."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
@@ -30,3 +54,9 @@ def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
 
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -4,18 +4,14 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from galspec_batch.columns import OBJECT_ID, count_latents, latent_names
 from galspec_batch.errors import FormatError, InputError, MissingFileError
-
-OBJECT_ID = "object_id"
-LATENT_PREFIX = "latent_"
-_LATENT = re.compile(rf"^{LATENT_PREFIX}(\d+)$")
 
 
 @dataclass
@@ -23,20 +19,6 @@ class Labels:
     object_id: np.ndarray  # [N] int64, unique
     names: list[str]  # latent_1..latent_L
     values: np.ndarray  # [N, L] float32, finite
-
-
-def latent_names(n: int) -> list[str]:
-    return [f"{LATENT_PREFIX}{i}" for i in range(1, n + 1)]
-
-
-def count_latents(columns: list[str], what: str) -> int:
-    """The number of latent columns ``latent_1..latent_N`` in ``columns``, checked to be contiguous."""
-    found = sorted(int(m.group(1)) for c in columns if (m := _LATENT.match(c)))
-    if not found:
-        raise InputError(f"{what} has no latent columns latent_1..latent_N (columns: {columns})")
-    if found != list(range(1, len(found) + 1)):
-        raise InputError(f"{what} has latent columns {found}; expected latent_1..latent_{len(found)}")
-    return len(found)
 
 
 def show_ids(ids: np.ndarray, n: int = 5) -> str:

@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from galspec_batch.errors import InputError
+from galspec_batch.options import DEFAULT_MC_SAMPLES
 
-DEFAULT_T = 32
 M32 = 0xFFFFFFFF
 _KEY_A, _KEY_B, _KEY_COUNTER = 0x9E3779B9, 0x85EBCA6B, 0xC2B2AE35
 _MIX = (0x7FEB352D, 0x846CA68B)
@@ -114,7 +114,7 @@ def _check(features: torch.Tensor, object_ids: torch.Tensor, weight: torch.Tenso
 
 
 def mc_samples(features: torch.Tensor, object_ids: torch.Tensor | np.ndarray, weight: torch.Tensor,
-               bias: torch.Tensor, p: float, T: int = DEFAULT_T, seed: int = 0) -> torch.Tensor:
+               bias: torch.Tensor, p: float, T: int = DEFAULT_MC_SAMPLES, seed: int = 0) -> torch.Tensor:
     """The T head samples per object, float64 [N, T, n_out] (z-scored units)."""
     ids = torch.as_tensor(object_ids, dtype=torch.int64).to(features.device)
     f = features.to(torch.float64)
@@ -136,7 +136,7 @@ def mc_predict(
     head_weight: torch.Tensor,
     head_bias: torch.Tensor,
     p: float,
-    T: int = DEFAULT_T,
+    T: int = DEFAULT_MC_SAMPLES,
     seed: int = 0,
     quantiles: tuple[float, ...] | list[float] | None = None,
     chunk_elements: int | None = None,
@@ -177,7 +177,7 @@ def mc_predict(
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def mc_naive(net: nn.Module, x: torch.Tensor, T: int = DEFAULT_T) -> torch.Tensor:
+def mc_naive(net: nn.Module, x: torch.Tensor, T: int = DEFAULT_MC_SAMPLES) -> torch.Tensor:
     """The naive way, for comparison: T full forward passes with the dropout layers on.
 
     Returns the samples [T, N, n_out]; the network is left in eval mode.

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
-EMISSION_LINES = {"[OII]": 3728.5, "Hb": 4862.7, "[OIII]": 5008.2, "Ha+[NII]": 6564.6}
+from galspec_batch.columns import (
+    D4000_BLUE,
+    D4000_RED,
+    DEC,
+    LINES,
+    OBJECT_ID,
+    RA,
+    count_latents,
+    latent_names,
+)
 
 
 def grizy_rgb(image: np.ndarray, bands: Sequence[str] = ("g", "r", "i", "z", "y"),
@@ -64,7 +73,7 @@ def plot_mock_galaxies(
         top = np.nanmax(shown) if ok.any() else 1.0
         ax_sp.set_ylim(min(0.0, np.nanpercentile(shown, 0.5)) if ok.any() else 0.0, 1.08 * top)
         ax_sp.set_xlim(wave[0], wave[-1])
-        for name, wl in EMISSION_LINES.items():
+        for wl, name in _line_marks():
             ax_sp.axvline(wl, color="tab:blue", lw=0.4, alpha=0.5)
             if k == 0:
                 ax_sp.text(wl, 1.0, name, transform=ax_sp.get_xaxis_transform(), fontsize=7,
@@ -92,7 +101,7 @@ def plot_mock_survey(store: str | Path, spectra: str | Path, path: str | Path | 
     picks = rows_sp[np.argsort(bt, kind="stable")][spread]
     sub = table.take(picks)
     flux, ivar = spectra_arrays(sub)
-    ids = sub["object_id"].to_numpy()
+    ids = sub[OBJECT_ID].to_numpy()
     row_of = {int(i): k for k, i in enumerate(st.object_id)}
     batch = st.read(np.array([row_of[int(i)] for i in ids]))
     t = {c: sub[c].to_numpy() for c in sub.column_names if c.startswith("truth_")}
@@ -167,15 +176,14 @@ def plot_calibration(true: np.ndarray, mean: np.ndarray, std: np.ndarray, scale:
 def _latent_arrays(data) -> tuple[np.ndarray, list[str]]:
     """[N, L] latent means and their names from a catalog path, table, DataFrame or array."""
     if isinstance(data, np.ndarray):
-        return data.astype(np.float64), [f"latent_{i}" for i in range(1, data.shape[1] + 1)]
-    from galspec_batch.labels import count_latents
+        return data.astype(np.float64), latent_names(data.shape[1])
 
     if isinstance(data, (str, Path)):
         from galspec_batch.catalog import read_catalog
 
         data = read_catalog(data)
     cols = list(data.columns) if hasattr(data, "iloc") else data.column_names
-    names = [f"latent_{i}" for i in range(1, count_latents(cols, "table") + 1)]
+    names = latent_names(count_latents(cols, "table"))
     return np.stack([np.asarray(data[c], np.float64) for c in names], axis=1), names
 
 
@@ -254,14 +262,14 @@ def plot_sky_map(catalog, column: str | None = None, partition_order: int | None
         from galspec_batch.catalog import catalog_status, read_catalog
 
         if partition_order is None:
-            partition_order = catalog_status(catalog)["partition_order"]
+            partition_order = catalog_status(catalog).partition_order
         catalog = read_catalog(catalog)
     df = catalog if isinstance(catalog, pd.DataFrame) else catalog.to_pandas()
     if column is not None and column not in df.columns:
         from galspec_batch.errors import InputError, did_you_mean
 
         raise InputError(f"catalog has no column {column!r}." + did_you_mean(column, list(df.columns)))
-    ra_raw, dec = df["ra"].to_numpy(np.float64), df["dec"].to_numpy(np.float64)
+    ra_raw, dec = df[RA].to_numpy(np.float64), df[DEC].to_numpy(np.float64)
     ref = float(np.degrees(np.arctan2(np.sin(np.radians(ra_raw)).mean(), np.cos(np.radians(ra_raw)).mean())))
     ra = _unwrap_ra(ra_raw, ref)
     gridsize = gridsize or int(np.clip(np.sqrt(len(df)) / 2, 10, 150))
@@ -322,7 +330,7 @@ def plot_figure1(images: np.ndarray, wave: np.ndarray, true_flux: np.ndarray, pr
         top = np.percentile(shown, 99.8) if shown.size else 1.0
         ax_sp.set_ylim(min(0.0, np.percentile(shown, 0.5)) if shown.size else 0.0, 1.1 * top)
         ax_sp.set_xlim(wave[0], wave[-1])
-        for name, wl in EMISSION_LINES.items():
+        for wl, name in _line_marks():
             ax_sp.axvline(wl, color="tab:blue", lw=0.5, alpha=0.5, ls=":")
             if k == 0:
                 ax_sp.text(wl, 1.0, name, transform=ax_sp.get_xaxis_transform(), fontsize=7, ha="center",
@@ -354,7 +362,7 @@ def plot_vae_reconstructions(flux: np.ndarray, ivar: np.ndarray, decoded: np.nda
         ax.plot(wave, decoded[k], color="tab:red", lw=0.8, label="VAE decoded")
         lo = min(np.nanpercentile(shown, 0.5), decoded[k].min()) if ok.any() else decoded[k].min()
         ax.set_ylim(min(0.0, lo), 1.08 * max(np.nanmax(shown) if ok.any() else 0, decoded[k].max()))
-        for name, wl in EMISSION_LINES.items():
+        for wl, name in _line_marks():
             ax.axvline(wl, color="tab:blue", lw=0.4, alpha=0.5)
             if k == 0:
                 ax.text(wl, 1.0, name, transform=ax.get_xaxis_transform(), fontsize=7, ha="center",
@@ -378,6 +386,11 @@ def _line_labels(lines: dict[str, tuple[float, tuple[float, float]]], gap: float
         else:
             groups.append([(center, label)])
     return [(float(np.mean([c for c, _ in g])), "+".join(lab for _, lab in g)) for g in groups]
+
+
+def _line_marks() -> list[tuple[float, str]]:
+    """Where to mark the emission lines of ``LINES`` on a full-range spectrum (close ones merged)."""
+    return _line_labels({w.label: (w.center, w.line) for w in LINES}, 40.0)
 
 
 def plot_decoded_spectra(wave: np.ndarray, median: np.ndarray, lo: np.ndarray, hi: np.ndarray, *,
@@ -433,7 +446,7 @@ def plot_decoded_spectra(wave: np.ndarray, median: np.ndarray, lo: np.ndarray, h
 def plot_decoded_file(spectra: str | Path, path: str | Path | None = None, n: int = 5):
     """Plot the first ``n`` spectra of a ``galspec decode`` output, with their EW(Halpha), EW([OII])
     and D4000 (MC median +- std) in the titles and the measurement windows shaded."""
-    from galspec_batch.decode import D4000_BLUE, D4000_RED, LINES, read_decoded
+    from galspec_batch.decode import read_decoded
 
     wave, sp, table = read_decoded(spectra, n)
     t = table.to_pydict()

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import astropy.units as u
 import numpy as np
-from astropy.coordinates import Latitude, Longitude, SkyCoord
-from cdshealpix import nested
-from mocpy import MOC
 
-from galspec_batch.errors import InputError, MissingFileError, did_you_mean
+from galspec_batch.errors import InputError, MissingFileError, UsageError, did_you_mean
 from galspec_batch.sky import SPATIAL_INDEX_ORDER, healpix_29, pixel_at_order
+
+if TYPE_CHECKING:  # astropy, cdshealpix and mocpy load when a region is used, not at CLI start
+    from mocpy import MOC
 
 FORMS = "cone:RA,DEC,RADIUS_DEG | box:RA_MIN,RA_MAX,DEC_MIN,DEC_MAX | pixels:ORDER:P1,P2,... | moc:PATH.fits"
 
@@ -52,7 +52,7 @@ def _positions(ra, dec) -> tuple[np.ndarray, np.ndarray]:
 
 def _check_order(order: int) -> int:
     if not 0 <= int(order) <= SPATIAL_INDEX_ORDER:
-        raise InputError(f"HEALPix order must be in 0..29, got {order}")
+        raise UsageError(f"HEALPix order must be in 0..29, got {order}")
     return int(order)
 
 
@@ -72,7 +72,7 @@ class Cone(Region):
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.ra) and -90 <= self.dec <= 90 and 0 < self.radius <= 180):
-            raise InputError(
+            raise UsageError(
                 f"cone needs finite RA, -90 <= Dec <= 90 and 0 < radius <= 180 degrees, got {self}"
             )
 
@@ -86,6 +86,9 @@ class Cone(Region):
         return sep <= self.radius
 
     def pixels(self, order: int) -> np.ndarray:
+        import astropy.units as u
+        from cdshealpix import nested
+
         order = _check_order(order)
         ipix, _, _ = nested.cone_search(
             self.ra * u.deg, self.dec * u.deg, self.radius * u.deg, order, flat=True
@@ -93,6 +96,9 @@ class Cone(Region):
         return _unique_pixels(ipix)
 
     def to_moc(self, max_order: int = 10) -> MOC:
+        import astropy.units as u
+        from mocpy import MOC
+
         return MOC.from_cone(
             lon=self.ra * u.deg,
             lat=self.dec * u.deg,
@@ -121,7 +127,7 @@ class Box(Region):
             and -90 <= self.dec_min < self.dec_max <= 90
         )
         if not ok:
-            raise InputError(
+            raise UsageError(
                 "box needs 0 <= RA_MIN, RA_MAX <= 360 (RA_MIN > RA_MAX wraps through 0), "
                 f"RA_MIN != RA_MAX and -90 <= DEC_MIN < DEC_MAX <= 90, got {self}"
             )
@@ -143,6 +149,10 @@ class Box(Region):
         return in_ra & (dec >= self.dec_min) & (dec <= self.dec_max)
 
     def pixels(self, order: int) -> np.ndarray:
+        import astropy.units as u
+        from astropy.coordinates import Latitude, Longitude
+        from cdshealpix import nested
+
         lo, hi = self._lon_range()
         ipix, _, _ = nested.zone_search(
             Longitude(lo * u.deg),
@@ -155,6 +165,9 @@ class Box(Region):
         return _unique_pixels(ipix)
 
     def to_moc(self, max_order: int = 10) -> MOC:
+        from astropy.coordinates import SkyCoord
+        from mocpy import MOC
+
         lo, hi = self._lon_range()
         corners = SkyCoord([lo, hi], [self.dec_min, self.dec_max], unit="deg")
         return MOC.from_zone(corners, max_depth=_check_order(max_order))
@@ -175,7 +188,7 @@ class PixelList(Region):
         n_pix = 12 * 4**self.order
         bad = [p for p in self.pixel_ids if not 0 <= p < n_pix]
         if not self.pixel_ids or bad:
-            raise InputError(
+            raise UsageError(
                 f"pixels at order {self.order} must be in 0..{n_pix - 1}, got {list(bad) or 'no pixels'}"
             )
 
@@ -193,6 +206,8 @@ class PixelList(Region):
         return _unique_pixels(children.ravel())
 
     def to_moc(self, max_order: int = 10) -> MOC:
+        from mocpy import MOC
+
         ipix = np.asarray(self.pixel_ids, dtype=np.uint64)
         moc = MOC.from_healpix_cells(ipix, np.full(ipix.shape, self.order, dtype=np.uint8), self.order)
         return moc.degrade_to_order(max_order) if max_order < self.order else moc
@@ -210,7 +225,9 @@ class MocRegion(Region):
 
     @classmethod
     def from_file(cls, path: str | Path) -> MocRegion:
-        path = Path(path)
+        from mocpy import MOC
+
+        path = Path(path).resolve()  # the text form must hold wherever it is read again
         if not path.is_file():
             raise MissingFileError(f"MOC file {path} does not exist")
         try:
@@ -222,6 +239,8 @@ class MocRegion(Region):
         return cls(path, moc)
 
     def contains(self, ra, dec) -> np.ndarray:
+        import astropy.units as u
+
         ra, dec = _positions(ra, dec)
         return np.asarray(self.moc.contains_lonlat(ra * u.deg, dec * u.deg), dtype=bool)
 
@@ -244,9 +263,9 @@ def _numbers(text: str, kind: str, count: int | None, cast=float) -> list:
     try:
         values = [cast(p) for p in parts]
     except ValueError:
-        raise InputError(f"bad {kind} region {text!r}: expected numbers; accepted forms: {FORMS}") from None
+        raise UsageError(f"bad {kind} region {text!r}: expected numbers; accepted forms: {FORMS}") from None
     if count is not None and len(values) != count:
-        raise InputError(
+        raise UsageError(
             f"bad {kind} region {text!r}: expected {count} comma-separated numbers, got "
             f"{len(values)}; accepted forms: {FORMS}"
         )
@@ -260,7 +279,7 @@ def parse_region(text: str | Region) -> Region:
     kind, sep, body = str(text).strip().partition(":")
     kind = kind.strip().lower()
     if not sep or not body.strip():
-        raise InputError(f"bad region {text!r}; accepted forms: {FORMS}")
+        raise UsageError(f"bad region {text!r}; accepted forms: {FORMS}")
     if kind == "cone":
         return Cone(*_numbers(body, "cone", 3))
     if kind == "box":
@@ -268,14 +287,14 @@ def parse_region(text: str | Region) -> Region:
     if kind in ("pixels", "pixel", "healpix"):
         order, sep, pix = body.partition(":")
         if not sep:
-            raise InputError(
+            raise UsageError(
                 f"bad pixels region {text!r}: expected pixels:ORDER:P1,P2,...; accepted forms: {FORMS}"
             )
         (order_value,) = _numbers(order, "pixels", 1, int)
         return PixelList(order_value, tuple(sorted(set(_numbers(pix, "pixels", None, int)))))
     if kind == "moc":
         return MocRegion.from_file(body.strip())
-    raise InputError(f"unknown region kind {kind!r} in {text!r}; accepted forms: {FORMS}")
+    raise UsageError(f"unknown region kind {kind!r} in {text!r}; accepted forms: {FORMS}")
 
 
 def parse_partitions(text: str | list[int]) -> list[int]:
@@ -290,11 +309,11 @@ def parse_partitions(text: str | list[int]) -> list[int]:
         try:
             pixels.add(int(value))
         except ValueError:
-            raise InputError(
+            raise UsageError(
                 f"bad partition name {part!r}: expected a pixel number (12) or Norder=K/Npix=P"
             ) from None
     if not pixels:
-        raise InputError(f"no partitions given in {text!r}")
+        raise UsageError(f"no partitions given in {text!r}")
     return sorted(pixels)
 
 
@@ -310,7 +329,7 @@ def select_partitions(store, region: Region | str | None = None, partitions=None
         unknown = [p for p in wanted if p not in by_pixel]
         if unknown:
             names = [str(p) for p in by_pixel]
-            raise InputError(
+            raise UsageError(
                 f"unknown partition {unknown[0]} in store {store.path} (order {store.partition_order}; "
                 f"it has {len(by_pixel)} partitions: {', '.join(names[:8])}"
                 f"{', ...' if len(names) > 8 else ''}).{did_you_mean(str(unknown[0]), names)}"

@@ -1,12 +1,10 @@
 """Target selection from a latent catalog: a SQL filter run by DuckDB over the catalog's Parquet
 files, optional region, uncertainty-aware cuts and ranking, written ready for fiber assignment.
 
-**Safety.** The catalog's partition files (and its derived sidecar) are opened first; then the
-connection is closed to the file system (``enable_external_access=false``, reads limited to the
-catalog's own directories) and its configuration locked, so a ``--where`` expression cannot read
-or write other files. The user's text only ever reaches DuckDB as one filter expression
-(parsed as an expression: a second statement is a syntax error); ``--order-by`` is checked
-against the column names.
+**Safety.** Queries run in the locked-down view of :mod:`galspec_batch.catalog.view`, closed to
+every file but the catalog's own. The user's text only ever reaches DuckDB as one filter
+expression (parsed as an expression: a second statement is a syntax error); ``--order-by`` is
+checked against the column names.
 
 **Probability** (``prob="latent_2 > 0.5"``): the MC-dropout distribution of a quantity is taken
 as Gaussian with the catalog's mean and std (``latent_2``, ``latent_2_std``; for derived
@@ -36,22 +34,17 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
-from scipy.special import ndtr
 
 from galspec_batch.atomic import atomic_path
-from galspec_batch.catalog import paths
-from galspec_batch.catalog.schema import DEC, OBJECT_ID, RA
-from galspec_batch.errors import IncompleteOutputError, InputError, MissingFileError, did_you_mean
-from galspec_batch.regions import Region, parse_region
+from galspec_batch.catalog.view import VIEW, CatalogView
+from galspec_batch.columns import DEC, OBJECT_ID, RA, latent_names
+from galspec_batch.errors import InputError, UsageError, did_you_mean
+from galspec_batch.regions import Region
 
-DERIVED_DIR = "derived"
-DERIVED_FILE = "derived.parquet"
-VIEW = "catalog"
 PRIORITY = "priority"
 PROB = "prob"
 SPREAD = "spread"
@@ -63,12 +56,6 @@ _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _PROB_RE = re.compile(rf"^\s*({_IDENT})\s*(>=|<=|>|<)\s*({_NUMBER})\s*$")
 _ORDER_RE = re.compile(rf"^\s*({_IDENT})(?:\s+(asc|desc))?\s*$", re.IGNORECASE)
-_LATENT_RE = re.compile(r"^latent_(\d+)$")
-
-
-def derived_path(catalog: str | Path) -> Path:
-    """The derived-quantity sidecar of a catalog (written by ``galspec decode --write-back``)."""
-    return Path(catalog) / DERIVED_DIR / DERIVED_FILE
 
 
 @dataclass(frozen=True)
@@ -84,13 +71,13 @@ class ProbCut:
     def parse(cls, text: str) -> ProbCut:
         m = _PROB_RE.match(text)
         if m is None:
-            raise InputError(
+            raise UsageError(
                 f"bad --prob {text!r}: expected COLUMN OP NUMBER with OP one of > >= < <= "
                 "(e.g. 'latent_2 > 0.5' or 'ew_halpha > 10')"
             )
         threshold = float(m.group(3))
         if not np.isfinite(threshold):
-            raise InputError(f"bad --prob {text!r}: the threshold must be a finite number")
+            raise UsageError(f"bad --prob {text!r}: the threshold must be a finite number")
         return cls(m.group(1), m.group(2), threshold)
 
     def sql(self) -> str:
@@ -103,134 +90,8 @@ class ProbCut:
         return f"{self.column} {self.op} {self.threshold:g}"
 
 
-def normal_cdf_arrow(x: pa.Array) -> pa.Array:
-    """Phi(x) for DuckDB (a vectorised Arrow UDF); NULL and NaN give NULL."""
-    v = ndtr(x.to_numpy(zero_copy_only=False).astype(np.float64))
-    return pa.array(v, mask=np.isnan(v))
-
-
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-def _partition_files(catalog: Path, region: Region | None) -> tuple[list[Path], int]:
-    """Partition files (pruned to the region's pixels) and the catalog's partition order."""
-    info = catalog / paths.PARTITION_INFO_FILENAME
-    rows = [line.split(",") for line in info.read_text().split()[1:] if line.strip()]
-    parts = [(int(o), int(p)) for o, p in rows]
-    if not parts:
-        raise InputError(f"catalog {catalog} has no partitions ({info} is empty)")
-    order = parts[0][0]
-    if region is not None:
-        keep = set(region.pixels(order).tolist())
-        parts = [(o, p) for o, p in parts if p in keep]
-        if not parts:
-            raise InputError(
-                f"region {region} overlaps no partition of catalog {catalog} "
-                f"({len(rows)} partitions at order {order})"
-            )
-    return [paths.partition_file(catalog, o, p) for o, p in parts], order
-
-
-def _require_catalog(catalog: Path) -> None:
-    if not paths.run_state_file(catalog).exists():
-        raise MissingFileError(
-            f"{catalog} is not a galspec catalog: {paths.run_state_file(catalog)} is missing"
-        )
-    if not paths.complete_file(catalog).exists():
-        raise IncompleteOutputError(
-            f"catalog {catalog} is not finished (no {paths.complete_file(catalog)}); complete it first"
-        )
-
-
-class CatalogView:
-    """A DuckDB connection holding one catalog as the view ``catalog`` (its partitions, pruned to
-    a region, LEFT JOINed with the derived sidecar), closed to all other files. Use as a context
-    manager; ``relation(where)`` gives the filtered rows."""
-
-    def __init__(self, catalog: str | Path, region: Region | str | None = None, ids=None):
-        self.catalog = Path(catalog)
-        _require_catalog(self.catalog)
-        self.region = parse_region(region) if region is not None else None
-        files, self.order = _partition_files(self.catalog, self.region)
-        dirs = sorted({str(f.parent.resolve()) + "/" for f in files})
-        sidecar = derived_path(self.catalog)
-        if sidecar.exists():
-            dirs.append(str(sidecar.parent.resolve()) + "/")
-        con = duckdb.connect(":memory:")
-        self.con = con
-        rel = con.read_parquet([str(f.resolve()) for f in files]).set_alias("c")
-        if sidecar.exists():
-            rel = rel.join(con.read_parquet(str(sidecar.resolve())).set_alias("d"), OBJECT_ID, how="left")
-        rel.create_view("_catalog_all")
-        keep = []
-        if self.region is not None:
-            con.register("_region_ids", pa.table({OBJECT_ID: self._region_ids(files)}))
-            keep.append(f"{OBJECT_ID} IN (SELECT {OBJECT_ID} FROM _region_ids)")
-        if ids is not None:
-            con.register("_wanted_ids", pa.table({OBJECT_ID: pa.array(np.asarray(ids, dtype=np.int64))}))
-            keep.append(f"{OBJECT_ID} IN (SELECT {OBJECT_ID} FROM _wanted_ids)")
-        base = con.table("_catalog_all")
-        for cond in keep:
-            base = base.filter(cond)
-        base.create_view(VIEW)
-        con.create_function("normal_cdf", normal_cdf_arrow, [duckdb.sqltypes.DOUBLE], duckdb.sqltypes.DOUBLE,
-                            type="arrow")
-        con.execute("SET allowed_directories = $1", [dirs])
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
-        self.columns: list[str] = list(con.table(VIEW).columns)
-        self.n_latents = sum(1 for c in self.columns if _LATENT_RE.match(c) and f"{c}_std" in self.columns)
-
-    def _region_ids(self, files: list[Path]) -> pa.Array:
-        t = pa.concat_tables([pq.read_table(f, columns=[OBJECT_ID, RA, DEC]) for f in files])
-        inside = self.region.contains(t[RA].to_numpy(), t[DEC].to_numpy())
-        return t[OBJECT_ID].filter(pa.array(inside))
-
-    def relation(self, where: str | None = None) -> duckdb.DuckDBPyRelation:
-        """The view's rows passing ``where`` (a SQL expression over its columns)."""
-        rel = self.con.table(VIEW)
-        if where is not None and where.strip():
-            rel = self.run(lambda: rel.filter(where), where)
-        return rel
-
-    def run(self, func, where: str | None = None):
-        """Call ``func``, turning a DuckDB error into a one-line InputError about ``where``."""
-        try:
-            return func()
-        except duckdb.Error as exc:
-            raise _explain(exc, where, self.columns) from None
-
-    def close(self) -> None:
-        self.con.close()
-
-    def __enter__(self) -> CatalogView:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def _explain(exc: duckdb.Error, where: str | None, columns: list[str]) -> InputError:
-    line = _first_line(exc)
-    about = f"--where {where!r}" if where else "the selection"
-    m = re.search(r'Referenced column "([^"]+)" not found', line)
-    if m:
-        name = m.group(1)
-        return InputError(f"unknown column {name!r} in {about}.{did_you_mean(name, columns)}")
-    if isinstance(exc, duckdb.PermissionException):
-        return InputError(
-            f"{about} tries to read a file; an expression may use only the catalog's columns "
-            f"(file access is disabled): {line}"
-        )
-    if isinstance(exc, duckdb.ParserException):
-        hint = " (a filter is one SQL expression: no ';')" if where and ";" in where else ""
-        return InputError(f"bad expression in {about}: {line}{hint}")
-    return InputError(f"cannot evaluate {about}: {line}")
 
 
 def referenced_columns(expr: str | None, columns: list[str]) -> list[str]:
@@ -247,11 +108,11 @@ def _order_terms(order_by: str, allowed: list[str]) -> list[tuple[str, bool]]:
     for part in order_by.split(","):
         m = _ORDER_RE.match(part)
         if m is None:
-            raise InputError(f"bad --order-by {order_by!r}: expected COLUMN [ASC|DESC][, COLUMN ...]")
+            raise UsageError(f"bad --order-by {order_by!r}: expected COLUMN [ASC|DESC][, COLUMN ...]")
         name, desc = m.group(1), (m.group(2) or "asc").lower() == "desc"
         if name not in allowed:
             hint = did_you_mean(name, allowed)
-            raise InputError(f"unknown column {name!r} in --order-by {order_by!r}.{hint}")
+            raise UsageError(f"unknown column {name!r} in --order-by {order_by!r}.{hint}")
         terms.append((name, desc))
     return terms
 
@@ -276,26 +137,26 @@ def select_targets(
     ``order_by``, the extra ``columns``, then ``prob``/``spread`` when asked.
     """
     if rank is not None and rank not in RANKS:
-        raise InputError(f"unknown --rank {rank!r}; expected one of {list(RANKS)}")
+        raise UsageError(f"unknown --rank {rank!r}; expected one of {list(RANKS)}")
     if limit is not None and limit < 1:
-        raise InputError(f"--limit must be >= 1, got {limit}")
+        raise UsageError(f"--limit must be >= 1, got {limit}")
     cut = ProbCut.parse(prob) if isinstance(prob, str) else prob
     if min_prob is not None and cut is None:
-        raise InputError("--min-prob needs --prob (the condition whose probability is cut on)")
+        raise UsageError("--min-prob needs --prob (the condition whose probability is cut on)")
     if min_prob is not None and not 0.0 <= min_prob <= 1.0:
-        raise InputError(f"--min-prob must be in [0, 1], got {min_prob}")
+        raise UsageError(f"--min-prob must be in [0, 1], got {min_prob}")
     with CatalogView(catalog, region) as view:
         cols = view.columns
         if cut is not None:
             for name in (cut.column, f"{cut.column}_std"):
                 if name not in cols:
-                    raise InputError(
+                    raise UsageError(
                         f"--prob {str(cut)!r} needs column {name!r}, which the catalog lacks "
                         f"(a latent or a derived quantity with its _std).{did_you_mean(name, cols)}"
                     )
         unknown = [c for c in columns if c not in cols]
         if unknown:
-            raise InputError(f"unknown column {unknown[0]!r} in --columns.{did_you_mean(unknown[0], cols)}")
+            raise UsageError(f"unknown column {unknown[0]!r} in --columns.{did_you_mean(unknown[0], cols)}")
         rel = view.relation(where)
         computed = {}
         if cut is not None:
@@ -328,7 +189,7 @@ def select_targets(
 def _spread_sql(view: CatalogView) -> str:
     if view.n_latents == 0:
         raise InputError(f"--rank uncertainty needs latent_i, latent_i_std columns; {view.catalog} has none")
-    names = [f"latent_{i}" for i in range(1, view.n_latents + 1)]
+    names = latent_names(view.n_latents)
     stats = view.run(lambda: view.con.table(VIEW).aggregate(
         ", ".join(f"stddev_samp({_quote(n)})" for n in names)).fetchall()[0])
     terms = []
@@ -356,7 +217,7 @@ def write_targets(
     path = Path(path)
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
-        raise InputError(
+        raise UsageError(
             f"cannot write {path}: unknown extension {path.suffix!r}; use one of {sorted(FORMATS)}"
         )
     if path.exists() and not overwrite:

@@ -3,9 +3,7 @@ the pixel of an object at a coarser order k is ``_healpix_29 >> 2 * (29 - k)``."
 
 from __future__ import annotations
 
-import astropy.units as u
 import numpy as np
-from cdshealpix import nested
 
 SPATIAL_INDEX_ORDER = 29
 SPATIAL_INDEX_COLUMN = "_healpix_29"
@@ -13,6 +11,9 @@ SPATIAL_INDEX_COLUMN = "_healpix_29"
 
 def healpix_29(ra: np.ndarray, dec: np.ndarray) -> np.ndarray:
     """NESTED order-29 HEALPix index (int64) of positions in degrees."""
+    import astropy.units as u  # loaded on first use, not at CLI start
+    from cdshealpix import nested
+
     ra = np.atleast_1d(np.asarray(ra, dtype=np.float64))
     dec = np.atleast_1d(np.asarray(dec, dtype=np.float64))
     if ra.size == 0:

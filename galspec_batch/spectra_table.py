@@ -16,13 +16,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from galspec_batch.atomic import atomic_path
+from galspec_batch.columns import DEC, OBJECT_ID, RA, SPECTRUM_TYPE
 from galspec_batch.errors import FormatError, InputError, MissingFileError
 from galspec_batch.spectra import N_BINS
 
-OBJECT_ID, RA, DEC, Z, FLUX, IVAR = "object_id", "ra", "dec", "z", "flux", "ivar"
+Z, FLUX, IVAR = "z", "flux", "ivar"
 TRUTH_PREFIX = "truth_"
 REQUIRED = (OBJECT_ID, RA, DEC, Z, FLUX, IVAR)
-SPECTRUM_TYPE = pa.list_(pa.float32(), N_BINS)
 
 
 def spectra_to_table(

@@ -21,8 +21,9 @@ import csv
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -31,14 +32,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from galspec_batch import __version__
-from galspec_batch.atomic import atomic_path, file_sha256, read_json
-from galspec_batch.errors import FormatError, InputError, MissingFileError
-from galspec_batch.labels import latent_names, read_labels
+from galspec_batch.atomic import atomic_path, file_sha256
+from galspec_batch.columns import OBJECT_ID, SPECTRUM_TYPE, latent_names
+from galspec_batch.errors import FormatError, InputError, MissingFileError, UsageError
+from galspec_batch.formats import VersionedFormat, check_int, require
+from galspec_batch.labels import read_labels
 from galspec_batch.models.vae import SpectrumVAE, VAEArch, infovae_loss
-from galspec_batch.spectra_table import FLUX, OBJECT_ID, SPECTRUM_TYPE, read_spectra_table, spectra_arrays
+from galspec_batch.progress import Progress
+from galspec_batch.spectra_table import FLUX, read_spectra_table, spectra_arrays
 
-VAE_FORMAT = "galspec-spectrum-vae"
-VAE_FORMAT_VERSION = 1
 WEIGHTS_FILE = "vae.safetensors"
 CONFIG_FILE = "vae.json"
 METRICS_FILE = "metrics.csv"
@@ -60,6 +62,30 @@ class VAESettings:
     val_fraction: float = 0.1
     patience: int = 10
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class VAEConfig(VersionedFormat):
+    """``vae.json``: the architecture, how it was trained, and its record (data hash, metrics)."""
+
+    FORMAT: ClassVar[str] = "galspec-spectrum-vae"
+    VERSION: ClassVar[int] = 1
+
+    arch: VAEArch
+    training: VAESettings
+    meta: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        a = self.arch
+        check_int("arch.n_pix", a.n_pix, 1, 100_000)
+        check_int("arch.n_latent", a.n_latent, 1, 256)
+        for h in a.hidden:
+            check_int("arch.hidden", h, 1, 100_000)
+        require(isinstance(self.meta, dict), "meta must be an object")
+
+    @classmethod
+    def _decode(cls, body: dict) -> dict:
+        return {**body, "arch": VAEArch.from_dict(body["arch"]), "training": VAESettings(**body["training"])}
 
 
 @dataclass
@@ -158,7 +184,7 @@ def fit_vae(
     if n - n_val < settings.batch_size // 4 or n < 8:
         raise InputError(f"{n} spectra are too few to train a VAE (need at least {max(8, n_val + 16)})")
     if n_latent < 1:
-        raise InputError(f"n_latent must be >= 1, got {n_latent}")
+        raise UsageError(f"--latents must be >= 1, got {n_latent}")
 
     torch.manual_seed(settings.seed)
     gen = torch.Generator().manual_seed(settings.seed)
@@ -175,7 +201,8 @@ def fit_vae(
     best = (float("inf"), copy.deepcopy(model.state_dict()), 0)
     history: list[dict] = []
 
-    with _progress(progress, settings.epochs) as advance:
+    with Progress(progress) as bar:
+        advance = bar.task("training VAE", settings.epochs, "epochs")
         for epoch in range(1, settings.epochs + 1):
             model.train()
             sums = np.zeros(4)
@@ -196,7 +223,8 @@ def fit_vae(
             values = [epoch, *(float(v) for v in sums / len(xt)), val_loss, val_chi2]
             row = dict(zip(METRIC_COLUMNS, values, strict=True))
             history.append(row)
-            advance(f"val loss {val_loss:.4g}  chi2/dof {val_chi2:.3f}")
+            advance(1)
+            bar.log(f"epoch {epoch}: val loss {val_loss:.4g}  chi2/dof {val_chi2:.3f}")
             if val_loss < best[0]:
                 best = (val_loss, copy.deepcopy(model.state_dict()), epoch)
             elif epoch - best[2] >= settings.patience:
@@ -231,27 +259,6 @@ def _validation_loss(model: SpectrumVAE, x: torch.Tensor, w: torch.Tensor, s: VA
     return total / len(x)
 
 
-class _progress:
-    """A rich progress bar over epochs, or nothing."""
-
-    def __init__(self, show: bool, total: int):
-        self.show, self.total = show, total
-
-    def __enter__(self):
-        if not self.show:
-            return lambda text: None
-        from rich.progress import Progress
-
-        self.bar = Progress(*Progress.get_default_columns(), "{task.fields[text]}", transient=False)
-        self.bar.start()
-        task = self.bar.add_task("training VAE", total=self.total, text="")
-        return lambda text: self.bar.update(task, advance=1, text=text)
-
-    def __exit__(self, *exc):
-        if self.show:
-            self.bar.stop()
-
-
 def encode(vae: TrainedVAE, flux, ivar, batch_size: int = 4096) -> np.ndarray:
     """Latent means (the deterministic encoder output) [N, n_latent] float32."""
     flux, ivar = validate_spectra(flux, ivar, vae.model.arch.n_pix)
@@ -283,17 +290,12 @@ def save_vae(vae: TrainedVAE, out_dir: str | os.PathLike, overwrite: bool = Fals
     out_dir = Path(out_dir)
     tensors = {f"model.{k}": v.contiguous() for k, v in vae.model.state_dict().items()}
     tensors[MEAN_KEY] = torch.from_numpy(np.ascontiguousarray(vae.mean_spectrum, dtype=np.float32))
-    config = {
-        "format": VAE_FORMAT,
-        "format_version": VAE_FORMAT_VERSION,
-        "arch": vae.model.arch.to_dict(),
-        "training": asdict(vae.settings),
-        "meta": {k: v for k, v in vae.meta.items() if k != "weights_sha256"},
-    }
+    meta = {k: v for k, v in vae.meta.items() if k != "weights_sha256"}
+    config = VAEConfig(vae.model.arch, vae.settings, meta)
     with atomic_path(out_dir, overwrite=overwrite) as tmp:
         tmp.mkdir()
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": VAE_FORMAT})
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": VAEConfig.FORMAT})
+        config.write(tmp / CONFIG_FILE)
         with open(tmp / METRICS_FILE, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
             writer.writeheader()
@@ -310,28 +312,26 @@ def load_vae(vae_dir: str | os.PathLike) -> TrainedVAE:
             raise MissingFileError(
                 f"{p} not found: {vae_dir} is not a VAE directory (write one with `galspec vae train`)"
             )
-    cfg = read_json(cfg_path)
-    if cfg.get("format") != VAE_FORMAT or cfg.get("format_version") != VAE_FORMAT_VERSION:
-        raise FormatError(
-            f"{cfg_path} has format {cfg.get('format')!r} version {cfg.get('format_version')!r}; "
-            f"expected {VAE_FORMAT!r} version {VAE_FORMAT_VERSION}"
-        )
-    tensors = load_file(str(w_path))
-    model = SpectrumVAE(VAEArch.from_dict(cfg["arch"]))
+    cfg = VAEConfig.read(cfg_path)
+    try:
+        tensors = load_file(str(w_path))
+    except Exception as exc:  # safetensors raises its own SafetensorError for corrupt files
+        raise FormatError(f"{w_path} is not a readable safetensors file: {exc}") from None
+    model = SpectrumVAE(cfg.arch)
     state = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise FormatError(f"{w_path} does not match the architecture in {cfg_path}: {exc}") from exc
     model.eval()
-    meta = dict(cfg.get("meta", {}))
+    meta = dict(cfg.meta)
     meta["weights_sha256"] = file_sha256(w_path)
     history = []
     if (vae_dir / METRICS_FILE).is_file():
         with open(vae_dir / METRICS_FILE, newline="") as f:
             history = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
     return TrainedVAE(model=model, mean_spectrum=tensors[MEAN_KEY].numpy(),
-                      settings=VAESettings(**cfg["training"]), meta=meta, history=history)
+                      settings=cfg.training, meta=meta, history=history)
 
 
 def _read_spectra(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -353,7 +353,7 @@ def train_vae(
 ) -> TrainedVAE:
     """Train on a spectra table and write the VAE directory."""
     if Path(out_dir).exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --overwrite to replace it)")
+        raise FileExistsError(f"{out_dir} already exists (pass --overwrite to replace it)")
     _, flux, ivar = _read_spectra(spectra_path)
     vae = fit_vae(flux, ivar, n_latent=n_latent, settings=settings, progress=progress)
     vae.meta["spectra"] = str(spectra_path)

@@ -8,20 +8,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import make_tiny_checkpoint
 from scipy import stats
 
 from galspec_batch.anomalies import (
     flag_anomalies,
     mahalanobis_scores,
-    match_ids,
     ood_scores,
     residual_model,
     robust_covariance,
     roc_auc,
 )
-from galspec_batch.catalog import QualityFlag, read_catalog
+from galspec_batch.catalog import read_catalog
+from galspec_batch.catalog.joins import match_ids
 from galspec_batch.cli import main
+from galspec_batch.columns import QualityFlag
 from galspec_batch.spectra import N_BINS
 from galspec_batch.spectra_table import spectra_to_table, write_spectra_table
 
@@ -125,21 +125,10 @@ def test_flag_anomalies_table_uses_labels_where_present_and_sets_the_quality_bit
 # -- end to end on a real catalog -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def catalog(tiny_store, tmp_path_factory):
-    from galspec_batch.predict import predict_catalog
-
-    root = tmp_path_factory.mktemp("anomalies")
-    ckpt = make_tiny_checkpoint(root / "ckpt")
-    predict_catalog(tiny_store, ckpt, root / "cat", cluster="none", engine="eager", mc_samples=8,
-                    progress=False)
-    return root / "cat"
-
-
-def _labels(catalog, path, n_latents=P, drop_id=False, id_offset=0, seed=0):
+def _labels(tiny_catalog, path, n_latents=P, drop_id=False, id_offset=0, seed=0):
     """A labels table for the catalog's objects: observed = predicted + noise, the first 5 displaced far;
     also a spectra table with truth_anomaly for them. Returns (labels path, spectra path)."""
-    t = read_catalog(catalog).sort_by("object_id")
+    t = read_catalog(tiny_catalog).sort_by("object_id")
     rng = np.random.default_rng(seed)
     ids = t["object_id"].to_numpy()
     mean = np.stack([t[f"latent_{i}"].to_numpy() for i in range(1, P + 1)], axis=1)
@@ -156,10 +145,11 @@ def _labels(catalog, path, n_latents=P, drop_id=False, id_offset=0, seed=0):
     return path, path.with_suffix(".spectra.parquet")
 
 
-def test_cli_anomalies_writes_flags_and_reports_auc(catalog, tmp_path):
-    labels, spectra = _labels(catalog, tmp_path / "labels.parquet")
+def test_cli_anomalies_writes_flags_and_reports_auc(tiny_catalog, tmp_path):
+    labels, spectra = _labels(tiny_catalog, tmp_path / "labels.parquet")
     out = tmp_path / "flagged.parquet"
-    res = CliRunner().invoke(main, ["anomalies", str(catalog), "--labels", str(labels), "--out", str(out),
+    res = CliRunner().invoke(main, ["anomalies", str(tiny_catalog), "--labels", str(labels), "--out",
+                    str(out),
                                     "--truth", str(spectra)])
     assert res.exit_code == 0, res.output
     flagged = pq.read_table(out)
@@ -172,12 +162,12 @@ def test_cli_anomalies_writes_flags_and_reports_auc(catalog, tmp_path):
     first5 = np.sort(ids)[:5]
     assert flag[np.isin(ids, first5)].all()
     # without labels: only the out-of-distribution score
-    res = CliRunner().invoke(main, ["anomalies", str(catalog), "--out", str(tmp_path / "ood.parquet")])
+    res = CliRunner().invoke(main, ["anomalies", str(tiny_catalog), "--out", str(tmp_path / "ood.parquet")])
     assert res.exit_code == 0, res.output
     d2 = pq.read_table(tmp_path / "ood.parquet")["anomaly_score"].to_numpy(zero_copy_only=False)
     assert np.isnan(d2).all()
     # an existing output is kept without --overwrite
-    res = CliRunner().invoke(main, ["anomalies", str(catalog), "--out", str(out)])
+    res = CliRunner().invoke(main, ["anomalies", str(tiny_catalog), "--out", str(out)])
     assert res.exit_code == 2 and "already exists" in res.output
 
 
@@ -186,11 +176,11 @@ def test_cli_anomalies_writes_flags_and_reports_auc(catalog, tmp_path):
     ({"id_offset": 10**9}, "is in the catalog"),
     ({"n_latents": 5}, "labels have 5 latents but the catalog has 6"),
 ])
-def test_cli_anomalies_bad_labels_give_one_line_errors(catalog, tmp_path, bad, message):
-    labels, _ = _labels(catalog, tmp_path / "labels.parquet", **bad)
-    res = CliRunner().invoke(main, ["anomalies", str(catalog), "--labels", str(labels),
+def test_cli_anomalies_bad_labels_give_one_line_errors(tiny_catalog, tmp_path, bad, message):
+    labels, _ = _labels(tiny_catalog, tmp_path / "labels.parquet", **bad)
+    res = CliRunner().invoke(main, ["anomalies", str(tiny_catalog), "--labels", str(labels),
                                     "--out", str(tmp_path / "f.parquet")])
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("galspec: error:") and message in lines[0], res.output
     assert not (tmp_path / "f.parquet").exists()

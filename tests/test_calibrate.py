@@ -10,18 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
-from conftest import make_tiny_checkpoint
+from conftest import make_tiny_catalog, make_tiny_checkpoint
 
-from galspec_batch.calibrate import (
-    CALIBRATION_FILE,
-    ONE_SIGMA,
-    calibrate_catalog,
-    coverage,
-    fit_scale,
-    load_calibration,
-    split_objects,
-)
+from galspec_batch.calibrate import ONE_SIGMA, calibrate_catalog, coverage, fit_scale, split_objects
 from galspec_batch.catalog import read_catalog
+from galspec_batch.checkpoint import CALIBRATION_FILE, load_calibration
 from galspec_batch.cli import main
 from galspec_batch.errors import FormatError, InputError
 
@@ -87,12 +80,9 @@ def test_split_objects_by_fraction_and_by_file(tmp_path):
 def setup(tiny_store, tmp_path_factory):
     """A checkpoint of our own (calibration.json goes into it), its catalog, and labels whose
     scatter around the predictions is 3x the MC std."""
-    from galspec_batch.predict import predict_catalog
-
     root = tmp_path_factory.mktemp("calibrate")
     ckpt = make_tiny_checkpoint(root / "ckpt")
-    predict_catalog(tiny_store, ckpt, root / "cat", cluster="none", engine="eager", mc_samples=8,
-                    progress=False)
+    make_tiny_catalog(tiny_store, ckpt, root / "cat", mc_samples=8)
     t = read_catalog(root / "cat")
     rng = np.random.default_rng(0)
     cols = {"object_id": t["object_id"]}
@@ -106,20 +96,18 @@ def setup(tiny_store, tmp_path_factory):
 def test_calibrate_catalog_writes_calibration_json(setup, tmp_path):
     ckpt0, cat, labels = setup
     ckpt = shutil.copytree(ckpt0, tmp_path / "ckpt")
-    report = calibrate_catalog(cat, labels, ckpt, fraction=0.5, seed=0, plot=tmp_path / "calib.png")
+    report = calibrate_catalog(cat, labels, ckpt, fraction=0.5, seed=0)
     assert report.n_fit == 120 and report.n_test == 120
     np.testing.assert_allclose(report.scale, 3.0, rtol=0.2)
     assert (report.coverage_before < 0.4).all()
     np.testing.assert_allclose(report.coverage_after, ONE_SIGMA, atol=0.15)
-    assert (tmp_path / "calib.png").stat().st_size > 20_000
     doc = load_calibration(ckpt)
-    assert doc["scale"] == pytest.approx(report.scale.tolist())
-    assert doc["latent_names"] == [f"latent_{i}" for i in range(1, 7)]
-    assert doc["method"] == "robust" and doc["data"]["n_fit"] == 120 and "created" in doc
+    assert doc.scale == pytest.approx(report.scale.tolist())
+    assert doc.latent_names == tuple(f"latent_{i}" for i in range(1, 7))
+    assert doc.method == "robust" and doc.data["n_fit"] == 120 and doc.created
     assert "latent_1" in report.table() and f"{report.scale[0]:.3f}" in report.table()
     # a calibration for other weights is refused
-    doc["model_hash"] = "0" * 64
-    (ckpt / CALIBRATION_FILE).write_text(json.dumps(doc))
+    (ckpt / CALIBRATION_FILE).write_text(json.dumps({**doc.to_dict(), "model_hash": "0" * 64}))
     with pytest.raises(FormatError, match="other weights"):
         load_calibration(ckpt)
     assert load_calibration(ckpt0) is None
@@ -136,12 +124,14 @@ def test_calibrate_refuses_a_catalog_of_another_model(setup, tmp_path):
 def test_cli_calibrate(setup, tmp_path):
     ckpt0, cat, labels = setup
     ckpt = shutil.copytree(ckpt0, tmp_path / "ckpt")
-    args = ["calibrate", "--catalog", str(cat), "--labels", str(labels), "--checkpoint", str(ckpt)]
+    args = ["calibrate", str(cat), "--labels", str(labels), "--checkpoint", str(ckpt)]
     res = CliRunner().invoke(main, [*args, "--dry-run"])
     assert res.exit_code == 0, res.output
     assert "cov. before" in res.output and not (ckpt / CALIBRATION_FILE).exists()
-    res = CliRunner().invoke(main, [*args, "--fraction", "0.6", "--method", "robust"])
+    res = CliRunner().invoke(main, [*args, "--fraction", "0.6", "--method", "robust",
+                                    "--plot", str(tmp_path / "calib.png")])
     assert res.exit_code == 0, res.output
-    assert load_calibration(ckpt)["data"]["n_fit"] == 144
+    assert load_calibration(ckpt).data["n_fit"] == 144
+    assert (tmp_path / "calib.png").stat().st_size > 20_000
     res = CliRunner().invoke(main, [*args, "--fraction", "1.5"])
-    assert res.exit_code == 2 and res.output.startswith("galspec: error: fraction must be in (0, 1)")
+    assert res.exit_code == 2 and res.output.startswith("galspec: error: --fraction must be in (0, 1)")

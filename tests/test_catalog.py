@@ -15,7 +15,6 @@ import pytest
 
 from galspec_batch.catalog import (
     CatalogWriter,
-    QualityFlag,
     catalog_schema,
     catalog_status,
     mark_failed,
@@ -24,6 +23,7 @@ from galspec_batch.catalog import (
     write_partition,
 )
 from galspec_batch.catalog import paths as cpaths
+from galspec_batch.columns import QualityFlag
 from galspec_batch.errors import IncompleteOutputError, InputError
 from galspec_batch.sky import healpix_29, pixel_at_order
 
@@ -92,10 +92,6 @@ def test_schema_columns_types_and_flags():
     assert pa.types.is_dictionary(schema.field("model_id").type)
     with pytest.raises(InputError, match="repeats"):
         catalog_schema(6, [pa.field("ra", pa.float64())])
-    from galspec_batch.store import QualityFlag as StoreFlag
-
-    for flag in StoreFlag:
-        assert QualityFlag[flag.name] == flag.value
     assert [int(f) for f in QualityFlag] == [1, 2, 4, 8]
 
 
@@ -175,7 +171,7 @@ def test_provenance_in_schema_metadata_and_json(finished):
     got = read_catalog(path, ["object_id", "latent_6"]).sort_by("object_id")
     want = table.select(["object_id", "latent_6"]).sort_by("object_id")
     assert got.to_pydict() == want.to_pydict()
-    status = catalog_status(path)
+    status = catalog_status(path).to_dict()
     assert status["complete"] and status["done"] == status["planned"] and status["pending"] == 0
     assert status["objects_done"] == status["objects_planned"] == table.num_rows
 
@@ -191,7 +187,7 @@ def test_truncated_and_unmarked_files_are_redone(tmp_path):
     cpaths.partition_file(path, ORDER, p_dead).rename(
         cpaths.partition_file(path, ORDER, p_dead).with_name(f"Npix={p_dead}.parquet.tmp-deadbeef")
     )  # killed mid-write
-    assert catalog_status(path)["done"] == len(parts) - 3
+    assert catalog_status(path).to_dict()["done"] == len(parts) - 3
     with pytest.raises(IncompleteOutputError, match=f"Npix={p_cut}"):
         cat.finalize()
     cat = begin(path, parts)  # a rerun resumes
@@ -276,7 +272,7 @@ def test_failures_show_in_status_and_clear_on_retry(tmp_path):
     begin(path, parts)
     (p, t), *_ = parts.items()
     mark_failed(path, ORDER, p, RuntimeError("CUDA out of memory"))
-    s = catalog_status(path)
+    s = catalog_status(path).to_dict()
     assert (s["done"], s["failed"], s["pending"]) == (0, 1, len(parts) - 1)
     assert s["failures"] == {f"Norder={ORDER} Npix={p}": "RuntimeError: CUDA out of memory"}
     from click.testing import CliRunner
@@ -289,7 +285,7 @@ def test_failures_show_in_status_and_clear_on_retry(tmp_path):
     got = json.loads(out.output)
     assert (got["done"], got["pending"], got["failed"]) == (0, len(parts) - 1, 1)
     write_partition(path, ORDER, p, t)
-    s = catalog_status(path)
+    s = catalog_status(path).to_dict()
     assert (s["done"], s["failed"], s["objects_done"]) == (1, 0, t.num_rows)
 
 

@@ -10,16 +10,9 @@ import pytest
 import torch
 
 from galspec_batch import __version__
-from galspec_batch.checkpoint import (
-    CONFIG_FILE,
-    WEIGHTS_FILE,
-    GalspecNet,
-    load_checkpoint,
-    normalize_images,
-    save_checkpoint,
-)
+from galspec_batch.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, save_checkpoint
 from galspec_batch.errors import FormatError, InputError, MissingFileError
-from galspec_batch.models import create_model
+from galspec_batch.models import GalspecNet, create_model, normalize_images
 
 BANDS = ["g", "r", "i", "z", "y"]
 NAMES = [f"latent_{i}" for i in range(1, 7)]
@@ -74,7 +67,7 @@ def test_config_and_hash(tmp_path):
     path = save_checkpoint(tmp_path / "ck", net, config())
     assert sorted(p.name for p in path.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
     cfg = json.loads((path / CONFIG_FILE).read_text())
-    assert cfg["format"] == "galspec-checkpoint" and cfg["format_version"] == 1
+    assert cfg["format"] == "galspec-checkpoint" and cfg["format_version"] == 2
     assert cfg["model"] == {"name": "simple-cnn", "in_bands": 5, "n_out": 6, "dropout": 0.2}
     assert cfg["bands"] == BANDS and cfg["image_size"] == [32, 32] and cfg["pixel_scale"] == 0.25
     assert cfg["latent_std"] == pytest.approx(net.latent_std.tolist())
@@ -113,7 +106,7 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(pickle, "Unpickler", refuse)
     ck = load_checkpoint(path)
-    assert ck.config["model"]["name"] == "simple-cnn"
+    assert ck.config.model.name == "simple-cnn"
     # the weights file is a safetensors file: 8-byte header length, then a JSON header
     raw = (path / WEIGHTS_FILE).read_bytes()
     header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
@@ -149,14 +142,14 @@ def test_bad_checkpoints(tmp_path):
 
 
 def test_save_checks_config_against_network(tmp_path):
-    with pytest.raises(InputError, match="names 3 bands"):
+    with pytest.raises(InputError, match=r"bands \['g', 'r', 'i'\] must be 5 distinct names"):
         save_checkpoint(tmp_path / "ck", make_net(), {**config(), "bands": ["g", "r", "i"]})
     with pytest.raises(InputError, match="lacks"):
         save_checkpoint(tmp_path / "ck", make_net(), {"bands": BANDS})
 
 
 def test_asinh_stretch_matches_torch_asinh():
-    from galspec_batch.checkpoint import _asinh
+    from galspec_batch.models.net import _asinh
 
     x = torch.cat([torch.randn(10000) * 10 ** torch.empty(10000).uniform_(-8, 17),
                    torch.tensor([0.0, -0.0, 1e-30, -1e18, 1e18])])

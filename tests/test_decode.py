@@ -9,14 +9,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import make_tiny_catalog
 from scipy.special import erf
 
 from galspec_batch.catalog import read_catalog
+from galspec_batch.catalog.paths import derived_file
 from galspec_batch.cli import main
+from galspec_batch.columns import D4000, DERIVED_COLUMNS, LINES
 from galspec_batch.decode import (
-    D4000,
-    DERIVED_COLUMNS,
-    LINES,
     d4000,
     decode_catalog,
     decode_latents,
@@ -28,8 +28,7 @@ from galspec_batch.decode import (
 )
 from galspec_batch.errors import InputError
 from galspec_batch.models.vae import SpectrumVAE, VAEArch
-from galspec_batch.predict import predict_catalog
-from galspec_batch.select import derived_path, select_targets
+from galspec_batch.select import select_targets
 from galspec_batch.spectra import N_BINS, WAVE, WAVE_EDGES
 from galspec_batch.spectral_vae import TrainedVAE, VAESettings, decode, load_vae, save_vae
 
@@ -117,10 +116,8 @@ def vae_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory, tiny_store, tiny_checkpoint):
-    out = tmp_path_factory.mktemp("decode") / "cat"
-    predict_catalog(tiny_store, tiny_checkpoint, out, cluster="none", engine="eager", mc_samples=16,
-                    progress=False)
-    return out
+    """A catalog of this module's own: the tests write its derived sidecar."""
+    return make_tiny_catalog(tiny_store, tiny_checkpoint, tmp_path_factory.mktemp("decode") / "cat")
 
 
 def test_bands_widen_with_std_and_collapse_at_zero(vae_dir):
@@ -182,7 +179,7 @@ def test_write_back_and_select(catalog, vae_dir, tmp_path):
     try:
         s = decode_catalog(catalog, vae_dir, tmp_path / "a.parquet", where=f"latent_2 > {cut}", n_draws=16,
                            write_back=True)
-        assert s.derived == derived_path(catalog)
+        assert s.derived == derived_file(catalog)
         decoded = pq.read_table(tmp_path / "a.parquet").to_pandas()
         assert sorted(decoded.object_id) == sorted(df[df.latent_2 > cut].object_id)
         thr = float(decoded.ew_halpha.median())
@@ -191,7 +188,7 @@ def test_write_back_and_select(catalog, vae_dir, tmp_path):
         # a second decode merges by object_id
         decode_catalog(catalog, vae_dir, tmp_path / "b.parquet", ids=[1000, 1001], n_draws=16,
                        write_back=True)
-        side = pq.read_table(derived_path(catalog)).to_pandas()
+        side = pq.read_table(derived_file(catalog)).to_pandas()
         assert sorted(side.object_id) == sorted(set(decoded.object_id) | {1000, 1001})
         assert list(side.columns) == ["object_id", *DERIVED_COLUMNS]
         # another VAE's quantities are not mixed in
@@ -199,7 +196,7 @@ def test_write_back_and_select(catalog, vae_dir, tmp_path):
         with pytest.raises(InputError, match="another VAE"):
             decode_catalog(catalog, other, tmp_path / "c.parquet", ids=[1002], n_draws=16, write_back=True)
     finally:
-        derived_path(catalog).unlink(missing_ok=True)
+        derived_file(catalog).unlink(missing_ok=True)
 
 
 def test_cli_decode_with_plot(catalog, vae_dir, tmp_path):

@@ -9,13 +9,7 @@ import torch.nn.functional as F
 from galspec_batch.errors import InputError
 from galspec_batch.models import DeconvConv2d, fold_deconv, isqrt_newton_schulz
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def correlated_images(n: int = 16, c: int = 5, size: int = 48, seed: int = 0) -> torch.Tensor:

@@ -10,13 +10,13 @@ from click.testing import CliRunner
 from conftest import make_tiny_checkpoint
 from torch import nn
 
-from galspec_batch.checkpoint import GalspecNet, load_checkpoint
+from galspec_batch.checkpoint import load_checkpoint
 from galspec_batch.cli import main
 from galspec_batch.engines import create_engine, export_checkpoint, export_onnx, list_engines, state_digest
 from galspec_batch.engines.base import FeatureGraph
 from galspec_batch.engines.tensorrt import engine_file_name
 from galspec_batch.errors import InputError
-from galspec_batch.models import DeconvConv2d, create_model, list_models
+from galspec_batch.models import DeconvConv2d, GalspecNet, create_model, list_models
 from galspec_batch.models.xresnet import SimpleSelfAttention
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

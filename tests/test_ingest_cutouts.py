@@ -12,6 +12,7 @@ from astropy.wcs import WCS, FITSFixedWarning
 from click.testing import CliRunner
 
 from galspec_batch.cli import main
+from galspec_batch.columns import QualityFlag
 from galspec_batch.errors import FormatError, InputError
 from galspec_batch.ingest import cutouts
 from galspec_batch.ingest.cutouts import (
@@ -21,7 +22,7 @@ from galspec_batch.ingest.cutouts import (
     object_id_from_name,
     parse_bands,
 )
-from galspec_batch.store import QualityFlag, open_store
+from galspec_batch.store import open_store
 
 HSC = Path(__file__).parent / "data" / "hsc_images" / "hsc_cut.fits"
 GRIZY = ("g", "r", "i", "z", "y")
@@ -218,13 +219,13 @@ def test_cli(tmp_path, cube):
     assert "ingested 1 objects" in r.stdout and "quarantined 4" in r.stdout
     assert "galspec: quarantined: " in r.stderr and "text.fits: not a readable FITS file" in r.stderr
     r = runner.invoke(main, ["ingest", str(folder / "text.fits"), "-o", str(tmp_path / "t.zarr")])
-    assert r.exit_code == 2
+    assert r.exit_code == 1
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "text.fits" in r.stderr
     assert r.stderr.startswith("galspec: error: ")
     r = runner.invoke(
         main, ["ingest", str(folder), "-o", str(tmp_path / "x.zarr"), "--bands", "grizy", "--strict"]
     )
-    assert r.exit_code == 2 and "galspec: error: " in r.stderr
+    assert r.exit_code == 1 and "galspec: error: " in r.stderr
     r = runner.invoke(
         main,
         [
@@ -245,7 +246,7 @@ def test_cli(tmp_path, cube):
     assert r.exit_code == 0, r.output
     s = open_store(tmp_path / "c.zarr")
     assert s.image_shape == (32, 32) and s.survey == "hsc"
-    assert s.attrs["zero_points"] == dict.fromkeys(GRIZY, 27.0)
+    assert s.attrs.zero_points == dict.fromkeys(GRIZY, 27.0)
 
 
 def test_interrupted_run_leaves_no_store(tmp_path, cube, monkeypatch):

@@ -179,7 +179,7 @@ def test_cli(tmp_path):
     r = runner.invoke(main, ["ingest-spectra", str(DATA), "-o", str(out)])
     assert r.exit_code == 2 and "already exists" in r.stderr
     r = runner.invoke(main, ["ingest-spectra", str(bad["nan_z"]), "-o", str(tmp_path / "x.parquet")])
-    assert r.exit_code == 2
+    assert r.exit_code == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[-1].startswith("galspec: error: ") and "spec-nanz.fits" in lines[-1]
     r = runner.invoke(
@@ -195,7 +195,7 @@ def test_cli(tmp_path):
             "0.4",
         ],
     )
-    assert r.exit_code == 2 and "spec-text.fits: not a readable FITS file" in r.stderr
+    assert r.exit_code == 1 and "spec-text.fits: not a readable FITS file" in r.stderr
     r = runner.invoke(
         main,
         [

@@ -23,12 +23,7 @@ PUBLISHED_COUNTS = {
 DECONV_MODELS = ["simple-deconv", "xresnet18-deconv", "xresnet18-hybrid"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def n_params(model: nn.Module) -> int:

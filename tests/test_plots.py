@@ -10,7 +10,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
-from conftest import make_tiny_checkpoint  # noqa: E402
 
 from galspec_batch.plots import (  # noqa: E402
     plot_calibration,
@@ -62,27 +61,16 @@ def test_plot_latent_corner_from_arrays_and_dataframe(tmp_path):
     assert len(plot_latent_corner(df).axes) == 6
 
 
-@pytest.fixture(scope="module")
-def catalog(tiny_store, tmp_path_factory):
-    from galspec_batch.predict import predict_catalog
-
-    root = tmp_path_factory.mktemp("plots")
-    ckpt = make_tiny_checkpoint(root / "ckpt")
-    predict_catalog(tiny_store, ckpt, root / "cat", cluster="none", engine="eager", mc_samples=4,
-                    progress=False)
-    return root / "cat"
-
-
-def test_plot_sky_map_of_a_catalog(catalog, tmp_path):
+def test_plot_sky_map_of_a_catalog(tiny_catalog, tmp_path):
     from galspec_batch.catalog import read_catalog
     from galspec_batch.sky import pixel_at_order
 
-    fig = plot_sky_map(catalog, path=tmp_path / "sky.png")
+    fig = plot_sky_map(tiny_catalog, path=tmp_path / "sky.png")
     _png_ok(tmp_path / "sky.png")
     ax, cbar = fig.axes
     assert ax.xaxis_inverted() and ax.get_xlabel() == "RA (deg)"
     assert cbar.get_ylabel() == "objects per cell"
-    t = read_catalog(catalog)
+    t = read_catalog(tiny_catalog)
     n_partitions = len(np.unique(pixel_at_order(t["_healpix_29"].to_numpy(), 4)))
     assert len(ax.patches) == n_partitions
     fig = plot_sky_map(t, column="latent_1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import threading
@@ -15,12 +16,14 @@ import pytest
 from click.testing import CliRunner
 from conftest import make_tiny_checkpoint, make_tiny_store
 
-from galspec_batch.catalog import QualityFlag, read_catalog
+from galspec_batch.catalog import read_catalog
 from galspec_batch.catalog.paths import done_marker, partition_file
 from galspec_batch.cli import main
+from galspec_batch.columns import QualityFlag
 from galspec_batch.errors import InputError
-from galspec_batch.predict import predict_catalog
-from galspec_batch.store import open_store
+from galspec_batch.options import PredictOptions
+from galspec_batch.predict import begin_catalog, predict_catalog
+from galspec_batch.store import append_objects, open_store
 
 LATENTS = [f"latent_{i}" for i in range(1, 7)]
 STDS = [f"latent_{i}_std" for i in range(1, 7)]
@@ -30,16 +33,8 @@ def _frame(path) -> pd.DataFrame:
     return read_catalog(path).to_pandas().sort_values("object_id").reset_index(drop=True)
 
 
-@pytest.fixture(scope="module")
-def catalog(tiny_store, tiny_checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("cat") / "cat"
-    predict_catalog(tiny_store, tiny_checkpoint, out, cluster="none", mc_samples=16, progress=False,
-                    engine="eager")
-    return out
-
-
-def test_every_object_exactly_once_with_uncertainty(catalog, tiny_store):
-    df = _frame(catalog)
+def test_every_object_exactly_once_with_uncertainty(tiny_catalog, tiny_store):
+    df = _frame(tiny_catalog)
     store = open_store(tiny_store)
     assert sorted(df.object_id) == sorted(store.object_id.tolist())
     assert df[STDS].gt(0).all().all()
@@ -50,26 +45,26 @@ def test_every_object_exactly_once_with_uncertainty(catalog, tiny_store):
     assert (flags.drop([1003, 1005]) == 0).all()
 
 
-def test_lsdb_cone_search_and_duckdb(catalog):
-    cat = lsdb.read_hats(catalog)
+def test_lsdb_cone_search_and_duckdb(tiny_catalog):
+    cat = lsdb.read_hats(tiny_catalog)
     got = cat.cone_search(ra=153.0, dec=0.0, radius_arcsec=1.5 * 3600).compute()
-    df = _frame(catalog)
+    df = _frame(tiny_catalog)
     d = np.degrees(np.arccos(np.clip(
         np.sin(np.radians(df.dec)) * np.sin(0.0)
         + np.cos(np.radians(df.dec)) * np.cos(np.radians(df.ra - 153.0)), -1, 1)))
     assert sorted(got.object_id) == sorted(df.object_id[d <= 1.5])
     con = duckdb.connect()
     n, mean1 = con.execute(
-        f"select count(*), avg(latent_1) from read_parquet('{catalog}/dataset/**/*.parquet')"
+        f"select count(*), avg(latent_1) from read_parquet('{tiny_catalog}/dataset/**/*.parquet')"
     ).fetchone()
     assert n == len(df) and mean1 == pytest.approx(df.latent_1.mean(), rel=1e-5)
 
 
-def test_rerun_is_bit_identical_and_dask_matches(catalog, tiny_store, tiny_checkpoint, tmp_path):
+def test_rerun_is_bit_identical_and_dask_matches(tiny_catalog, tiny_store, tiny_checkpoint, tmp_path):
     out = tmp_path / "dask"
-    predict_catalog(tiny_store, tiny_checkpoint, out, cluster="local", n_workers=2, mc_samples=16,
-                    progress=False, engine="eager", batch_size=7)
-    a, b = _frame(catalog), _frame(out)
+    predict_catalog(tiny_store, tiny_checkpoint, out, PredictOptions(mc_samples=16, engine="eager",
+                    batch_size=7), cluster="local", n_workers=2, progress=False)
+    a, b = _frame(tiny_catalog), _frame(out)
     pd.testing.assert_frame_equal(a[["object_id", *LATENTS, *STDS]], b[["object_id", *LATENTS, *STDS]])
 
 
@@ -77,12 +72,15 @@ def test_only_runs_a_share_and_resume_finishes(tiny_store, tiny_checkpoint, tmp_
     out = tmp_path / "share"
     parts = open_store(tiny_store).partitions()
     first = [p.pixel for p in parts[:3]]
-    s1 = predict_catalog(tiny_store, tiny_checkpoint, out, cluster="none", only=first, progress=False,
-                         engine="eager")
+    begin_catalog(tiny_store, tiny_checkpoint, out,
+                  PredictOptions(engine="eager"))  # as `galspec submit` does
+    s1 = predict_catalog(tiny_store, tiny_checkpoint, out, PredictOptions(engine="eager"), cluster="none",
+                         only=first, progress=False)
     assert s1.partitions_done == 3 and not (out / "hats.properties").exists()
     kept = partition_file(out, parts[0].order, parts[0].pixel)
     mtime = kept.stat().st_mtime_ns
-    s2 = predict_catalog(tiny_store, tiny_checkpoint, out, cluster="none", progress=False, engine="eager")
+    s2 = predict_catalog(tiny_store, tiny_checkpoint, out, PredictOptions(engine="eager"), cluster="none",
+                         progress=False)
     assert (s2.partitions_done, s2.partitions_skipped) == (len(parts) - 3, 3)
     assert kept.stat().st_mtime_ns == mtime and (out / "hats.properties").exists()
     assert _frame(out).object_id.is_unique and len(_frame(out)) == 240
@@ -90,12 +88,12 @@ def test_only_runs_a_share_and_resume_finishes(tiny_store, tiny_checkpoint, tmp_
 
 def test_resume_after_interrupt_and_truncated_file(tiny_store, tiny_checkpoint, tmp_path):
     out = tmp_path / "interrupted"
-    s_full = predict_catalog(tiny_store, tiny_checkpoint, tmp_path / "ref", cluster="none", progress=False,
-                             engine="eager")
+    s_full = predict_catalog(tiny_store, tiny_checkpoint, tmp_path / "ref", PredictOptions(engine="eager"),
+                             cluster="none", progress=False)
     parts = open_store(tiny_store).partitions()
     # simulate an interrupted first run: the whole plan, but stop before finalize
-    predict_catalog(tiny_store, tiny_checkpoint, out, cluster="none", progress=False, engine="eager",
-                    finalize=False)
+    predict_catalog(tiny_store, tiny_checkpoint, out, PredictOptions(engine="eager"), cluster="none",
+                    progress=False, finalize=False)
     kept = partition_file(out, parts[0].order, parts[0].pixel)
     mtime = kept.stat().st_mtime_ns
     broken = partition_file(out, parts[1].order, parts[1].pixel)
@@ -103,7 +101,8 @@ def test_resume_after_interrupt_and_truncated_file(tiny_store, tiny_checkpoint, 
     done_marker(out, parts[1].order, parts[1].pixel).unlink()
     unmarked = parts[2]
     done_marker(out, unmarked.order, unmarked.pixel).unlink()
-    s = predict_catalog(tiny_store, tiny_checkpoint, out, cluster="none", progress=False, engine="eager")
+    s = predict_catalog(tiny_store, tiny_checkpoint, out, PredictOptions(engine="eager"), cluster="none",
+                        progress=False)
     assert s.partitions_done == 2 and s.partitions_skipped == len(parts) - 2
     assert kept.stat().st_mtime_ns == mtime
     pd.testing.assert_frame_equal(_frame(out), _frame(tmp_path / "ref"))
@@ -114,12 +113,12 @@ def test_store_changed_since_catalog_began_is_refused(tmp_path, tiny_checkpoint)
     store = make_tiny_store(tmp_path / "s.zarr", n=60)
     out = tmp_path / "cat"
     parts = open_store(store).partitions()
-    predict_catalog(store, tiny_checkpoint, out, cluster="none", progress=False, engine="eager",
-                    partitions=[parts[0].pixel], finalize=False)
-    open_store(store).append([99999], [151.0], [0.5], np.ones((1, 5, 16, 16), np.float32))
+    predict_catalog(store, tiny_checkpoint, out, PredictOptions(engine="eager",
+                    partitions=[parts[0].pixel]), cluster="none", progress=False, finalize=False)
+    append_objects(open_store(store), [99999], [151.0], [0.5], np.ones((1, 5, 16, 16), np.float32))
     with pytest.raises(InputError, match="changed since the catalog began"):
-        predict_catalog(store, tiny_checkpoint, out, cluster="none", progress=False, engine="eager",
-                        partitions=[parts[0].pixel], finalize=False)
+        predict_catalog(store, tiny_checkpoint, out, PredictOptions(engine="eager",
+                        partitions=[parts[0].pixel]), cluster="none", progress=False, finalize=False)
 
 
 def test_checkpoint_bands_must_match_store(tmp_path, tiny_checkpoint):
@@ -134,16 +133,16 @@ def test_checkpoint_bands_must_match_store(tmp_path, tiny_checkpoint):
 
 def test_region_cut_is_exact(tiny_store, tiny_checkpoint, tmp_path):
     out = tmp_path / "cone"
-    predict_catalog(tiny_store, tiny_checkpoint, out, cluster="none", progress=False, engine="eager",
-                    region="cone:152,0,1.2")
+    predict_catalog(tiny_store, tiny_checkpoint, out, PredictOptions(engine="eager",
+                    region="cone:152,0,1.2"), cluster="none", progress=False)
     df = _frame(out)
     s = open_store(tiny_store)
     d = np.degrees(np.arccos(np.clip(
         np.cos(np.radians(s.dec)) * np.cos(np.radians(s.ra - 152.0)), -1, 1)))
     assert sorted(df.object_id) == sorted(s.object_id[d <= 1.2].tolist())
     with pytest.raises(InputError, match="overlaps no data"):
-        predict_catalog(tiny_store, tiny_checkpoint, tmp_path / "none", cluster="none", progress=False,
-                        region="cone:10,10,0.5")
+        predict_catalog(tiny_store, tiny_checkpoint, tmp_path / "none",
+                        PredictOptions(region="cone:10,10,0.5"), cluster="none", progress=False)
 
 
 def test_cli_predict_and_bad_checkpoint(tiny_store, tiny_checkpoint, tmp_path):
@@ -154,7 +153,7 @@ def test_cli_predict_and_bad_checkpoint(tiny_store, tiny_checkpoint, tmp_path):
     assert "240 galaxies" in res.output
     res = runner.invoke(main, ["predict", "--store", str(tiny_store), "--checkpoint", str(tmp_path),
                                "--out", str(tmp_path / "bad"), "--cluster", "none"])
-    assert res.exit_code == 2
+    assert res.exit_code == 1
     assert res.output.count("\n") == 1 and "galspec: error:" in res.output
 
 
@@ -168,8 +167,9 @@ def test_killed_worker_partition_is_retried(tmp_path):
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                       memory_limit=0) as cluster, Client(cluster) as client:
         result: dict = {}
-        run = threading.Thread(target=lambda: result.setdefault("s", predict_catalog(
-            store, ckpt, out, cluster=client, mc_samples=64, batch_size=16, progress=False, engine="eager")))
+        run = threading.Thread(target=lambda: result.setdefault("s", predict_catalog(store, ckpt, out,
+                               PredictOptions(mc_samples=64, batch_size=16, engine="eager"),
+                                              cluster=client, progress=False)))
         run.start()
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -187,22 +187,24 @@ def test_killed_worker_partition_is_retried(tmp_path):
     assert df.object_id.is_unique and len(df) == 3000
 
 
-def test_calibration_scales_the_mc_spread(catalog, tiny_store, tmp_path):
-    from galspec_batch.calibrate import save_calibration
+def test_calibration_scales_the_mc_spread(tiny_catalog, tiny_store, tmp_path):
     from galspec_batch.catalog import read_provenance
+    from galspec_batch.checkpoint import WEIGHTS_FILE, Calibration, save_calibration
 
     ckpt = make_tiny_checkpoint(tmp_path / "calibrated")
     scale = np.array([1.0, 2.0, 3.0, 0.5, 4.0, 1.5])
-    save_calibration(ckpt, scale, LATENTS, {"method": "robust"})
+    model_hash = hashlib.sha256((ckpt / WEIGHTS_FILE).read_bytes()).hexdigest()
+    save_calibration(ckpt, Calibration(model_hash, tuple(LATENTS), tuple(scale), "robust"))
     out = tmp_path / "cal"
-    predict_catalog(tiny_store, ckpt, out, cluster="none", mc_samples=16, progress=False, engine="eager")
-    a, b = _frame(catalog), _frame(out)
+    predict_catalog(tiny_store, ckpt, out, PredictOptions(mc_samples=16, engine="eager"), cluster="none",
+                    progress=False)
+    a, b = _frame(tiny_catalog), _frame(out)
     np.testing.assert_allclose(b[LATENTS].to_numpy(), a[LATENTS].to_numpy())
     np.testing.assert_allclose(b[STDS].to_numpy(), a[STDS].to_numpy() * scale, rtol=1e-6)
     assert read_provenance(out)["provenance"]["calibration"]["scale"] == scale.tolist()
     raw = tmp_path / "raw"
-    predict_catalog(tiny_store, ckpt, raw, cluster="none", mc_samples=16, progress=False, engine="eager",
-                    calibrate=False)
+    predict_catalog(tiny_store, ckpt, raw, PredictOptions(mc_samples=16, engine="eager", calibrate=False),
+                    cluster="none", progress=False)
     np.testing.assert_allclose(_frame(raw)[STDS].to_numpy(), a[STDS].to_numpy())
 
 
@@ -211,8 +213,9 @@ def test_an_array_task_leaves_other_tasks_partitions_alone(tiny_store, tiny_chec
 
     out = tmp_path / "array"
     parts = open_store(tiny_store).partitions()
-    predict_catalog(tiny_store, tiny_checkpoint, out, cluster="none", only=[parts[0].pixel], progress=False,
-                    engine="eager")
+    begin_catalog(tiny_store, tiny_checkpoint, out, PredictOptions(engine="eager"))  # the coordinator
+    predict_catalog(tiny_store, tiny_checkpoint, out, PredictOptions(engine="eager"), cluster="none",
+                    only=[parts[0].pixel], progress=False)
     # another task is mid-write of its partition: a temporary file, and a file not yet marked done
     other = partition_file(out, parts[1].order, parts[1].pixel)
     other.parent.mkdir(parents=True, exist_ok=True)
@@ -220,8 +223,8 @@ def test_an_array_task_leaves_other_tasks_partitions_alone(tiny_store, tiny_chec
     tmp.write_bytes(b"being written")
     other.write_bytes(b"renamed, marker not yet written")
     state = run_state_file(out).read_bytes()
-    s = predict_catalog(tiny_store, tiny_checkpoint, out, cluster="none", only=[parts[2].pixel],
-                        progress=False, engine="eager")
+    s = predict_catalog(tiny_store, tiny_checkpoint, out, PredictOptions(engine="eager"), cluster="none",
+                        only=[parts[2].pixel], progress=False)
     assert s.partitions_done == 1
     assert tmp.exists() and other.exists()
     assert run_state_file(out).read_bytes() == state  # tasks do not rewrite the shared run state

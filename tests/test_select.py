@@ -9,22 +9,21 @@ import pyarrow as pa
 import pytest
 from astropy.table import Table
 from click.testing import CliRunner
+from conftest import make_tiny_catalog
 from scipy.stats import norm
 
 from galspec_batch.catalog import read_catalog
+from galspec_batch.catalog.paths import derived_file
 from galspec_batch.cli import main
 from galspec_batch.errors import InputError, MissingFileError
-from galspec_batch.predict import predict_catalog
 from galspec_batch.regions import parse_region
-from galspec_batch.select import ProbCut, derived_path, select_targets, write_targets
+from galspec_batch.select import ProbCut, select_targets, write_targets
 
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory, tiny_store, tiny_checkpoint):
-    out = tmp_path_factory.mktemp("select") / "cat"
-    predict_catalog(tiny_store, tiny_checkpoint, out, cluster="none", engine="eager", mc_samples=16,
-                    progress=False)
-    return out
+    """A catalog of this module's own: the tests write its derived sidecar."""
+    return make_tiny_catalog(tiny_store, tiny_checkpoint, tmp_path_factory.mktemp("select") / "cat")
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +118,7 @@ def test_outputs_in_three_formats(catalog, df, tmp_path):
 
 
 def test_derived_sidecar_is_joined(catalog, df):
-    path = derived_path(catalog)
+    path = derived_file(catalog)
     ids = df.object_id.to_numpy()[:50]
     ew = np.linspace(0, 49, 50).astype(np.float32)
     side = pa.table({"object_id": ids, "ew_halpha": ew, "ew_halpha_std": np.full(50, 2.0, np.float32)})

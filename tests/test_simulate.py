@@ -8,13 +8,14 @@ from click.testing import CliRunner
 from scipy.stats import spearmanr
 
 from galspec_batch.cli import main
+from galspec_batch.columns import QualityFlag
 from galspec_batch.errors import InputError
 from galspec_batch.simulate import fiber, population, sed, simulate_batch, simulate_survey
 from galspec_batch.simulate.survey import SURVEY_NAME, id_offset
 from galspec_batch.sky import healpix_29
 from galspec_batch.spectra import WAVE, WAVE_EDGES
 from galspec_batch.spectra_table import read_spectra_table, spectra_arrays
-from galspec_batch.store import QualityFlag, open_store
+from galspec_batch.store import open_store
 
 
 def _batch(n, size=32, seed=0, **kw):
@@ -156,7 +157,7 @@ def test_survey_writes_sorted_store_and_matching_spectra_table(tmp_path):
     assert s.n_objects == 40
     st = open_store(tmp_path / "s.zarr")
     assert st.survey == SURVEY_NAME and st.bands == ("g", "r", "i", "z", "y") and st.image_shape == (32, 32)
-    assert st.n_objects == 40 and st.attrs["zero_points"] == {b: 22.5 for b in "grizy"}
+    assert st.n_objects == 40 and st.attrs.zero_points == {b: 22.5 for b in "grizy"}
     assert np.all(np.diff(st.healpix_29) >= 0)
     assert np.all(st.object_id >= id_offset(5)) and len(np.unique(st.object_id)) == 40
     sep = np.rad2deg(np.arccos(np.clip(np.sin(np.deg2rad(st.dec)) * np.sin(np.deg2rad(-10.0))
@@ -187,12 +188,12 @@ def test_survey_writes_sorted_store_and_matching_spectra_table(tmp_path):
 
 def test_cli_simulate_with_plot(tmp_path):
     png = tmp_path / "mock.png"
-    result = CliRunner().invoke(main, ["simulate", "--out-store", str(tmp_path / "c.zarr"), "--out-spectra",
+    result = CliRunner().invoke(main, ["simulate", "--out", str(tmp_path / "c.zarr"), "--out-spectra",
                                        str(tmp_path / "c.parquet"), "-n", "12", "--image-size", "32",
                                        "--plot", str(png)])
     assert result.exit_code == 0, result.output
     assert "12 mock galaxies" in result.output
     assert png.stat().st_size > 20_000
-    again = CliRunner().invoke(main, ["simulate", "--out-store", str(tmp_path / "c.zarr"), "--out-spectra",
+    again = CliRunner().invoke(main, ["simulate", "--out", str(tmp_path / "c.zarr"), "--out-spectra",
                                       str(tmp_path / "c.parquet"), "-n", "4"])
     assert again.exit_code == 2 and "already exists" in again.output

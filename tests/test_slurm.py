@@ -15,9 +15,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from galspec_batch import slurm
+from galspec_batch import hpc
+from galspec_batch.catalog import paths
 from galspec_batch.cli import main
-from galspec_batch.errors import InputError
+from galspec_batch.errors import InputError, SlurmError
+from galspec_batch.hpc import array, commands, scripts
+from galspec_batch.hpc import plan as hplan
+from galspec_batch.hpc import site as hsite
+from galspec_batch.options import PredictOptions
 from galspec_batch.store import create_store, open_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,16 +54,16 @@ def checkpoint(tmp_path) -> Path:
     return path
 
 
-def _spec(tmp_path: Path, **site) -> slurm.JobSpec:
-    return slurm.JobSpec(
+def _spec(tmp_path: Path, **site) -> scripts.JobSpec:
+    config = hsite.SiteConfig(**site)
+    return scripts.JobSpec(
         catalog=tmp_path / "cat dir",
         store=tmp_path / "store.zarr",
         checkpoint=tmp_path / "ckpt",
         n_tasks=7,
-        plan_file=tmp_path / "cat dir" / "_slurm" / "submit-0" / "tasks.json",
-        region="cone:150,2,3",
-        site=slurm.SiteConfig(**site),
-        predict_options=("--mc-samples", "4"),
+        tasks_file=paths.tasks_file(tmp_path / "cat dir", 0),
+        options=PredictOptions(mc_samples=4, region="cone:150,2,3", device=config.device),
+        site=config,
     )
 
 
@@ -75,7 +80,7 @@ def test_array_script_has_the_sbatch_lines(tmp_path):
         gpus_per_job=2, max_parallel=3, modules=("cuda/12.4", "gcc"), setup="source /opt/venv/bin/activate",
         python="/opt/venv/bin/python", extra_sbatch=("--constraint=a100",),
     )  # fmt: skip
-    script = slurm.render_array_script(spec)
+    script = scripts.render_array_script(spec)
     lines = _sbatch_lines(script)
     for expected in (
         "#SBATCH --job-name=galspec",
@@ -98,7 +103,8 @@ def test_array_script_has_the_sbatch_lines(tmp_path):
     assert "/opt/venv/bin/python -m galspec_batch.cli predict" in command
     assert f"--out '{tmp_path}/cat dir'" in command
     assert '--task-index "${SLURM_ARRAY_TASK_ID}"' in command  # $$ in the template is a literal $
-    assert "--cluster cuda --device cuda --no-finalize --mc-samples 4 --region cone:150,2,3" in command
+    assert ("--cluster cuda --no-finalize --mc-samples 4 --engine auto --batch-size 256 --seed 0 "
+            "--device cuda --precision fp16 --region cone:150,2,3") in command
     # the SBATCH block comes before any command, or sbatch ignores it
     first_command = min(i for i, line in enumerate(script.splitlines()) if line.startswith("set -e"))
     assert all(script.splitlines().index(line) < first_command for line in lines)
@@ -106,13 +112,13 @@ def test_array_script_has_the_sbatch_lines(tmp_path):
 
 def test_cpu_script_and_finalize_script(tmp_path):
     spec = _spec(tmp_path)
-    script = slurm.render_array_script(spec)
+    script = scripts.render_array_script(spec)
     lines = _sbatch_lines(script)
     assert "#SBATCH --array=0-6" in lines
     assert not any("--gres" in line or "--mem" in line or "--account" in line for line in lines)
     assert "--cluster none" in script
     assert f"exec {sys.executable} -m galspec_batch.cli predict" in script
-    fin = slurm.render_finalize_script(spec)
+    fin = scripts.render_finalize_script(spec)
     assert "#SBATCH --job-name=galspec-finalize" in _sbatch_lines(fin)
     assert "#SBATCH --time=00:30:00" in _sbatch_lines(fin)
     assert fin.rstrip().endswith(f"-m galspec_batch.cli finalize '{tmp_path}/cat dir'")
@@ -121,11 +127,11 @@ def test_cpu_script_and_finalize_script(tmp_path):
 def test_site_template_override_and_bad_placeholder(tmp_path):
     custom = tmp_path / "site.template"
     custom.write_text("#!/bin/bash\n#SBATCH --array=0-${last_task}\necho $$HOME ${catalog}\n")
-    out = slurm.render_array_script(_spec(tmp_path, template=str(custom)))
+    out = scripts.render_array_script(_spec(tmp_path, template=str(custom)))
     assert out == f"#!/bin/bash\n#SBATCH --array=0-6\necho $HOME '{tmp_path}/cat dir'\n"
     custom.write_text("echo ${nosuch}\n")
     with pytest.raises(InputError, match=r"unknown placeholder \$\{nosuch\}"):
-        slurm.render_array_script(_spec(tmp_path, template=str(custom)))
+        scripts.render_array_script(_spec(tmp_path, template=str(custom)))
 
 
 def test_site_toml(tmp_path):
@@ -133,15 +139,15 @@ def test_site_toml(tmp_path):
     site.write_text(
         'account = "a1"\nmodules = ["cuda"]\nextra_sbatch = ["--exclusive"]\n[throughput]\ncpu_core = 5.0\n'
     )
-    cfg = slurm.load_site(site)
+    cfg = hsite.load_site(site)
     assert (cfg.account, cfg.modules, cfg.extra_sbatch, cfg.throughput.cpu_core) == (
         "a1", ("cuda",), ("--exclusive",), 5.0,
     )  # fmt: skip
-    assert cfg.throughput.gpu == slurm.Throughput().gpu
+    assert cfg.throughput.gpu == hsite.Throughput().gpu
     site.write_text('acount = "a1"\n')
     with pytest.raises(InputError, match="unknown key 'acount'. Did you mean 'account'"):
-        slurm.load_site(site)
-    example = slurm.load_site(REPO / "slurm" / "site.example.toml")
+        hsite.load_site(site)
+    example = hsite.load_site(REPO / "slurm" / "site.example.toml")
     assert example.gpus_per_job == 1 and example.modules == ("cuda/12.4",)
 
 
@@ -154,19 +160,21 @@ def test_balance_is_even_and_complete():
         int(p): int(n)
         for p, n in zip(rng.choice(5000, 60, replace=False), rng.integers(1, 500, 60), strict=True)
     }
-    tasks = slurm.balance(counts, 8)
+    tasks = hplan.balance(counts, 8)
     assert sorted(p for t in tasks for p in t) == sorted(counts)
     loads = [sum(counts[p] for p in t) for t in tasks]
     assert max(loads) - min(loads) <= max(counts.values())
     assert max(loads) <= sum(counts.values()) / 8 + max(counts.values())
-    assert slurm.balance({1: 5, 2: 5}, 10) == [[1], [2]]  # never more tasks than partitions
+    assert hplan.balance({1: 5, 2: 5}, 10) == [[1], [2]]  # never more tasks than partitions
     with pytest.raises(InputError, match="--jobs must be at least 1"):
-        slurm.balance(counts, 0)
+        hplan.balance(counts, 0)
 
 
-def test_plan_partitions_by_region(store):
+def test_plan_partitions_by_region(store, checkpoint, tmp_path):
     s = open_store(store)
-    tasks = slurm.plan_partitions(s, "cone:150,2,4", jobs=3)
+    plan = array.plan_submission(store, checkpoint, tmp_path / "c", PredictOptions(region="cone:150,2,4"),
+                                 hsite.SiteConfig())
+    tasks = hplan.balance(plan.partitions, 3)
     assert len(tasks) == 3
     from galspec_batch.regions import Cone
 
@@ -178,12 +186,12 @@ def test_plan_partitions_by_region(store):
     )
 
 
-def test_task_partitions(tmp_path):
-    f = tmp_path / "tasks.json"
-    f.write_text(json.dumps({"tasks": [[1, 2], [3]]}))
-    assert slurm.task_partitions(f, 1) == [3]
-    with pytest.raises(InputError, match=r"task index 2 is outside 0..1"):
-        slurm.task_partitions(f, 2)
+def test_task_share(tmp_path):
+    f = hplan.TaskList(((1, 2), (3,))).write(tmp_path / "tasks.json")
+    assert json.loads(f.read_text())["format"] == "galspec-slurm-tasks"
+    assert hplan.task_share(f, 1) == [3]
+    with pytest.raises(InputError, match=r"--task-index 2 is outside 0..1"):
+        hplan.task_share(f, 2)
 
 
 @pytest.mark.parametrize(
@@ -191,20 +199,20 @@ def test_task_partitions(tmp_path):
     [("30", 1800), ("01:30", 90), ("02:00:00", 7200), ("1-12", 129600), ("1-00:00:10", 86410)],
 )
 def test_parse_walltime(text, seconds):
-    assert slurm.parse_walltime(text) == seconds
+    assert hsite.parse_walltime(text) == seconds
 
 
 def test_walltime_too_short_for_one_partition():
-    site = slurm.SiteConfig(time="00:02:00", throughput=slurm.Throughput(cpu_core=10, startup_s=30))
-    slurm.check_walltime({7: 900, 8: 100}, site, 4)  # 30 + 900/10 = 120 s fits
+    site = hsite.SiteConfig(time="00:02:00", throughput=hsite.Throughput(cpu_core=10, startup_s=30))
+    hsite.check_walltime({7: 900, 8: 100}, site, 4)  # 30 + 900/10 = 120 s fits
     with pytest.raises(InputError) as info:
-        slurm.check_walltime({7: 901, 8: 100}, site, 4)
+        hsite.check_walltime({7: 901, 8: 100}, site, 4)
     assert str(info.value).startswith(
         "walltime 00:02:00 is too short: partition Norder=4/Npix=7 (901 objects)"
     )
     assert "\n" not in str(info.value)
-    gpu = slurm.SiteConfig(time="00:02:00", gpus_per_job=2, throughput=slurm.Throughput(gpu=10, startup_s=30))
-    slurm.check_walltime({7: 1800}, gpu, 4)  # 2 GPUs at 10/s each
+    gpu = hsite.SiteConfig(time="00:02:00", gpus_per_job=2, throughput=hsite.Throughput(gpu=10, startup_s=30))
+    hsite.check_walltime({7: 1800}, gpu, 4)  # 2 GPUs at 10/s each
 
 
 # -- fast tier: CLI and submission errors, with stand-in SLURM commands ------------------------
@@ -230,19 +238,19 @@ def test_dry_run_prints_script_and_plan(store, checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "args, message, code",
     [
-        (["--region", "cone:300,-60,1"], "overlaps no data in store"),
-        (["--partitions", "99999"], "unknown partition 99999 in store"),
-        (["--region", "circle:1"], "accepted forms"),
-        (["--time", "00:00:30"], "walltime 00:00:30 is too short"),
+        (["--region", "cone:300,-60,1"], "overlaps no data in store", 1),
+        (["--partitions", "99999"], "unknown partition 99999 in store", 2),
+        (["--region", "circle:1"], "accepted forms", 2),
+        (["--time", "00:00:30"], "walltime 00:00:30 is too short", 2),
     ],
 )
-def test_bad_input_is_one_line(store, checkpoint, tmp_path, args, message):
+def test_bad_input_is_one_line(store, checkpoint, tmp_path, args, message, code):
     result = CliRunner().invoke(main, [
         "submit", "--store", str(store), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "c"), *args,
     ])  # fmt: skip
-    assert result.exit_code == 2
+    assert result.exit_code == code
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("galspec: error: ") and message in lines[0], result.output
 
@@ -257,12 +265,10 @@ def _fake_slurm(bin_dir: Path, sbatch_body: str) -> Path:
     return bin_dir / "calls"
 
 
-def _plan(tmp_path, store, checkpoint) -> tuple[dict, slurm.Submission]:
-    s = open_store(store)
-    counts = {p.pixel: p.n for p in s.partitions()}
-    options = {"mc_samples": 4, "engine": "auto", "batch_size": 64, "seed": 0}
-    plan = slurm._new_plan(store, checkpoint, tmp_path / "cat", None, counts, 4, options, slurm.SiteConfig())
-    return plan, slurm._prepare(plan, counts, 2, slurm.SiteConfig(), "galspec")
+def _plan(tmp_path, store, checkpoint) -> tuple[hplan.SubmissionPlan, array.Submission]:
+    options = PredictOptions(mc_samples=4, batch_size=64)
+    plan = array.plan_submission(store, checkpoint, tmp_path / "cat", options, hsite.SiteConfig())
+    return plan, array._prepare(plan, plan.partitions, 2, "galspec")
 
 
 def test_sbatch_failure_quotes_slurm_and_leaves_nothing(tmp_path, store, checkpoint, monkeypatch):
@@ -273,8 +279,8 @@ def test_sbatch_failure_quotes_slurm_and_leaves_nothing(tmp_path, store, checkpo
     )
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
     plan, sub = _plan(tmp_path, store, checkpoint)
-    with pytest.raises(slurm.SlurmError) as info:
-        slurm._submit(plan, sub)
+    with pytest.raises(SlurmError) as info:
+        array._submit(plan, sub)
     assert str(info.value) == (
         "sbatch failed: sbatch: error: Batch job submission failed: Invalid account or account/partition "
         "combination specified"
@@ -293,8 +299,8 @@ def test_finalize_failure_cancels_the_array(tmp_path, store, checkpoint, monkeyp
     )
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
     plan, sub = _plan(tmp_path, store, checkpoint)
-    with pytest.raises(slurm.SlurmError, match="^sbatch failed: sbatch: error: Job dependency problem$"):
-        slurm._submit(plan, sub)
+    with pytest.raises(SlurmError, match="^sbatch failed: sbatch: error: Job dependency problem$"):
+        array._submit(plan, sub)
     log = calls.read_text().splitlines()
     assert log[1].startswith("sbatch --parsable --dependency=afterany:4242 --kill-on-invalid-dep=yes")
     assert log[-1] == "scancel 4242"
@@ -305,14 +311,15 @@ def test_submit_records_the_plan(tmp_path, store, checkpoint, monkeypatch):
     _fake_slurm(tmp_path / "bin", 'n=$(grep -c "^sbatch" $(dirname $0)/calls); echo $((100 + n))')
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
     plan, sub = _plan(tmp_path, store, checkpoint)
-    sub = slurm._submit(plan, sub)
+    sub = array._submit(plan, sub)
     assert (sub.array_job_id, sub.finalize_job_id) == ("101", "102")
-    record = slurm.read_plan(tmp_path / "cat")
-    assert record["submissions"][0]["array_job_id"] == "101"
-    assert record["submissions"][0]["tasks"] == sub.tasks
-    share = slurm.task_partitions(tmp_path / "cat" / "_slurm" / "submit-0" / "tasks.json", 1)
+    record = hpc.read_plan(tmp_path / "cat")
+    assert record.submissions[0].array_job_id == "101"
+    assert [list(t) for t in record.submissions[0].tasks] == sub.tasks
+    share = hpc.task_share(tmp_path / "cat" / "_slurm" / "submit-0" / "tasks.json", 1)
     assert share == sub.tasks[1]
-    assert sum(record["partitions"].values()) == 200
+    assert sum(record.partitions.values()) == 200
+    assert record.options == plan.options and record.site == plan.site
 
 
 # -- cluster tier ------------------------------------------------------------------------------
@@ -342,14 +349,14 @@ def test_trivial_job_array_runs_on_the_cluster(slurm_cluster, tmp_path):
         "#SBATCH --output=${log_dir}/%x-%A_%a.out\n#SBATCH --time=${time}\n${sbatch_lines}\n"
         "sleep 2; echo task $${SLURM_ARRAY_TASK_ID} > ${catalog}/task-$${SLURM_ARRAY_TASK_ID}.txt\n"
     )
-    spec = slurm.JobSpec(
-        catalog=tmp_path, store=tmp_path, checkpoint=tmp_path, n_tasks=3, plan_file=tmp_path / "x",
-        job_name="galspec-trivial", site=slurm.SiteConfig(template=str(template), time="00:05:00"),
+    spec = scripts.JobSpec(
+        catalog=tmp_path, store=tmp_path, checkpoint=tmp_path, n_tasks=3, tasks_file=tmp_path / "x",
+        job_name="galspec-trivial", site=hsite.SiteConfig(template=str(template), time="00:05:00"),
     )  # fmt: skip
-    spec.log_dir.mkdir(parents=True)
+    paths.log_dir(tmp_path).mkdir(parents=True)
     script = tmp_path / "array.sbatch"
-    script.write_text(slurm.render_array_script(spec))
-    job = slurm.sbatch(script)
+    script.write_text(scripts.render_array_script(spec))
+    job = commands.sbatch(script)
     assert job.isdigit()
     names = _wait_until(lambda: _squeue("-r", "-j", job, "-o", "%i %j"), 20, "the array in squeue")
     assert any(line.split()[1] == "galspec-trivial" for line in names)
@@ -366,8 +373,8 @@ def test_sbatch_error_from_real_slurm(slurm_cluster, store, checkpoint, tmp_path
     plan, sub = _plan(tmp_path, store, checkpoint)
     sub.array_script = sub.array_script.replace("#SBATCH --nodes=1", "#SBATCH --partition=nosuchpartition")
     before = set(_squeue("-o", "%i"))
-    with pytest.raises(slurm.SlurmError, match="^sbatch failed: sbatch: error: .*[Ii]nvalid partition"):
-        slurm._submit(plan, sub)
+    with pytest.raises(SlurmError, match="^sbatch failed: sbatch: error: .*[Ii]nvalid partition"):
+        array._submit(plan, sub)
     assert set(_squeue("-o", "%i")) == before
 
 
@@ -411,8 +418,7 @@ def _submit_args(store, ckpt, out, *extra) -> list[str]:
 
 
 def _job_ids(out: Path) -> list[str]:
-    plan = slurm.read_plan(out)
-    return [j for s in plan["submissions"] for j in (s["array_job_id"], s["finalize_job_id"]) if j]
+    return hpc.read_plan(out).job_ids
 
 
 @pytest.mark.slurm
@@ -472,15 +478,15 @@ def test_cancelled_task_then_resume_loses_nothing(slurm_cluster, e2e_inputs, tmp
     subprocess.run(["scancel", victim], check=True, timeout=30)
     _wait_until(lambda: not _squeue("-j", f"{array_id},{finalize_id}"), 150, "the jobs to finish", 1.0)
     assert not (out / "_state" / "complete.json").exists()  # finalize refused: task 1's share is missing
-    st = slurm.slurm_status(out)
-    first = slurm.read_plan(out)["submissions"][0]["tasks"]
+    st = hpc.status(out)
+    first = hpc.read_plan(out).submissions[0].tasks
     assert set(st.partitions["pending"]) == set(first[1])
     assert "pending" in _cli("status", str(out)).stdout
 
     resumed = _cli("submit", "--resume", str(out))
     assert resumed.returncode == 0, resumed.stderr
-    record = slurm.read_plan(out)["submissions"][1]
-    assert sorted(p for t in record["tasks"] for p in t) == sorted(first[1])  # only what was lost
+    record = hpc.read_plan(out).submissions[1]
+    assert sorted(p for t in record.tasks for p in t) == sorted(first[1])  # only what was lost
     ids = _job_ids(out)[2:]
     _wait_until(lambda: not _squeue("-j", ",".join(ids)), 150, "the resumed jobs to finish", 1.0)
     assert (out / "_state" / "complete.json").exists()

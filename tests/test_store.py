@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import zarr
 
+from galspec_batch.columns import QualityFlag
 from galspec_batch.errors import FormatError, InputError, MissingFileError
 from galspec_batch.sky import healpix_29, pixel_at_order
-from galspec_batch.store import FORMAT_VERSION, QualityFlag, create_store, open_store
+from galspec_batch.store import FORMAT_VERSION, append_objects, create_store, open_store
 
 
 def _objects(n, seed=0, size=16, first_id=0):
@@ -72,7 +73,7 @@ def test_append_adds_without_rewriting(store, tmp_path):
     s, _ = store
     images_file = next((tmp_path / "s.zarr" / "images" / "c").rglob("*")).stat().st_mtime_ns
     ids, ra, dec, images = _objects(50, seed=1, first_id=1000)
-    s.append(ids, ra, dec, images)
+    append_objects(s, ids, ra, dec, images)
     s2 = open_store(tmp_path / "s.zarr")
     assert len(s2) == 350
     assert sum(p.n for p in s2.partitions()) == 350
@@ -85,16 +86,16 @@ def test_append_adds_without_rewriting(store, tmp_path):
 def test_duplicate_ids_refused(store):
     s, (ids, ra, dec, images) = store
     with pytest.raises(InputError, match=r"already in .*s\.zarr"):
-        s.append(ids[:2], ra[:2], dec[:2], images[:2])
+        append_objects(s, ids[:2], ra[:2], dec[:2], images[:2])
     with pytest.raises(InputError, match=r"duplicate object ids \[7000\]"):
-        s.append([7000, 7000], ra[:2], dec[:2], images[:2])
+        append_objects(s, [7000, 7000], ra[:2], dec[:2], images[:2])
     assert len(open_store(s.path)) == 300
 
 
 def test_wrong_shape_refused(store):
     s, (ids, ra, dec, images) = store
     with pytest.raises(InputError, match=r"shape \(N, 5, 16, 16\)"):
-        s.append([9000], ra[:1], dec[:1], images[:1, :4])
+        append_objects(s, [9000], ra[:1], dec[:1], images[:1, :4])
 
 
 def test_flags_from_nan_and_mask(tmp_path):
@@ -129,7 +130,7 @@ def test_uncommitted_append_is_invisible(store):
     s2 = open_store(s.path)
     assert len(s2) == 300 and len(s2.object_id) == 300
     ids, ra, dec, images = _objects(10, seed=3, first_id=5000)
-    s2.append(ids, ra, dec, images)
+    append_objects(s2, ids, ra, dec, images)
     assert len(open_store(s.path)) == 310
 
 

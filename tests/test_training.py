@@ -13,6 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from galspec_batch.catalog.joins import match_rows
 from galspec_batch.checkpoint import load_checkpoint
 from galspec_batch.cli import main
 from galspec_batch.errors import InputError
@@ -29,7 +30,6 @@ from galspec_batch.training import (
     robust_sky_sigma,
     split_indices,
 )
-from galspec_batch.training.data import match_rows
 from galspec_batch.training.optim import flatten_state, unflatten_state
 
 SIZE, N = 32, 200
@@ -153,10 +153,10 @@ def test_labels_checks(tmp_path, data):
     lab = read_training_labels(data["labels"])
     assert lab.names == [f"latent_{i}" for i in range(1, 7)] and lab.values.dtype == np.float32
     store = open_store(data["store"])
-    rows = match_rows(store, lab.object_id)
+    rows = match_rows(store.object_id, lab.object_id, f"the store {store.path}")
     assert np.array_equal(store.object_id[rows], lab.object_id)
     with pytest.raises(InputError, match=r"2 labelled objects are not in the store .*\[5, 6\]"):
-        match_rows(store, np.r_[lab.object_id[:3], 5, 6])
+        match_rows(store.object_id, np.r_[lab.object_id[:3], 5, 6], f"the store {store.path}")
 
 
 def test_split_is_fixed_and_row_order_free():
@@ -180,17 +180,17 @@ def test_fit_learns_and_writes_outputs(trained, data):
     assert {"train_rmse", "val_rmse", "val_rmse_latent_6", "lr", "img_per_s"} <= set(rows[0])
     ck = load_checkpoint(trained.best)
     cfg = ck.config
-    assert cfg["training"]["best_val_rmse"] == pytest.approx(trained.best_val_rmse)
-    assert cfg["training"]["max_lr"] == 0.03 and cfg["training"]["weight_decay"] == 0.01
-    assert cfg["data"]["n_train"] == 160 and cfg["data"]["n_val"] == 40
-    assert cfg["data"]["store_fingerprint"] == open_store(data["store"]).fingerprint()
+    assert cfg.training["best_val_rmse"] == pytest.approx(trained.best_val_rmse)
+    assert cfg.training["max_lr"] == 0.03 and cfg.training["weight_decay"] == 0.01
+    assert cfg.data["n_train"] == 160 and cfg.data["n_val"] == 40
+    assert cfg.data["store_fingerprint"] == open_store(data["store"]).fingerprint()
     # the checkpoint reproduces the validation RMSE from raw store images
     store, lab = open_store(data["store"]), read_training_labels(data["labels"])
     tr, va = split_indices(lab.object_id, 0.2, 0)
     mean = lab.values[tr].mean(0)
     std = lab.values[tr].std(0)
     assert ck.net.latent_mean.numpy() == pytest.approx(mean, rel=1e-5)
-    rows = match_rows(store, lab.object_id[va])
+    rows = match_rows(store.object_id, lab.object_id[va], "the store")
     order = np.argsort(rows)
     x = torch.from_numpy(store.read(rows[order]).images)
     with torch.no_grad():
@@ -237,24 +237,24 @@ def test_fine_tune_with_init_through_cli(trained, data, tmp_path):
     assert res.exit_code == 0, res.output
     assert "best val_rmse" in res.output
     base, tuned = load_checkpoint(trained.best), load_checkpoint(out / "best")
-    assert tuned.bands == base.bands and tuned.config["model"] == base.config["model"]
-    assert tuned.config["preprocess"] == base.config["preprocess"]
-    assert tuned.config["init"]["model_hash"] == base.model_hash
-    assert tuned.config["training"]["max_lr"] == pytest.approx(0.003)
+    assert tuned.bands == base.bands and tuned.config.model == base.config.model
+    assert tuned.config.preprocess == base.config.preprocess
+    assert tuned.config.init["model_hash"] == base.model_hash
+    assert tuned.config.training["max_lr"] == pytest.approx(0.003)
     tr, _ = split_indices(data["ids"][:150], 0.2, 0)
     assert tuned.net.latent_mean.numpy() == pytest.approx(new[tr].mean(0), rel=1e-5)  # from the new labels
     after = tuned.net.cnn.state_dict()
     changed = [k for k, v in base.net.cnn.state_dict().items() if not torch.equal(v, after[k])]
     assert any(k.startswith("head") for k in changed) and any(k.startswith("body") for k in changed)
-    assert tuned.config["training"]["best_val_rmse"] < 0.8
+    assert tuned.config.training["best_val_rmse"] < 0.8
 
 
 def _invoke(*args):
     return CliRunner().invoke(main, ["train", *map(str, args)])
 
 
-def _one_line_error(res, pattern):
-    assert res.exit_code == 2, res.output
+def _one_line_error(res, pattern, code=1):
+    assert res.exit_code == code, res.output
     lines = res.stderr.strip().splitlines() if hasattr(res, "stderr") else res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("galspec: error:"), lines
     assert pattern in lines[0], lines[0]
@@ -277,4 +277,4 @@ def test_cli_bad_inputs(trained, data, tmp_path):
         "trained on 5 bands grizy but the store",
     )
     res = _invoke(*common, "--labels", data["labels"], "--out", tmp_path / "d", "--model", "xresnet")
-    _one_line_error(res, "unknown model 'xresnet'")
+    _one_line_error(res, "unknown model 'xresnet'", code=2)

@@ -244,7 +244,7 @@ def test_bad_input_gives_clear_errors(tmp_path, trained):
     pq.write_table(spectra_to_table(ids, zeros, zeros, zeros, flux, ivar), tmp_path / "dup_s.parquet")
     r = run(main, ["vae", "encode", *vae_arg, "--spectra", str(tmp_path / "dup_s.parquet"),
                    "--out", str(tmp_path / "l.parquet")])
-    assert r.exit_code == 2 and "duplicate object ids [100]" in r.output
+    assert r.exit_code == 1 and "duplicate object ids [100]" in r.output
     assert not (tmp_path / "l.parquet").exists()
 
     _write_table(tmp_path / "s.parquet", flux, ivar)
@@ -255,10 +255,10 @@ def test_bad_input_gives_clear_errors(tmp_path, trained):
     pq.write_table(pa.concat_tables([labels.slice(0, 3), labels.slice(0, 3)]), tmp_path / "dup_l.parquet")
     decode_args = ["vae", "decode", "--out", str(tmp_path / "d.parquet")]
     r = run(main, [*decode_args, *vae_arg, "--labels", str(tmp_path / "dup_l.parquet")])
-    assert r.exit_code == 2 and "duplicate object ids [100, 101, 102]" in r.output
+    assert r.exit_code == 1 and "duplicate object ids [100, 101, 102]" in r.output
     r = run(main, [*decode_args, *vae_arg, "--labels", str(tmp_path / "s.parquet")])
-    assert r.exit_code == 2 and "lacks columns ['latent_1'" in r.output
+    assert r.exit_code == 1 and "lacks columns ['latent_1'" in r.output
     r = run(main, [*decode_args, "--vae", str(tmp_path / "nowhere"), "--labels", str(tmp_path / "l.parquet")])
-    assert r.exit_code == 2 and "is not a VAE directory" in r.output
+    assert r.exit_code == 1 and "is not a VAE directory" in r.output
     with pytest.raises(MissingFileError):
         load_vae(tmp_path / "nowhere")

@@ -14,8 +14,8 @@ import pyarrow.parquet as pq
 from galspec_batch import __version__
 from galspec_batch.atomic import atomic_path
 from galspec_batch.catalog import paths
-from galspec_batch.catalog.schema import DEC, HEALPIX, RA
 from galspec_batch.catalog.state import DoneMarker, RunState
+from galspec_batch.columns import DEC, HEALPIX, RA
 from galspec_batch.sky import SPATIAL_INDEX_ORDER
 
 # The HATS spec release hats 0.11 stamps on the catalogs it writes (hats_release_date, hats_version).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 # HATS (hats >= 0.5 layout, "v1.0" of the IVOA note)
 PROPERTIES_FILENAME = "hats.properties"
@@ -32,6 +32,18 @@ SCHEMA_FILENAME = "schema.parquet"
 DONE_DIR = "done"
 FAILED_DIR = "failed"
 COMPLETE_FILENAME = "complete.json"
+LOCK_FILENAME = "lock"
+
+# a SLURM submission's record (galspec_batch.hpc); HATS readers never look in "_slurm"
+SUBMIT_DIR = "_slurm"
+SUBMISSION_PLAN_FILENAME = "plan.json"
+SUBMISSION_DIR_PREFIX = "submit-"
+TASKS_FILENAME = "tasks.json"
+LOG_DIR = "logs"
+
+# derived quantities written back by `galspec decode --write-back`
+DERIVED_DIR = "derived"
+DERIVED_FILENAME = "derived.parquet"
 
 
 def dataset_dir(catalog: str | Path) -> Path:
@@ -68,6 +80,35 @@ def schema_file(catalog: str | Path) -> Path:
 
 def complete_file(catalog: str | Path) -> Path:
     return state_dir(catalog) / COMPLETE_FILENAME
+
+
+def submit_dir(catalog: str | Path) -> Path:
+    return Path(catalog) / SUBMIT_DIR
+
+
+def submission_plan_file(catalog: str | Path) -> Path:
+    return submit_dir(catalog) / SUBMISSION_PLAN_FILENAME
+
+
+def submission_dir(catalog: str | Path, number: int) -> Path:
+    return submit_dir(catalog) / f"{SUBMISSION_DIR_PREFIX}{int(number)}"
+
+
+def tasks_file(catalog: str | Path, number: int) -> Path:
+    return submission_dir(catalog, number) / TASKS_FILENAME
+
+
+def log_dir(catalog: str | Path) -> Path:
+    return submit_dir(catalog) / LOG_DIR
+
+
+def derived_file(catalog: str | Path) -> Path:
+    """The derived-quantity sidecar (``galspec decode --write-back``)."""
+    return Path(catalog) / DERIVED_DIR / DERIVED_FILENAME
+
+
+def lock_file(catalog: str | Path) -> Path:
+    return state_dir(catalog) / LOCK_FILENAME
 
 
 def _marker_name(order: int, pixel: int) -> str:

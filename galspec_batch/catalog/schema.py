@@ -1,4 +1,5 @@
-"""The catalog's columns, its quality bitmask, and the check every partition table passes."""
+"""The catalog's Arrow schema and the check every partition table passes (the column names and
+quality bits themselves are in :mod:`galspec_batch.columns`)."""
 
 from __future__ import annotations
 
@@ -7,27 +8,19 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from galspec_batch.columns import (
+    DEC,
+    HEALPIX,
+    MC_SAMPLES,
+    MODEL_ID,
+    OBJECT_ID,
+    QUALITY_FLAGS,
+    RA,
+    latent_column,
+    latent_std_column,
+)
 from galspec_batch.errors import InputError, did_you_mean
-from galspec_batch.sky import SPATIAL_INDEX_COLUMN, healpix_29, pixel_at_order
-from galspec_batch.store import QualityFlag  # noqa: F401  (the catalog's quality bits)
-
-OBJECT_ID = "object_id"
-RA = "ra"
-DEC = "dec"
-HEALPIX = SPATIAL_INDEX_COLUMN
-MC_SAMPLES = "mc_samples"
-QUALITY_FLAGS = "quality_flags"
-MODEL_ID = "model_id"
-
-
-def latent_column(i: int) -> str:
-    """Name of latent ``i`` (1-based), e.g. ``latent_3``."""
-    return f"latent_{i}"
-
-
-def latent_std_column(i: int) -> str:
-    """Name of the MC-dropout spread of latent ``i`` (1-based), e.g. ``latent_3_std``."""
-    return f"latent_{i}_std"
+from galspec_batch.sky import healpix_29, pixel_at_order
 
 
 def catalog_schema(n_latents: int = 6, extra: list[pa.Field] | tuple[pa.Field, ...] = ()) -> pa.Schema:

@@ -6,46 +6,51 @@ Workers write only their own partition's markers; only the coordinator writes ``
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from galspec_batch.atomic import atomic_path, file_sha256, write_json
+from galspec_batch.atomic import atomic_path, file_sha256, read_json, write_json
 from galspec_batch.catalog import paths
 from galspec_batch.errors import FormatError, MissingFileError
+from galspec_batch.formats import VersionedFormat, check_int, check_str, require
 
 Pixel = tuple[int, int]
 
 
 @dataclass(frozen=True)
-class RunState:
-    """What a catalog was begun with; a resumed run must agree with it."""
+class RunState(VersionedFormat):
+    """What a catalog was begun with; a resumed run must agree with it. ``settings`` are the run
+    settings that change values; ``provenance`` the record of model, store and code."""
+
+    FORMAT: ClassVar[str] = "galspec-catalog-run"
+    VERSION: ClassVar[int] = paths.FORMAT_VERSION
+    MAX_BYTES: ClassVar[int] = 64 << 20
 
     store_fingerprint: str
     partition_order: int
     n_latents: int
-    provenance: dict
     created: str
+    provenance: dict[str, Any]
+    settings: dict[str, Any] = field(default_factory=dict)
     model_id: str | None = None
-    plan: list[list[int]] | None = None  # [order, pixel, expected rows or -1]
-    resumes: list[dict] = field(default_factory=list)
-    format_version: int = paths.FORMAT_VERSION
+    plan: tuple[tuple[int, int, int], ...] | None = None  # (order, pixel, expected rows or -1)
+    resumes: tuple[dict[str, Any], ...] = ()
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RunState:
-        if d.get("format_version") != paths.FORMAT_VERSION:
-            raise FormatError(
-                f"catalog run state has format_version {d.get('format_version')!r}; "
-                f"this galspec reads version {paths.FORMAT_VERSION}"
-            )
-        return cls(**d)
+    def validate(self) -> None:
+        check_str("store_fingerprint", self.store_fingerprint, 64)
+        check_int("partition_order", self.partition_order, 0, 29)
+        check_int("n_latents", self.n_latents, 1, 256)
+        require(isinstance(self.provenance, dict) and isinstance(self.settings, dict),
+                "provenance and settings must be objects")
+        if self.plan is not None:
+            object.__setattr__(self, "plan", tuple(tuple(int(v) for v in row) for row in self.plan))
+            require(all(len(row) == 3 for row in self.plan), "plan rows must be [order, pixel, rows]")
+        object.__setattr__(self, "resumes", tuple(self.resumes))
 
     def planned(self) -> list[Pixel] | None:
         return None if self.plan is None else [(o, p) for o, p, _ in self.plan]
@@ -56,10 +61,13 @@ class RunState:
                 return None if n < 0 else n
         return None
 
+    def resumed(self, record: dict[str, Any]) -> RunState:
+        return replace(self, resumes=(*self.resumes, record))
+
 
 @dataclass(frozen=True)
 class DoneMarker:
-    """Evidence that one partition file was written whole."""
+    """Evidence that one partition file was written whole: its size, rows, ids and sha256."""
 
     order: int
     pixel: int
@@ -75,14 +83,11 @@ def read_run_state(catalog: str | Path) -> RunState:
     f = paths.run_state_file(catalog)
     if not f.exists():
         raise MissingFileError(f"{catalog} is not a galspec catalog: {f} is missing")
-    try:
-        return RunState.from_dict(json.loads(f.read_text()))
-    except (json.JSONDecodeError, TypeError) as exc:
-        raise FormatError(f"{f} is not a valid catalog run state: {exc}") from None
+    return RunState.read(f)
 
 
 def write_run_state(catalog: str | Path, state: RunState) -> None:
-    write_json(paths.run_state_file(catalog), state.to_dict())
+    state.write(paths.run_state_file(catalog))
 
 
 def write_schema(catalog: str | Path, schema: pa.Schema) -> None:
@@ -98,7 +103,7 @@ def read_schema(catalog: str | Path) -> pa.Schema:
 
 
 def write_done(catalog: str | Path, marker: DoneMarker) -> None:
-    write_json(paths.done_marker(catalog, marker.order, marker.pixel), asdict(marker))
+    write_json(paths.done_marker(catalog, marker.order, marker.pixel), vars(marker))
     paths.failed_marker(catalog, marker.order, marker.pixel).unlink(missing_ok=True)
 
 
@@ -106,8 +111,9 @@ def read_done(catalog: str | Path, order: int, pixel: int) -> DoneMarker | None:
     """The partition's done marker, or None when it is absent or unreadable."""
     f = paths.done_marker(catalog, order, pixel)
     try:
-        return DoneMarker(**json.loads(f.read_text()))
-    except (OSError, json.JSONDecodeError, TypeError):
+        doc = read_json(f)
+        return DoneMarker(**doc) if isinstance(doc, dict) else None
+    except (OSError, FormatError, TypeError):
         return None
 
 
@@ -130,8 +136,8 @@ def read_failed(catalog: str | Path) -> dict[Pixel, str]:
     out = {}
     for o, p in list_markers(catalog, paths.FAILED_DIR):
         try:
-            out[(o, p)] = json.loads(paths.failed_marker(catalog, o, p).read_text())["error"]
-        except (OSError, json.JSONDecodeError, KeyError):
+            out[(o, p)] = str(read_json(paths.failed_marker(catalog, o, p))["error"])
+        except (OSError, FormatError, KeyError, TypeError):
             out[(o, p)] = "unreadable failure marker"
     return out
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,10 +17,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from galspec_batch import __version__
+from galspec_batch import code_version
 from galspec_batch.atomic import TMP_MARK, atomic_path, file_sha256, write_json
 from galspec_batch.catalog import hats_files, paths, state
-from galspec_batch.catalog.schema import HEALPIX, OBJECT_ID, QualityFlag, catalog_schema, conform_table
+from galspec_batch.catalog.schema import catalog_schema, conform_table
+from galspec_batch.columns import HEALPIX, OBJECT_ID, QualityFlag
 from galspec_batch.errors import IncompleteOutputError, InputError
 
 PlanItem = tuple[int, int] | tuple[int, int, int]
@@ -54,6 +56,7 @@ class CatalogWriter:
         partition_order: int,
         plan: Sequence[PlanItem] | None = None,
         model_id: str | None = None,
+        settings: dict | None = None,
         extra_columns: Sequence[pa.Field] = (),
         overwrite: bool = False,
         record_resume: bool = True,
@@ -62,27 +65,31 @@ class CatalogWriter:
 
         ``plan`` lists the partitions to write as (order, pixel) or (order, pixel, expected rows);
         with expected rows, a partition of another size is refused. A resume must agree with the
-        first run on the store fingerprint, partition order, schema, model and plan. A complete
-        catalog is refused unless ``overwrite``. ``record_resume=False`` checks without writing
-        the run state (for array tasks that run concurrently under one coordinator).
+        first run on the store fingerprint, partition order, schema, model, plan and ``settings``
+        (the run settings that change values). A complete catalog is refused unless ``overwrite``.
+        ``record_resume=False`` checks without writing the run state (for array tasks that run
+        concurrently under one coordinator).
         """
         path = Path(path)
         try:
-            json.dumps(provenance)
+            json.dumps([provenance, settings])
         except TypeError as exc:
             raise InputError(f"provenance for {path} must be JSON-serialisable: {exc}") from None
         schema = catalog_schema(n_latents, tuple(extra_columns))
         plan_rows = _plan_rows(plan, partition_order)
+        settings = dict(settings or {})
         if paths.run_state_file(path).exists():
             if overwrite:
                 shutil.rmtree(path)
             elif paths.complete_file(path).exists():
-                raise InputError(f"catalog {path} is already complete; pass overwrite=True to write it again")
+                raise InputError(f"catalog {path} is already complete; pass --overwrite to write it again")
             else:
-                return cls._resume(
-                    path, schema, store_fingerprint, partition_order, plan_rows, model_id, provenance,
-                    record_resume,
-                )
+                writer = cls(path, state.read_run_state(path))
+                writer._check_resume(schema, store_fingerprint, partition_order, plan_rows, model_id,
+                                     settings)
+                if record_resume:
+                    writer._record_resume(provenance, plan_rows)
+                return writer
         elif path.exists() and any(path.iterdir()):
             raise InputError(f"{path} exists and is not a galspec catalog; choose an empty or new directory")
         run = state.RunState(
@@ -90,6 +97,7 @@ class CatalogWriter:
             partition_order=int(partition_order),
             n_latents=int(n_latents),
             provenance=provenance,
+            settings=settings,
             created=_now(),
             model_id=model_id,
             plan=plan_rows,
@@ -99,34 +107,39 @@ class CatalogWriter:
         state.write_run_state(path, run)
         return cls(path, run)
 
-    @classmethod
-    def _resume(cls, path, schema, fingerprint, order, plan_rows, model_id, provenance,
-                record: bool = True) -> CatalogWriter:
-        run = state.read_run_state(path)
-        began = f"catalog {path} began {run.created}"
+    def _check_resume(self, schema, fingerprint, order, plan_rows, model_id, settings) -> None:
+        run = self.state
+        began = f"catalog {self.path} began {run.created}"
         if run.store_fingerprint != fingerprint:
             raise InputError(
                 f"store {fingerprint} changed since the catalog began (the {began} from store "
-                f"{run.store_fingerprint}); write a new catalog, or pass overwrite=True to start again"
+                f"{run.store_fingerprint}); write a new catalog, or pass --overwrite to start again"
             )
         if run.partition_order != order:
             raise InputError(f"{began} at partition order {run.partition_order}, not {order}")
-        if not state.read_schema(path).remove_metadata().equals(schema):
+        if not state.read_schema(self.path).remove_metadata().equals(schema):
             raise InputError(f"{began} with other columns; n_latents and extra columns must not change")
         if run.model_id != model_id:
             raise InputError(f"{began} with model {run.model_id!r}, not {model_id!r}")
-        if plan_rows is not None and run.plan is not None and plan_rows != run.plan:
+        if plan_rows is not None and run.plan is not None and tuple(map(tuple, plan_rows)) != run.plan:
             raise InputError(f"{began} with another plan of partitions ({len(run.plan)} planned)")
-        if not record:
-            return cls(path, run)
-        resume = {"at": _now(), "code_version": __version__}
-        if provenance != run.provenance:
-            resume["provenance"] = provenance
-        run = state.RunState(
-            **{**run.to_dict(), "plan": run.plan or plan_rows, "resumes": [*run.resumes, resume]}
-        )
-        state.write_run_state(path, run)
-        return cls(path, run)
+        differ = sorted(k for k in set(run.settings) | set(settings)
+                        if run.settings.get(k) != settings.get(k))
+        if differ:
+            was = ", ".join(f"{k}={run.settings.get(k)}" for k in differ)
+            now = ", ".join(f"{k}={settings.get(k)}" for k in differ)
+            raise InputError(f"{began} with {was}; this run has {now}. Rerun with the first run's settings "
+                             "to resume, or pass --overwrite to start again")
+
+    def _record_resume(self, provenance: dict, plan_rows) -> None:
+        record = {"at": _now(), "code_version": code_version()}
+        if provenance != self.state.provenance:
+            record["provenance"] = provenance
+        run = self.state.resumed(record)
+        if run.plan is None and plan_rows is not None:
+            run = replace(run, plan=plan_rows)
+        state.write_run_state(self.path, run)
+        self.state = run
 
     def pending(self, partitions: Iterable[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
         """The partitions (default: the plan) not yet done. The file of a partition that is not
@@ -234,7 +247,7 @@ def _parquet_kwargs(schema: pa.Schema) -> dict:
     }
 
 
-def _plan_rows(plan: Sequence[PlanItem] | None, order: int) -> list[list[int]] | None:
+def _plan_rows(plan: Sequence[PlanItem] | None, order: int) -> tuple[tuple[int, int, int], ...] | None:
     if plan is None:
         return None
     rows = []
@@ -249,7 +262,7 @@ def _plan_rows(plan: Sequence[PlanItem] | None, order: int) -> list[list[int]] |
     for a, b in zip(rows[:-1], rows[1:], strict=True):
         if a[:2] == b[:2]:
             raise InputError(f"plan lists partition Norder={a[0]} Npix={a[1]} twice")
-    return rows
+    return tuple(tuple(r) for r in rows)
 
 
 def _header(run: state.RunState) -> str:
@@ -257,10 +270,11 @@ def _header(run: state.RunState) -> str:
         {
             "format": "galspec-catalog",
             "format_version": paths.FORMAT_VERSION,
-            "code_version": __version__,
+            "code_version": code_version(),
             "created": run.created,
             "store_fingerprint": run.store_fingerprint,
             "model_id": run.model_id,
+            "settings": run.settings,
             "provenance": run.provenance,
         },
         sort_keys=True,
@@ -270,9 +284,9 @@ def _header(run: state.RunState) -> str:
 def _provenance_doc(path: Path, run: state.RunState, markers: list[state.DoneMarker]) -> dict:
     return {
         **json.loads(_header(run)),
-        "code_version": __version__,
+        "code_version": code_version(),
         "finalized": _now(),
-        "resumes": run.resumes,
+        "resumes": list(run.resumes),
         "partition_order": run.partition_order,
         "n_latents": run.n_latents,
         "n_partitions": len(markers),

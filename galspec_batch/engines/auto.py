@@ -15,7 +15,8 @@ import time
 import torch
 from torch import nn
 
-from galspec_batch.errors import InputError, did_you_mean
+from galspec_batch.errors import UsageError, did_you_mean
+from galspec_batch.options import ENGINE_NAMES
 
 from . import tensorrt as trt_engine
 from .base import Engine, check_images, check_precision, resolve_device, state_digest
@@ -29,7 +30,7 @@ ENGINES: dict[str, type[Engine]] = {
     "onnxruntime": OnnxRuntimeEngine,
     "tensorrt": trt_engine.TensorRTEngine,
 }
-ENGINE_NAMES = ("auto", *ENGINES)
+assert set(ENGINE_NAMES) == {"auto", *ENGINES}, "options.ENGINE_NAMES lists every engine"
 PROBE_BATCH = 16
 _CPU_CHOICES: dict[tuple, str] = {}
 
@@ -73,11 +74,11 @@ def create_engine(
     to on for a GPU; ``cache_dir`` holds TensorRT engines.
     """
     if name not in ENGINE_NAMES:
-        raise InputError(f"unknown engine {name!r}; expected one of {', '.join(ENGINE_NAMES)}."
+        raise UsageError(f"unknown engine {name!r}; expected one of {', '.join(ENGINE_NAMES)}."
                          + did_you_mean(name, ENGINE_NAMES))
     check_precision(precision)
     if max_batch < 1:
-        raise InputError(f"max_batch must be at least 1, got {max_batch}")
+        raise UsageError(f"--max-batch must be at least 1, got {max_batch}")
     device = resolve_device(device)
     kwargs = dict(device=device, precision=precision, channels_last=channels_last, max_batch=max_batch)
     if name == "auto":
@@ -89,7 +90,7 @@ def create_engine(
             return AutoCpuEngine(net, **kwargs)
     reason = unavailable_reason(name, device)
     if reason is not None:
-        raise InputError(f"engine {name!r} cannot run on {device}: {reason}. "
+        raise UsageError(f"engine {name!r} cannot run on {device}: {reason}. "
                          f"Engines available here: {', '.join(list_engines(device))}")
     if name == "tensorrt":
         return ENGINES[name](net, cache_dir=cache_dir, **kwargs)

@@ -50,17 +50,16 @@ class _Fp32Island(nn.Module):
         return self.module(x.float()).to(x.dtype)
 
 
-def _fp32_module_types() -> tuple[type[nn.Module], ...]:
-    from galspec_batch.models.xresnet import SimpleSelfAttention
+def _fp32_layers(net: nn.Module) -> tuple[type[nn.Module], ...]:
+    """The layer types the registry says must stay in float32 for this network's model."""
+    from galspec_batch.models import model_entry
 
-    # Its x x^T sums over every pixel of a stage-1 map (3136 at 224 px), and the product with
-    # conv(x) over 64 channels of those sums: O(1) activations already pass float16's 65504.
-    return (SimpleSelfAttention,)
+    name = getattr(getattr(net, "cnn", net), "model_name", None)
+    return model_entry(name).fp32_layers if name is not None else ()
 
 
-def _to_low_precision(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+def _to_low_precision(module: nn.Module, dtype: torch.dtype, keep: tuple[type[nn.Module], ...]) -> nn.Module:
     module = module.to(dtype)
-    keep = _fp32_module_types()
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, keep):
@@ -103,10 +102,11 @@ class FeatureGraph(nn.Module):
         net = _bake_parametrizations(fold_deconv(net))  # a deep copy, in eval mode
         self.split = hasattr(net, "preprocess") and hasattr(net, "cnn")
         if dtype != torch.float32:
+            keep = _fp32_layers(net)
             if self.split:
-                net.cnn = _to_low_precision(net.cnn, dtype)
+                net.cnn = _to_low_precision(net.cnn, dtype, keep)
             else:
-                net = _to_low_precision(net, dtype)
+                net = _to_low_precision(net, dtype, keep)
         self.net = net.eval()
         self.dtype = dtype
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from galspec_batch.atomic import atomic_path
-from galspec_batch.errors import InputError, did_you_mean
+from galspec_batch.errors import UsageError, did_you_mean
 
 from .base import INPUT_NAME, OUTPUT_NAME
 from .eager import EagerEngine
@@ -54,7 +54,7 @@ def export_checkpoint(
     from galspec_batch.checkpoint import load_checkpoint
 
     if format not in FORMATS:
-        raise InputError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}."
+        raise UsageError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}."
                          + did_you_mean(format, FORMATS))
     ck = load_checkpoint(checkpoint)
     input_shape = (len(ck.bands), *ck.image_size)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from galspec_batch.atomic import atomic_path
-from galspec_batch.errors import FormatError, GalspecError, InputError
+from galspec_batch.errors import FormatError, GalspecError, UsageError
 
 from .base import INPUT_NAME, OUTPUT_NAME, Engine, check_images, resolve_device, state_digest
 from .onnx import export_onnx
@@ -99,9 +99,9 @@ class TensorRTEngine(Engine):
                  cache_dir: str | os.PathLike | None = None) -> None:
         reason = unavailable_reason(device)
         if reason is not None:
-            raise InputError(f"the tensorrt engine cannot run here: {reason}")
+            raise UsageError(f"the tensorrt engine cannot run here: {reason}")
         if precision not in ("fp32", "fp16"):
-            raise InputError(f"the tensorrt engine supports fp32 or fp16, got {precision!r}")
+            raise UsageError(f"the tensorrt engine supports fp32 or fp16, got {precision!r}")
         self.device = resolve_device(device)
         self.precision = precision
         self.max_batch = int(max_batch)

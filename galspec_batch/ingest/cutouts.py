@@ -38,10 +38,12 @@ import pandas as pd
 from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales
 
+from galspec_batch.columns import OBJECT_ID, QualityFlag
 from galspec_batch.errors import FormatError, GalspecError, InputError, MissingFileError
 from galspec_batch.ingest.fitsio import first_image_hdu, fits_stem, is_fits_name, read_fits
-from galspec_batch.ingest.quarantine import IngestReport, Quarantined, check_output_free, finish, track
-from galspec_batch.store import DEFAULT_BANDS, QualityFlag, create_store
+from galspec_batch.ingest.quarantine import IngestReport, Quarantined, check_output_free, finish
+from galspec_batch.progress import track
+from galspec_batch.store import DEFAULT_BANDS, create_store
 
 _NAME_BAND = re.compile(r"^(?P<key>.+)[._](?P<band>[grizy])(?P<rest>[._].*)?$")
 _HEADER_BAND = re.compile(r"(?<![a-z])([grizy])(?![a-z])")
@@ -128,7 +130,7 @@ def objects_from_catalog(path: str | Path) -> list[ObjectFiles]:
         raise FormatError(f"{path}: not a readable CSV ({exc})") from exc
     cols = set(df.columns)
     band_cols = sorted(c for c in cols if c.startswith("file_"))
-    if "object_id" not in cols or not (band_cols or "file" in cols):
+    if OBJECT_ID not in cols or not (band_cols or "file" in cols):
         raise InputError(
             f"catalog {path} needs columns object_id and file_<band> or file (has {sorted(cols)})"
         )
@@ -142,7 +144,7 @@ def objects_from_catalog(path: str | Path) -> list[ObjectFiles]:
     objects: list[ObjectFiles] = []
     by_id: dict[str, ObjectFiles] = {}  # the band-column layout: rows of one object group together
     for i, row in df.iterrows():
-        key, line = row["object_id"].strip(), f"{path} line {i + 2}"
+        key, line = row[OBJECT_ID].strip(), f"{path} line {i + 2}"
         if not re.fullmatch(r"-?\d{1,19}", key) or not -(2**63) <= int(key) < 2**63:
             objects.append(ObjectFiles(line, problem=f"{line}: object_id {key!r} is not an int64"))
             continue
@@ -355,7 +357,7 @@ def ingest_cutouts(
     n = 0
     with contextlib.ExitStack() as stack:
         writer = None
-        for obj in track(objects, progress, "cutouts"):
+        for obj in track(objects, len(objects), "cutouts", progress):
             label = ";".join(str(p) for p in obj.paths) or obj.name
             cut = None
             try:

@@ -4,18 +4,15 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 from galspec_batch.atomic import atomic_path
+from galspec_batch.columns import OBJECT_ID
 from galspec_batch.errors import InputError
 
-T = TypeVar("T")
-
 QUARANTINE_SUFFIX = ".quarantine.csv"
-QUARANTINE_COLUMNS = ("path", "object_id", "reason")
+QUARANTINE_COLUMNS = ("path", OBJECT_ID, "reason")
 
 
 @dataclass(frozen=True)
@@ -65,7 +62,7 @@ def write_quarantine(output: str | Path, rows: list[Quarantined]) -> Path | None
 def check_output_free(output: Path, overwrite: bool) -> None:
     """Refuse before any work when the output exists and may not be replaced."""
     if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} already exists (pass overwrite=True / --overwrite to replace it)")
+        raise FileExistsError(f"{output} already exists (pass --overwrite to replace it)")
 
 
 def finish(output: Path, n_ingested: int, quarantined: list[Quarantined], n_inputs: int) -> IngestReport:
@@ -82,13 +79,3 @@ def finish(output: Path, n_ingested: int, quarantined: list[Quarantined], n_inpu
             f"(first: {first}; all listed in {qfile})"
         )
     return IngestReport(output, n_ingested, quarantined, qfile)
-
-
-def track(items: Sequence[T], progress: bool, description: str) -> Iterator[T]:
-    """Iterate, with a rich progress bar when ``progress``."""
-    if not progress:
-        yield from items
-        return
-    from rich.progress import track as rich_track
-
-    yield from rich_track(items, description=description)

@@ -20,7 +20,8 @@ import numpy as np
 
 from galspec_batch.errors import FormatError, GalspecError, InputError
 from galspec_batch.ingest.fitsio import read_fits
-from galspec_batch.ingest.quarantine import IngestReport, Quarantined, check_output_free, finish, track
+from galspec_batch.ingest.quarantine import IngestReport, Quarantined, check_output_free, finish
+from galspec_batch.progress import track
 from galspec_batch.spectra import RestSpectrum, edges_from_centers, rest_frame_spectrum
 from galspec_batch.spectra_table import spectra_to_table, write_spectra_table
 
@@ -169,7 +170,7 @@ def ingest_spectra(
     extra: dict[str, list] = {"plate": [], "mjd": [], "fiber": []}
     quarantined: list[Quarantined] = []
     seen: dict[int, Path] = {}
-    for path in track(paths, progress, "spectra"):
+    for path in track(paths, len(paths), "spectra", progress):
         spec = None
         try:
             spec = read_sdss_spectrum(path, id_from)

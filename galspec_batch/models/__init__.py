@@ -10,11 +10,22 @@ The spectrum VAE (Portillo et al. 2020) is ``SpectrumVAE``; its training lives i
 
 from . import simple, xresnet  # noqa: F401  (registers the models)
 from .deconv import DeconvConv2d, fold_deconv, isqrt_newton_schulz
-from .registry import SpectrumNet, create_model, list_models, model_config, register_model
+from .net import GalspecNet, normalize_images
+from .registry import (
+    ModelEntry,
+    SpectrumNet,
+    create_model,
+    list_models,
+    model_config,
+    model_entry,
+    register_model,
+)
 from .vae import SpectrumVAE, VAEArch, VAELoss, gaussian_kl, infovae_loss, mmd_rbf
 
 __all__ = [
     "DeconvConv2d",
+    "GalspecNet",
+    "ModelEntry",
     "SpectrumNet",
     "SpectrumVAE",
     "VAEArch",
@@ -27,5 +38,7 @@ __all__ = [
     "list_models",
     "mmd_rbf",
     "model_config",
+    "model_entry",
+    "normalize_images",
     "register_model",
 ]

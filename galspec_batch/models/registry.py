@@ -1,22 +1,38 @@
 """Image-to-latent models by name, and the one face they all share (body, head, forward).
 
-Each model family module registers small builder functions with `@register_model("name")`; the
-package `__init__` imports those modules, so `create_model` knows every name once
-`galspec_batch.models` is imported.
+Each model family module registers small builder functions with `@register_model("name", ...)`,
+timm-style: the registry entry carries the model's own defaults (its one-cycle max learning rate,
+the layer types that must stay in float32 inside a half-precision body). The package `__init__`
+imports the family modules, so `create_model` knows every name once `galspec_batch.models` is
+imported.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import InputError, did_you_mean
+from ..errors import InputError, UsageError, did_you_mean
 
 Builder = Callable[..., "SpectrumNet"]
-_REGISTRY: dict[str, Builder] = {}
+PAPER_MAX_LR = 0.03  # Wu & Peek (2020): one-cycle max learning rate
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered model: its builder and its defaults."""
+
+    name: str
+    builder: Builder
+    max_lr: float = PAPER_MAX_LR
+    fp32_layers: tuple[type[nn.Module], ...] = ()  # kept in float32 when the body runs in fp16/bf16
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
 
 
 class SpectrumNet(nn.Module):
@@ -49,16 +65,26 @@ class SpectrumNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-def register_model(name: str) -> Callable[[Builder], Builder]:
-    """Decorator adding a builder `fn(in_bands, n_out, dropout) -> SpectrumNet` under `name`."""
+def register_model(name: str, *, max_lr: float = PAPER_MAX_LR,
+                   fp32_layers: tuple[type[nn.Module], ...] = ()) -> Callable[[Builder], Builder]:
+    """Decorator adding a builder `fn(in_bands, n_out, dropout) -> SpectrumNet` under `name`,
+    with the model's defaults."""
 
     def add(fn: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = fn
+        _REGISTRY[name] = ModelEntry(name, fn, max_lr, tuple(fp32_layers))
         return fn
 
     return add
+
+
+def model_entry(name: str) -> ModelEntry:
+    """The registry entry of model `name` (its builder and defaults)."""
+    if name not in _REGISTRY:
+        raise UsageError(f"unknown model {name!r}; known models: {', '.join(list_models())}."
+                         + did_you_mean(name, list_models()))
+    return _REGISTRY[name]
 
 
 def list_models() -> list[str]:
@@ -68,16 +94,14 @@ def list_models() -> list[str]:
 
 def create_model(name: str, *, in_bands: int = 5, n_out: int = 6, dropout: float = 0.2) -> SpectrumNet:
     """A freshly initialised model `name` for `in_bands` input bands and `n_out` outputs."""
-    if name not in _REGISTRY:
-        raise InputError(f"unknown model {name!r}; known models: {', '.join(list_models())}."
-                         + did_you_mean(name, list_models()))
+    entry = model_entry(name)
     if not isinstance(in_bands, int) or in_bands < 1:
         raise InputError(f"{name}: in_bands must be a positive integer, got {in_bands!r}")
     if not isinstance(n_out, int) or n_out < 1:
         raise InputError(f"{name}: n_out must be a positive integer, got {n_out!r}")
     if not 0.0 <= float(dropout) < 1.0:
         raise InputError(f"{name}: dropout must be in [0, 1), got {dropout!r}")
-    return _REGISTRY[name](in_bands=in_bands, n_out=n_out, dropout=float(dropout))
+    return entry.builder(in_bands=in_bands, n_out=n_out, dropout=float(dropout))
 
 
 def model_config(model: SpectrumNet | str) -> dict[str, Any]:

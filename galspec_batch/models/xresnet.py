@@ -106,6 +106,11 @@ def xresnet_body(in_bands: int, *, stem_deconv: bool, body_deconv: bool) -> nn.S
     return nn.Sequential(*stem, nn.MaxPool2d(3, 2, 1), *stages, nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
+# The attention's x x^T sums over every pixel of a stage-1 map (3136 at 224 px), and the product
+# with conv(x) over 64 channels of those sums: O(1) activations already pass float16's 65504.
+FP32_LAYERS = (SimpleSelfAttention,)
+
+
 def init_cnn(model: nn.Module) -> None:
     """fastai's init_cnn: Kaiming-normal conv and linear weights, zero biases (BN and attention
     are initialised where they are built)."""
@@ -124,16 +129,16 @@ def _create_xresnet(name: str, in_bands: int, n_out: int, dropout: float, *, ste
     return model
 
 
-@register_model("xresnet18")
+@register_model("xresnet18", fp32_layers=FP32_LAYERS)
 def xresnet18(in_bands: int = 5, n_out: int = 6, dropout: float = 0.2) -> SpectrumNet:
     return _create_xresnet("xresnet18", in_bands, n_out, dropout, stem_deconv=False, body_deconv=False)
 
 
-@register_model("xresnet18-hybrid")
+@register_model("xresnet18-hybrid", fp32_layers=FP32_LAYERS)
 def xresnet18_hybrid(in_bands: int = 5, n_out: int = 6, dropout: float = 0.2) -> SpectrumNet:
     return _create_xresnet("xresnet18-hybrid", in_bands, n_out, dropout, stem_deconv=True, body_deconv=False)
 
 
-@register_model("xresnet18-deconv")
+@register_model("xresnet18-deconv", max_lr=0.003, fp32_layers=FP32_LAYERS)
 def xresnet18_deconv(in_bands: int = 5, n_out: int = 6, dropout: float = 0.2) -> SpectrumNet:
     return _create_xresnet("xresnet18-deconv", in_bands, n_out, dropout, stem_deconv=True, body_deconv=True)

@@ -13,9 +13,18 @@ import numpy as np
 import pyarrow as pa
 
 from galspec_batch.catalog import write_partition
-from galspec_batch.catalog.schema import latent_column, latent_std_column
+from galspec_batch.columns import (
+    DEC,
+    HEALPIX,
+    MC_SAMPLES,
+    MODEL_ID,
+    OBJECT_ID,
+    QUALITY_FLAGS,
+    RA,
+    latent_column,
+    latent_std_column,
+)
 from galspec_batch.predict.worker import ModelSpec, get_predictor
-from galspec_batch.regions import parse_region
 from galspec_batch.store import Batch, Partition, open_store
 
 
@@ -25,8 +34,6 @@ class PartitionJob:
     catalog: str
     partition: Partition
     model_id: str
-    region: str | None = None
-    batch_size: int = 256
 
 
 def _select(batch: Batch, keep: np.ndarray) -> Batch:
@@ -38,11 +45,11 @@ def run_partition(job: PartitionJob, spec: ModelSpec) -> dict:
     t0 = time.perf_counter()
     predictor = get_predictor(spec)
     store = open_store(job.store)
-    region = parse_region(job.region) if job.region else None
+    region, batch_size = spec.options.region, spec.options.batch_size
     n_latents = predictor.weight.shape[0]
-    cols: dict[str, list[np.ndarray]] = {k: [] for k in ("object_id", "ra", "dec", "_healpix_29", "flags")}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("object_id", "ra", "dec", "healpix_29", "flags")}
     means, stds = [], []
-    for batch in store.iter_partition(job.partition, job.batch_size, predictor.read_dtype, prefetch=True):
+    for batch in store.iter_partition(job.partition, batch_size, predictor.read_dtype, prefetch=True):
         if region is not None:
             batch = _select(batch, region.contains(batch.ra, batch.dec))
             if len(batch.rows) == 0:
@@ -50,25 +57,25 @@ def run_partition(job: PartitionJob, spec: ModelSpec) -> dict:
         mean, std = predictor.predict(batch.images, batch.object_id)
         means.append(mean)
         stds.append(std)
-        for k in ("object_id", "ra", "dec", "healpix_29", "flags"):
-            cols["_healpix_29" if k == "healpix_29" else k].append(getattr(batch, k))
+        for k, v in parts.items():
+            v.append(getattr(batch, k))
     n = sum(len(m) for m in means)
     mean = np.concatenate(means) if means else np.zeros((0, n_latents), np.float32)
     std = np.concatenate(stds) if stds else np.zeros((0, n_latents), np.float32)
-    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()}
+    cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
     table = {
-        "object_id": pa.array(cat["object_id"], pa.int64()),
-        "ra": pa.array(cat["ra"], pa.float64()),
-        "dec": pa.array(cat["dec"], pa.float64()),
-        "_healpix_29": pa.array(cat["_healpix_29"], pa.int64()),
+        OBJECT_ID: pa.array(cat["object_id"], pa.int64()),
+        RA: pa.array(cat["ra"], pa.float64()),
+        DEC: pa.array(cat["dec"], pa.float64()),
+        HEALPIX: pa.array(cat["healpix_29"], pa.int64()),
     }
     for i in range(n_latents):
         table[latent_column(i + 1)] = pa.array(mean[:, i], pa.float32())
     for i in range(n_latents):
         table[latent_std_column(i + 1)] = pa.array(std[:, i], pa.float32())
-    table["mc_samples"] = pa.array(np.full(n, spec.mc_samples), pa.int16())
-    table["quality_flags"] = pa.array(cat["flags"], pa.uint16())
-    table["model_id"] = pa.array([job.model_id] * n, pa.string())
+    table[MC_SAMPLES] = pa.array(np.full(n, spec.options.mc_samples), pa.int16())
+    table[QUALITY_FLAGS] = pa.array(cat["flags"], pa.uint16())
+    table[MODEL_ID] = pa.array([job.model_id] * n, pa.string())
     write_partition(job.catalog, job.partition.order, job.partition.pixel, pa.table(table))
     return {
         "order": job.partition.order,

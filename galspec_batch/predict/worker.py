@@ -7,33 +7,30 @@ cache keyed by the model spec, so in-process runs (``cluster="none"``) use the s
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from distributed import WorkerPlugin
 
 from galspec_batch.checkpoint import load_checkpoint
+from galspec_batch.errors import InputError
 from galspec_batch.mc import head_parameters, mc_predict
+from galspec_batch.options import PredictOptions
 
 _PREDICTORS: dict[ModelSpec, Predictor] = {}
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to build a predictor in any process."""
+    """Everything needed to build a predictor in any process; ``model_hash`` is the checkpoint's
+    as the coordinator saw it (a checkpoint changed since is refused)."""
 
     checkpoint: str
-    engine: str = "auto"
-    device: str = "cpu"
-    precision: str = "fp32"
-    mc_samples: int = 32
-    seed: int = 0
+    model_hash: str
+    options: PredictOptions
     torch_threads: int = 0  # 0: leave torch's default
-    std_scale: tuple[float, ...] | None = None  # per-latent calibration of the MC spread
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    std_scale: tuple[float, ...] | None = None  # per-latent calibration of the spread
 
 
 class Predictor:
@@ -46,9 +43,13 @@ class Predictor:
             torch.set_num_threads(spec.torch_threads)
         self.spec = spec
         self.checkpoint = load_checkpoint(spec.checkpoint, device="cpu")
+        if self.checkpoint.model_hash != spec.model_hash:
+            raise InputError(f"checkpoint {spec.checkpoint} changed since this run began (weights "
+                             f"{self.checkpoint.model_hash[:12]}, the run's {spec.model_hash[:12]})")
         net = self.checkpoint.net
-        self.device = torch.device(spec.device)
-        self.engine = create_engine(spec.engine, net, device=spec.device, precision=spec.precision)
+        opts = spec.options
+        self.device = torch.device(opts.device)
+        self.engine = create_engine(opts.engine, net, device=opts.device, precision=opts.precision)
         weight, bias, self.p = head_parameters(net.head)
         self.weight, self.bias = weight.to(self.device), bias.to(self.device)
         self.latent_mean = net.latent_mean.detach().to(self.device, torch.float32)
@@ -73,7 +74,7 @@ class Predictor:
         features = self.engine.features(self.to_device(images)).float()
         out = mc_predict(
             features, torch.from_numpy(object_id), self.weight, self.bias, self.p,
-            T=self.spec.mc_samples, seed=self.spec.seed,
+            T=self.spec.options.mc_samples, seed=self.spec.options.seed,
         )
         mean = out["mean"] * self.latent_std + self.latent_mean
         std = out["std"] * self.latent_std * self.std_scale
@@ -97,7 +98,7 @@ class ModelPlugin(WorkerPlugin):
         self.spec = spec
 
     def setup(self, worker) -> None:
-        if self.spec.device.startswith("cuda") and "CUDA_VISIBLE_DEVICES" in os.environ:
+        if self.spec.options.device.startswith("cuda") and "CUDA_VISIBLE_DEVICES" in os.environ:
             torch.cuda.set_device(0)  # dask-cuda gives each worker one visible GPU
         get_predictor(self.spec)
 

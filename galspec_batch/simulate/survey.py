@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from galspec_batch.atomic import atomic_path
-from galspec_batch.errors import InputError
+from galspec_batch.errors import InputError, UsageError
 from galspec_batch.simulate import fiber, images, population
 from galspec_batch.simulate.sed import BANDS
 from galspec_batch.sky import healpix_29
@@ -171,19 +171,19 @@ def simulate_survey(
     batch with the number of objects just written.
     """
     if n < 1:
-        raise InputError(f"n must be at least 1, got {n}")
+        raise UsageError(f"-n must be at least 1, got {n}")
     if not 0 <= anomaly_rate <= 1:
         raise InputError(f"anomaly_rate must be in [0, 1], got {anomaly_rate}")
     if seed < 0:
-        raise InputError(f"seed must be >= 0, got {seed}")
+        raise UsageError(f"--seed must be >= 0, got {seed}")
     shape = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if min(shape) < 8:
-        raise InputError(f"image_size must be at least 8 pixels, got {image_size}")
+        raise UsageError(f"--image-size must be at least 8 pixels, got {image_size}")
     out_store, out_spectra = Path(out_store), Path(out_spectra)
     if not overwrite:
         for p in (out_store, out_spectra):
             if p.exists():
-                raise FileExistsError(f"{p} already exists (use overwrite to replace it)")
+                raise FileExistsError(f"{p} already exists (pass --overwrite to replace it)")
     ra, dec = draw_positions(n, seed, field)
     order = np.argsort(healpix_29(ra, dec), kind="stable")
     stats = _Stats()

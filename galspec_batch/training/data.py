@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from galspec_batch.errors import InputError
-from galspec_batch.labels import Labels, read_labels, show_ids
+from galspec_batch.errors import InputError, UsageError
+from galspec_batch.labels import Labels, read_labels
 from galspec_batch.store import CutoutStore
 
 DEFAULT_MAX_RAM_BYTES = 4 << 30
@@ -29,28 +29,12 @@ def read_training_labels(path: str | os.PathLike) -> Labels:
     return labels
 
 
-def match_rows(store: CutoutStore, ids: np.ndarray) -> np.ndarray:
-    """Store rows of ``ids``; every id must be in the store."""
-    store_ids = store.object_id
-    order = np.argsort(store_ids, kind="stable")
-    pos = np.searchsorted(store_ids, ids, sorter=order)
-    pos = np.minimum(pos, max(store_ids.size - 1, 0))
-    rows = order[pos] if store_ids.size else np.zeros(ids.size, np.int64)
-    found = store_ids[rows] == ids if store_ids.size else np.zeros(ids.size, bool)
-    if not found.all():
-        raise InputError(
-            f"{int((~found).sum())} labelled objects are not in the store {store.path}: "
-            f"object_id {show_ids(ids[~found])}"
-        )
-    return rows.astype(np.int64)
-
-
 def split_indices(object_id: np.ndarray, val_fraction: float = 0.2, seed: int = 0
                   ) -> tuple[np.ndarray, np.ndarray]:
     """A fixed-seed random split into (train, validation) indices, defined on the sorted ids so it
     does not depend on the order of the rows."""
     if not 0.0 < val_fraction < 1.0:
-        raise InputError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise UsageError(f"--val-fraction must be in (0, 1), got {val_fraction}")
     n = len(object_id)
     n_val = max(1, int(round(n * val_fraction)))
     if n_val >= n:
@@ -67,7 +51,7 @@ class ImageSource:
                  progress=None) -> None:
         self.store, self.rows = store, np.asarray(rows, np.int64)
         nb, (h, w) = len(store.bands), store.image_shape
-        dtype = np.dtype(store.attrs.get("dtype", "float32"))
+        dtype = np.dtype(store.attrs.dtype)
         self.in_memory = self.rows.size * nb * h * w * dtype.itemsize <= max_ram_bytes
         self._images: np.ndarray | None = None
         if self.in_memory:

@@ -32,27 +32,21 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from galspec_batch.atomic import atomic_path
-from galspec_batch.checkpoint import (
-    GalspecNet,
-    file_sha256,
-    load_checkpoint,
-    save_checkpoint,
-    write_checkpoint_files,
-)
-from galspec_batch.errors import InputError, did_you_mean
-from galspec_batch.models import create_model, list_models
+from galspec_batch.atomic import atomic_path, file_sha256, read_json
+from galspec_batch.catalog.joins import match_rows
+from galspec_batch.checkpoint import load_checkpoint, save_checkpoint, write_checkpoint_files
+from galspec_batch.errors import InputError, UsageError
+from galspec_batch.models import GalspecNet, create_model, model_entry
+from galspec_batch.progress import Progress
 from galspec_batch.store import CutoutStore, open_store
 
 from .augment import random_d4
-from .data import ImageSource, iter_batches, match_rows, n_batches, read_training_labels, split_indices
+from .data import ImageSource, iter_batches, n_batches, read_training_labels, split_indices
 from .optim import flatten_state, make_one_cycle, make_optimizer, unflatten_state
 from .preprocess import MAX_SAMPLE_OBJECTS, fit_preprocess
 
 LAST, BEST, METRICS_FILE = "last", "best", "metrics.csv"
 STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
-PAPER_MAX_LR = 0.03
-PAPER_MAX_LR_DECONV = 0.003
 FINE_TUNE_LR_FACTOR = 0.1
 VAL_BATCH = 256
 
@@ -88,7 +82,8 @@ class TrainResult:
 
 
 def default_max_lr(model: str, fine_tune: bool = False) -> float:
-    lr = PAPER_MAX_LR_DECONV if model == "xresnet18-deconv" else PAPER_MAX_LR
+    """The registry's max learning rate of ``model`` (divided by 10 for fine-tuning)."""
+    lr = model_entry(model).max_lr
     return lr * FINE_TUNE_LR_FACTOR if fine_tune else lr
 
 
@@ -132,10 +127,10 @@ def fit(
     out = Path(out)
     if settings.epochs < 1 or settings.batch_size < 1:
         raise InputError(
-            f"epochs and batch_size must be positive, got {settings.epochs} and {settings.batch_size}"
+            f"--epochs and --batch-size must be positive, got {settings.epochs} and {settings.batch_size}"
         )
     lab = read_training_labels(labels)
-    rows = match_rows(store, lab.object_id)
+    rows = match_rows(store.object_id, lab.object_id, f"the store {store.path}")
     tr, va = split_indices(lab.object_id, settings.val_fraction, settings.seed)
 
     base = load_checkpoint(init) if init is not None else None
@@ -148,7 +143,7 @@ def fit(
     }
     state = _read_state(out, identity, overwrite)
 
-    with _torch_settings(threads), _Progress(progress) as bar:
+    with _torch_settings(threads), Progress(progress) as bar:
         load = bar.task("loading images", len(rows))
         train_src = ImageSource(store, rows[tr], max_ram_bytes, progress=load)
         val_src = ImageSource(store, rows[va], max_ram_bytes, progress=load)
@@ -166,7 +161,7 @@ def fit(
         torch.manual_seed(settings.seed)
         if base is not None:
             cnn = base.net.cnn
-            pp = base.config["preprocess"]
+            pp = asdict(base.config.preprocess)
         else:
             cnn = create_model(settings.model, in_bands=len(store.bands), n_out=len(lab.names),
                                dropout=settings.dropout)
@@ -223,14 +218,12 @@ def _resolve_settings(settings: TrainSettings, base, store: CutoutStore, names: 
     """Fill in the model and learning rate; check a fine-tuning checkpoint fits the data."""
     if base is None:
         if settings.model is None:
-            raise InputError("no model given: name one (e.g. --model xresnet18-hybrid) or --init a "
+            raise UsageError("no model given: name one (e.g. --model xresnet18-hybrid) or --init a "
                              "checkpoint")
         model, dropout = settings.model, settings.dropout
-        if model not in list_models():
-            raise InputError(f"unknown model {model!r}; known models: {', '.join(list_models())}."
-                             + did_you_mean(model, list_models()))
+        model_entry(model)  # an unknown name is refused before any data is read
     else:
-        model, dropout = base.config["model"]["name"], base.net.dropout
+        model, dropout = base.config.model.name, base.net.dropout
         if settings.model not in (None, model):
             raise InputError(f"checkpoint {init} is a {model!r} model, not {settings.model!r}")
         if base.bands != tuple(store.bands):
@@ -300,10 +293,10 @@ def _read_state(out: Path, identity: dict[str, Any], overwrite: bool) -> dict[st
     if not state_file.exists():
         if (out / LAST).exists() or (out / METRICS_FILE).exists():
             raise InputError(
-                f"{out} holds a run without resume state; pass overwrite (--overwrite) to replace it"
+                f"{out} holds a run without resume state; pass --overwrite to replace it"
             )
         return None
-    state = json.loads(state_file.read_text())
+    state = read_json(state_file)
     if state["identity"] != identity:
         old, new = state["identity"], identity
         diff = [k for k in new if old.get(k) != new[k]]
@@ -312,7 +305,7 @@ def _read_state(out: Path, identity: dict[str, Any], overwrite: bool) -> dict[st
                      if old["settings"].get(k) != v]
         raise InputError(
             f"{out} holds a run with other settings or data ({', '.join(diff)}); use a new output "
-            "directory or pass overwrite (--overwrite) to start again"
+            "directory or pass --overwrite to start again"
         )
     return state
 
@@ -329,7 +322,7 @@ def _write_last(path: Path, net: GalspecNet, config: dict, opt, sched, state: di
 
 def _restore(path: Path, net: GalspecNet, opt, sched) -> None:
     net.load_state_dict(load_checkpoint(path).net.state_dict(), strict=True)
-    state = json.loads((path / STATE_JSON).read_text())
+    state = read_json(path / STATE_JSON)
     trainer = unflatten_state(state["trainer"], load_file(path / STATE_TENSORS))
     opt.load_state_dict(trainer["optimizer"])
     sched.load_state_dict(trainer["scheduler"])
@@ -340,32 +333,3 @@ def _write_metrics(path: Path, metrics: list[dict[str, float]]) -> None:
         writer = csv.DictWriter(fh, fieldnames=list(metrics[0]))
         writer.writeheader()
         writer.writerows(metrics)
-
-
-class _Progress:
-    """A rich progress bar, or nothing when ``enabled`` is false."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled, self._bar = enabled, None
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.progress import Progress
-
-            self._bar = Progress(transient=False)
-            self._bar.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.__exit__(*exc)
-
-    def task(self, description: str, total: int) -> Callable[[int], None]:
-        if self._bar is None:
-            return lambda n: None
-        tid = self._bar.add_task(description, total=total)
-        return lambda n: self._bar.advance(tid, n)
-
-    def log(self, message: str) -> None:
-        if self._bar is not None:
-            self._bar.console.print(message)

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from galspec_batch.checkpoint import normalize_images
 from galspec_batch.errors import InputError
+from galspec_batch.models import normalize_images
 
 MAD_TO_SIGMA = 1.4826
 MAX_SAMPLE_OBJECTS = 2000

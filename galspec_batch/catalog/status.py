@@ -1,0 +1,113 @@
+"""Where a catalog stands, from its own state alone (no store needed): partitions done, pending
+and failed (and, for a SLURM submission, running and queued), with a table to print."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from galspec_batch.catalog import paths, state
+
+STATES = ("done", "running", "queued", "pending", "failed")
+
+
+@dataclass(frozen=True)
+class CatalogStatus:
+    """Partitions (pixels at ``partition_order``) and objects by state; ``jobs`` are SLURM jobs
+    still in the queue (job id -> state), when the catalog was submitted there."""
+
+    catalog: Path
+    complete: bool
+    partition_order: int
+    partitions: dict[str, list[int]]
+    objects: dict[str, int]
+    planned: int | None
+    objects_planned: int | None
+    failures: dict[str, str]
+    jobs: dict[str, str] = field(default_factory=dict)
+
+    def count(self, kind: str) -> int:
+        return len(self.partitions.get(kind, ()))
+
+    def with_tasks(self, task_state: dict[int, str], jobs: dict[str, str]) -> CatalogStatus:
+        """This status with the given not-done partitions shown as ``running`` or ``queued``."""
+        parts = {k: list(v) for k, v in self.partitions.items()}
+        objs = dict(self.objects)
+        per_pixel = self._objects_per_pixel()
+        for pixel, kind in task_state.items():
+            for old in ("pending", "failed"):
+                if pixel in parts.get(old, []):
+                    parts[old].remove(pixel)
+                    parts.setdefault(kind, []).append(pixel)
+                    n = per_pixel.get(pixel, 0)
+                    objs[old] = objs.get(old, 0) - n
+                    objs[kind] = objs.get(kind, 0) + n
+        return replace(self, partitions=parts, objects=objs, jobs=jobs)
+
+    def _objects_per_pixel(self) -> dict[int, int]:
+        run = state.read_run_state(self.catalog)
+        return {p: n for o, p, n in run.plan or () if o == self.partition_order and n >= 0}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counts as JSON values (``galspec status --json``)."""
+        planned_pending = self.count("pending") if self.planned is not None else None
+        return {
+            "complete": self.complete,
+            "partition_order": self.partition_order,
+            "planned": self.planned,
+            **{kind: self.count(kind) for kind in STATES if kind != "pending"},
+            "pending": planned_pending,
+            "objects_done": self.objects.get("done", 0),
+            "objects_planned": self.objects_planned,
+            "failures": self.failures,
+            "jobs": self.jobs,
+        }
+
+    def render(self) -> tuple[Any, list[str]]:
+        """A rich table of partitions by state, and one line per queued job and per failure."""
+        from rich.table import Table
+
+        table = Table(title=f"{self.catalog}: {'complete' if self.complete else 'in progress'}")
+        columns = (("partitions", "left"), ("count", "right"), ("objects", "right"), ("Npix", "left"))
+        for name, justify in columns:
+            table.add_column(name, justify=justify)
+        for kind in STATES:
+            pix = sorted(self.partitions.get(kind, []))
+            if not pix and kind in ("running", "queued"):
+                continue
+            shown = ",".join(str(p) for p in pix[:8]) + (",..." if len(pix) > 8 else "")
+            count = str(len(pix)) if kind != "pending" or self.planned is not None else "?"
+            table.add_row(kind, count, str(self.objects.get(kind, 0)), shown)
+        lines = [f"job {job}: {s}" for job, s in sorted(self.jobs.items())]
+        lines += [f"failed {pixel}: {error}" for pixel, error in self.failures.items()]
+        return table, lines
+
+
+def catalog_status(path: str | Path) -> CatalogStatus:
+    """Progress of a catalog from its run state, done markers and partition files."""
+    path = Path(path)
+    run = state.read_run_state(path)
+    planned = run.planned()
+    expected = {(o, p): n for o, p, n in run.plan or ()}
+    pixels = planned if planned is not None else state.list_markers(path, paths.DONE_DIR)
+    failed_msgs = state.read_failed(path)
+    parts: dict[str, list[int]] = {}
+    objs: dict[str, int] = {}
+    for o, p in pixels:
+        marker = state.read_done(path, o, p)
+        if state.check_partition(path, o, p) is None and marker is not None:
+            kind, n = "done", marker.n_rows
+        else:
+            kind, n = ("failed" if (o, p) in failed_msgs else "pending"), max(expected.get((o, p), 0), 0)
+        parts.setdefault(kind, []).append(p)
+        objs[kind] = objs.get(kind, 0) + n
+    done = {(run.partition_order, p) for p in parts.get("done", [])}
+    failures = {f"Norder={o} Npix={p}": msg
+                for (o, p), msg in sorted(failed_msgs.items()) if (o, p) not in done}
+    objects_planned = None
+    if run.plan is not None and all(n >= 0 for *_, n in run.plan):
+        objects_planned = sum(n for *_, n in run.plan)
+    complete = paths.complete_file(path).exists() and not any(parts.get(k) for k in ("pending", "failed"))
+    return CatalogStatus(path, complete, run.partition_order, parts, objs,
+                         None if planned is None else len(planned), objects_planned, failures)

@@ -1,0 +1,156 @@
+"""A locked-down DuckDB view of one finished catalog, for queries from users.
+
+The catalog's partition files (and its derived sidecar) are opened first; then the connection is
+closed to the file system (``enable_external_access=false``, reads limited to the catalog's own
+directories) and its configuration locked, so that a user's expression cannot read or write
+other files. The view ``catalog`` holds the partitions (pruned to a region), LEFT JOINed on
+``object_id`` with the derived sidecar (``galspec decode --write-back``).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from scipy.special import ndtr
+
+from galspec_batch.catalog import paths
+from galspec_batch.columns import DEC, LATENT_RE, OBJECT_ID, RA, STD_SUFFIX
+from galspec_batch.errors import (
+    IncompleteOutputError,
+    InputError,
+    MissingFileError,
+    UsageError,
+    did_you_mean,
+    first_line,
+)
+from galspec_batch.regions import Region, parse_region
+
+VIEW = "catalog"
+
+
+def normal_cdf_arrow(x: pa.Array) -> pa.Array:
+    """Phi(x) for DuckDB (a vectorised Arrow UDF); NULL and NaN give NULL."""
+    v = ndtr(x.to_numpy(zero_copy_only=False).astype(np.float64))
+    return pa.array(v, mask=np.isnan(v))
+
+
+def _partition_files(catalog: Path, region: Region | None) -> tuple[list[Path], int]:
+    """Partition files (pruned to the region's pixels) and the catalog's partition order."""
+    info = catalog / paths.PARTITION_INFO_FILENAME
+    rows = [line.split(",") for line in info.read_text().split()[1:] if line.strip()]
+    parts = [(int(o), int(p)) for o, p in rows]
+    if not parts:
+        raise InputError(f"catalog {catalog} has no partitions ({info} is empty)")
+    order = parts[0][0]
+    if region is not None:
+        keep = set(region.pixels(order).tolist())
+        parts = [(o, p) for o, p in parts if p in keep]
+        if not parts:
+            raise InputError(
+                f"region {region} overlaps no partition of catalog {catalog} "
+                f"({len(rows)} partitions at order {order})"
+            )
+    return [paths.partition_file(catalog, o, p) for o, p in parts], order
+
+
+def _require_catalog(catalog: Path) -> None:
+    if not paths.run_state_file(catalog).exists():
+        raise MissingFileError(
+            f"{catalog} is not a galspec catalog: {paths.run_state_file(catalog)} is missing"
+        )
+    if not paths.complete_file(catalog).exists():
+        raise IncompleteOutputError(
+            f"catalog {catalog} is not finished (no {paths.complete_file(catalog)}); complete it first"
+        )
+
+
+class CatalogView:
+    """A DuckDB connection holding one catalog as the view ``catalog`` (its partitions, pruned to
+    a region, LEFT JOINed with the derived sidecar), closed to all other files. Use as a context
+    manager; ``relation(where)`` gives the filtered rows."""
+
+    def __init__(self, catalog: str | Path, region: Region | str | None = None, ids=None):
+        self.catalog = Path(catalog)
+        _require_catalog(self.catalog)
+        self.region = parse_region(region) if region is not None else None
+        files, self.order = _partition_files(self.catalog, self.region)
+        dirs = sorted({str(f.parent.resolve()) + "/" for f in files})
+        sidecar = paths.derived_file(self.catalog)
+        if sidecar.exists():
+            dirs.append(str(sidecar.parent.resolve()) + "/")
+        con = duckdb.connect(":memory:")
+        self.con = con
+        rel = con.read_parquet([str(f.resolve()) for f in files]).set_alias("c")
+        if sidecar.exists():
+            rel = rel.join(con.read_parquet(str(sidecar.resolve())).set_alias("d"), OBJECT_ID, how="left")
+        rel.create_view("_catalog_all")
+        keep = []
+        if self.region is not None:
+            con.register("_region_ids", pa.table({OBJECT_ID: self._region_ids(files)}))
+            keep.append(f"{OBJECT_ID} IN (SELECT {OBJECT_ID} FROM _region_ids)")
+        if ids is not None:
+            con.register("_wanted_ids", pa.table({OBJECT_ID: pa.array(np.asarray(ids, dtype=np.int64))}))
+            keep.append(f"{OBJECT_ID} IN (SELECT {OBJECT_ID} FROM _wanted_ids)")
+        base = con.table("_catalog_all")
+        for cond in keep:
+            base = base.filter(cond)
+        base.create_view(VIEW)
+        con.create_function("normal_cdf", normal_cdf_arrow, [duckdb.sqltypes.DOUBLE], duckdb.sqltypes.DOUBLE,
+                            type="arrow")
+        con.execute("SET allowed_directories = $1", [dirs])
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+        self.columns: list[str] = list(con.table(VIEW).columns)
+        self.n_latents = sum(1 for c in self.columns
+                             if LATENT_RE.match(c) and f"{c}{STD_SUFFIX}" in self.columns)
+
+    def _region_ids(self, files: list[Path]) -> pa.Array:
+        t = pa.concat_tables([pq.read_table(f, columns=[OBJECT_ID, RA, DEC]) for f in files])
+        inside = self.region.contains(t[RA].to_numpy(), t[DEC].to_numpy())
+        return t[OBJECT_ID].filter(pa.array(inside))
+
+    def relation(self, where: str | None = None) -> duckdb.DuckDBPyRelation:
+        """The view's rows passing ``where`` (a SQL expression over its columns)."""
+        rel = self.con.table(VIEW)
+        if where is not None and where.strip():
+            rel = self.run(lambda: rel.filter(where), where)
+        return rel
+
+    def run(self, func, where: str | None = None):
+        """Call ``func``, turning a DuckDB error into a one-line InputError about ``where``."""
+        try:
+            return func()
+        except duckdb.Error as exc:
+            raise _explain(exc, where, self.columns) from None
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> CatalogView:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _explain(exc: duckdb.Error, where: str | None, columns: list[str]) -> InputError:
+    line = first_line(exc)
+    about = f"--where {where!r}" if where else "the selection"
+    m = re.search(r'Referenced column "([^"]+)" not found', line)
+    if m:
+        name = m.group(1)
+        return UsageError(f"unknown column {name!r} in {about}.{did_you_mean(name, columns)}")
+    if isinstance(exc, duckdb.PermissionException):
+        return UsageError(
+            f"{about} tries to read a file; an expression may use only the catalog's columns "
+            f"(file access is disabled): {line}"
+        )
+    if isinstance(exc, duckdb.ParserException):
+        hint = " (a filter is one SQL expression: no ';')" if where and ";" in where else ""
+        return UsageError(f"bad expression in {about}: {line}{hint}")
+    return InputError(f"cannot evaluate {about}: {line}")

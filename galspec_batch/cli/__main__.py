@@ -1,0 +1,3 @@
+from galspec_batch.cli import main
+
+main()

@@ -1,0 +1,132 @@
+"""What every command shares: one-line errors with fixed exit codes, and the options that several
+commands take (their help written once)."""
+
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+
+import click
+
+from galspec_batch.errors import GalspecError, Interrupted, UsageError, first_line
+from galspec_batch.options import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_ENGINE,
+    DEFAULT_MC_SAMPLES,
+    ENGINE_NAMES,
+    PRECISIONS,
+    PredictOptions,
+)
+from galspec_batch.regions import FORMS
+
+EXIT_RUNTIME = 1  # a runtime or data error: a bad file, a failed partition, a full disk
+EXIT_USAGE = 2  # a command line that cannot be used
+EXIT_SIGINT = 128 + signal.SIGINT  # 130
+INTERRUPTED = "interrupted; rerun the same command to resume"
+
+REGION_HELP = f"Sky region (degrees; RA_MIN > RA_MAX wraps through 0): {FORMS}."
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"galspec: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _os_error(exc: OSError) -> str:
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return first_line(exc)
+
+
+def _raise_interrupted(signum: int, frame) -> None:
+    raise Interrupted(INTERRUPTED, signum)
+
+
+class GalspecGroup(click.Group):
+    """The ``galspec`` group: every error ends as one ``galspec: error: ...`` line on stderr and
+    exit 2 (usage) or 1 (runtime, data); Ctrl-C exits 130 and SIGTERM 143 after the command has
+    stopped its workers and kept nothing half-written."""
+
+    def main(self, args=None, prog_name=None, **extra):  # noqa: D102 - click's entry point
+        old = signal.signal(signal.SIGTERM, _raise_interrupted)
+        try:
+            code = super().main(args=args, prog_name=prog_name or "galspec", standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+            sys.exit(EXIT_USAGE)
+        except click.UsageError as exc:
+            path = ["galspec", *exc.ctx.command_path.split()[1:]] if exc.ctx is not None else []
+            hint = f" (see `{' '.join(path)} -h`)" if path else ""
+            fail(exc.format_message().rstrip(".") + hint, EXIT_USAGE)
+        except click.Abort:  # click's form of KeyboardInterrupt
+            fail(INTERRUPTED, EXIT_SIGINT)
+        except click.ClickException as exc:
+            fail(exc.format_message(), exc.exit_code)
+        except Interrupted as exc:
+            fail(str(exc), 128 + exc.signum)
+        except (UsageError, FileExistsError) as exc:  # FileExistsError: an output needing --overwrite
+            fail(first_line(exc), EXIT_USAGE)
+        except GalspecError as exc:
+            fail(first_line(exc), EXIT_RUNTIME)
+        except OSError as exc:
+            fail(_os_error(exc), EXIT_RUNTIME)
+        finally:
+            signal.signal(signal.SIGTERM, old)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+# -- options shared by several commands ----------------------------------------------------------
+
+
+def out_option(help: str, **kwargs):
+    return click.option("-o", "--out", required=True, type=click.Path(), help=help, **kwargs)
+
+
+def quiet_option(func):
+    return click.option("-q", "--quiet", is_flag=True, help="No progress bar (the summary line stays).")(func)
+
+
+def overwrite_option(what: str = "--out"):
+    return click.option("--overwrite", is_flag=True, help=f"Replace an existing {what}.")
+
+
+def region_option(func):
+    return click.option("--region", default=None, help=REGION_HELP)(func)
+
+
+_PREDICT_OPTIONS = (
+    click.option("--mc-samples", type=int, default=DEFAULT_MC_SAMPLES, show_default=True,
+                 help="MC-dropout samples per galaxy."),
+    click.option("--engine", type=click.Choice(ENGINE_NAMES), default=DEFAULT_ENGINE, show_default=True,
+                 help="Inference engine of the CNN body."),
+    click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True,
+                 help="Cutouts per batch (does not change values)."),
+    click.option("--seed", type=int, default=0, show_default=True, help="Run seed of the MC-dropout masks."),
+    click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+                 help="CNN precision (default: fp16 on a GPU, fp32 on the CPU)."),
+    click.option("--region", default=None, help=REGION_HELP),
+    click.option("--partitions", default=None, help="Comma-separated partition pixels (store order)."),
+    click.option("--no-calibration", is_flag=True, help="Ignore the checkpoint's calibration.json."),
+)
+_PREDICT_NAMES = ("mc_samples", "engine", "batch_size", "seed", "precision", "region", "partitions",
+                  "no_calibration")
+
+
+def predict_options(func):
+    """Add the prediction options; the command gets them as ``make_options(device)``, which builds
+    the one :class:`PredictOptions` of the run."""
+
+    @functools.wraps(func)
+    def wrapper(**kwargs):
+        given = {name: kwargs.pop(name) for name in _PREDICT_NAMES}
+        calibrate = not given.pop("no_calibration")
+
+        def make_options(device: str) -> PredictOptions:
+            return PredictOptions(**given, calibrate=calibrate, device=device)
+
+        return func(make_options=make_options, **kwargs)
+
+    for option in reversed(_PREDICT_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper

@@ -1,0 +1,111 @@
+"""Data in: the mock survey, FITS cutouts and SDSS spectra."""
+
+from __future__ import annotations
+
+import click
+
+from galspec_batch.cli.common import out_option, overwrite_option, quiet_option
+
+
+def _echo_report(report) -> None:
+    """Print the quarantined inputs (one line each, on stderr) and the summary."""
+    for q in report.quarantined[:20]:
+        click.echo(f"galspec: quarantined: {q.reason}", err=True)
+    if len(report.quarantined) > 20:
+        click.echo(f"galspec: ... and {len(report.quarantined) - 20} more", err=True)
+    click.echo(report.summary())
+
+
+def _image_size(ctx, param, text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise click.BadParameter(f"expected N or HxW (e.g. 64 or 64x64), got {text!r}")
+    return (int(parts[0]), int(parts[-1]))
+
+
+@click.command("simulate")
+@out_option("Cutout store (Zarr) to write.")
+@click.option("--out-spectra", required=True, type=click.Path(), help="Spectra table (Parquet) to write.")
+@click.option("-n", "n", default=1000, show_default=True, help="Number of galaxies.")
+@click.option("--image-size", default=64, show_default=True, help="Cutout size in pixels (paper: 224).")
+@click.option("--pixel-scale", default=0.25, show_default=True, help="Arcsec per pixel.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--field", nargs=3, type=float, default=(150.0, 2.2, 1.0), show_default=True,
+              help="RA DEC RADIUS (degrees) of the sky cap the galaxies lie in.")
+@click.option("--anomaly-rate", default=0.01, show_default=True,
+              help="Share of spectra that do not fit their image.")
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--plot", type=click.Path(), default=None, help="Also plot a few galaxies (PNG) to this file.")
+@overwrite_option("--out and --out-spectra")
+@quiet_option
+def simulate_cmd(out, out_spectra, n, image_size, pixel_scale, seed, field, anomaly_rate, batch_size,
+                 dtype, plot, overwrite, quiet) -> None:
+    """Make a mock survey: grizy cutouts and fiber spectra of the same mock galaxies."""
+    from galspec_batch.progress import progress_bar
+    from galspec_batch.simulate import simulate_survey
+
+    with progress_bar(n, "simulate", "galaxies", enabled=not quiet) as advance:
+        summary = simulate_survey(out, out_spectra, n, image_size=image_size, pixel_scale=pixel_scale,
+                                  seed=seed, field=tuple(field), anomaly_rate=anomaly_rate,
+                                  batch_size=batch_size, dtype=dtype, overwrite=overwrite, progress=advance)
+    click.echo(str(summary))
+    if plot:
+        from galspec_batch.plots import plot_mock_survey
+
+        plot_mock_survey(out, out_spectra, plot)
+        click.echo(f"  plot:    {plot}")
+
+
+@click.command("ingest")
+@click.argument("inputs", nargs=-1, type=click.Path())
+@out_option("Cutout store to write.")
+@click.option("--catalog", type=click.Path(), help="CSV: object_id, ra, dec, file_g..file_y.")
+@click.option("--bands", "cube_bands", help="Plane order of band cubes without band headers, e.g. grizy.")
+@click.option("--image-size", callback=_image_size, help="Centre-crop/pad every cutout to N or HxW pixels.")
+@click.option("--pixel-scale", type=float, help="Arcsec per pixel, for files without a WCS.")
+@click.option("--survey", default="unknown", show_default=True, help="Survey name stored in the store.")
+@click.option("--flux-unit", help="Pixel unit (default: the header BUNIT, else 'unknown').")
+@click.option("--zero-point", type=float, help="AB zero point of the pixels, all bands (HSC: 27).")
+@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@overwrite_option("store")
+@click.option("--strict", is_flag=True, help="Stop at the first bad object instead of quarantining it.")
+@quiet_option
+def ingest_cmd(inputs, out, catalog, cube_bands, image_size, pixel_scale, survey, flux_unit, zero_point,
+               dtype, overwrite, strict, quiet) -> None:
+    """FITS cutouts (band cubes or one file per band) into a cutout store."""
+    from galspec_batch.ingest.cutouts import ingest_cutouts, parse_bands
+
+    report = ingest_cutouts(
+        inputs, out, catalog=catalog, cube_bands=parse_bands(cube_bands) if cube_bands else None,
+        image_size=image_size, pixel_scale=pixel_scale, survey=survey, flux_unit=flux_unit,
+        zero_point=zero_point, dtype=dtype, overwrite=overwrite, strict=strict, progress=not quiet,
+    )
+    _echo_report(report)
+
+
+@click.command("ingest-spectra")
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@out_option("Spectra table to write.")
+@click.option("--id-from", type=click.Choice(["specobjid", "bestobjid", "plate-mjd-fiber"]),
+              default="specobjid", show_default=True, help="Where object ids come from.")
+@click.option("--allow-zwarning", is_flag=True, help="Keep spectra whose ZWARNING is set.")
+@click.option("--min-coverage", type=float, default=0.5, show_default=True,
+              help="Least fraction of the rest-frame grid a spectrum must cover.")
+@overwrite_option("table")
+@click.option("--strict", is_flag=True, help="Stop at the first bad spectrum instead of quarantining it.")
+@quiet_option
+def ingest_spectra_cmd(inputs, out, id_from, allow_zwarning, min_coverage, overwrite, strict, quiet) -> None:
+    """SDSS spec-*.fits spectra (files or directories) into a rest-frame spectra table."""
+    from galspec_batch.ingest.sdss import ingest_spectra
+
+    report = ingest_spectra(
+        inputs, out, id_from=id_from, allow_zwarning=allow_zwarning, min_grid_coverage=min_coverage,
+        overwrite=overwrite, strict=strict, progress=not quiet,
+    )
+    _echo_report(report)
+
+
+COMMANDS = (simulate_cmd, ingest_cmd, ingest_spectra_cmd)

@@ -1,0 +1,58 @@
+"""Models: train (resume, fine-tune) a CNN, export it for inference."""
+
+from __future__ import annotations
+
+import click
+
+from galspec_batch.cli.common import out_option, overwrite_option, quiet_option
+
+
+@click.command("train")
+@click.option("--model", default=None, help="Model name, e.g. xresnet18-hybrid; optional with --init.")
+@click.option("--store", required=True, type=click.Path(), help="Cutout store (Zarr).")
+@click.option("--labels", required=True, type=click.Path(), help="Labels table: object_id, latent_1..N.")
+@click.option("--epochs", default=10, show_default=True)
+@out_option("Run directory (checkpoints, metrics).")
+@click.option("--init", type=click.Path(), help="Fine-tune from this checkpoint.")
+@click.option("--lr", type=float, help="Max one-cycle lr (default: the model's, /10 with --init).")
+@click.option("--batch-size", default=128, show_default=True)
+@click.option("--dropout", default=0.2, show_default=True, help="Head dropout (0 as in the paper).")
+@click.option("--val-fraction", default=0.2, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--no-augment", is_flag=True, help="Turn off random D4 flips and rotations.")
+@click.option("--threads", type=int, help="Torch CPU threads.")
+@click.option("--overwrite", is_flag=True, help="Start again instead of resuming a run in --out.")
+@quiet_option
+def train_cmd(model, store, labels, epochs, out, init, lr, batch_size, dropout, val_fraction, seed,
+              no_augment, threads, overwrite, quiet) -> None:
+    """Train (or resume, or fine-tune) a CNN that predicts latents from cutouts."""
+    from galspec_batch.training import TrainSettings, fit
+
+    settings = TrainSettings(model=model, epochs=epochs, batch_size=batch_size, max_lr=lr, dropout=dropout,
+                             val_fraction=val_fraction, seed=seed, augment=not no_augment)
+    result = fit(store, labels, out, settings, init=init, overwrite=overwrite, threads=threads,
+                 progress=not quiet)
+    click.echo(f"wrote {result.best}: best val_rmse {result.best_val_rmse:.4f} at epoch {result.best_epoch}; "
+               f"last epoch val_rmse {result.metrics[-1]['val_rmse']:.4f}")
+
+
+@click.command("export")
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Checkpoint directory (model.safetensors + config.json).")
+@click.option("--format", "fmt", required=True, type=click.Choice(["onnx", "tensorrt"]))
+@out_option("File to write.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--max-batch", type=int, default=1024, show_default=True, help="Largest TensorRT batch.")
+@overwrite_option()
+def export_cmd(checkpoint, fmt, out, precision, max_batch, overwrite) -> None:
+    """Export a checkpoint's body (preprocessing + CNN, deconvolution folded) as ONNX or a TensorRT
+    engine, and check it against eager PyTorch on random images."""
+    from galspec_batch.engines import export_checkpoint
+
+    r = export_checkpoint(checkpoint, fmt, out, precision=precision, max_batch=max_batch, overwrite=overwrite)
+    click.echo(f"wrote {r.path} ({r.format}, {r.precision})")
+    click.echo(f"max abs difference from fp32 eager on random images: {r.max_abs_diff:.3g} "
+               f"(features up to {r.max_abs_feature:.3g})")
+
+
+COMMANDS = (train_cmd, export_cmd)

@@ -1,0 +1,89 @@
+"""Every column name the package shares, defined once: ids and positions, latents and their
+spreads, quality bits, the spectrum type, and the emission-line windows of derived quantities."""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from galspec_batch.errors import InputError
+from galspec_batch.sky import SPATIAL_INDEX_COLUMN
+from galspec_batch.spectra import N_BINS
+
+OBJECT_ID = "object_id"
+RA = "ra"
+DEC = "dec"
+HEALPIX = SPATIAL_INDEX_COLUMN
+MC_SAMPLES = "mc_samples"
+QUALITY_FLAGS = "quality_flags"
+MODEL_ID = "model_id"
+
+LATENT_PREFIX = "latent_"
+STD_SUFFIX = "_std"
+LATENT_RE = re.compile(rf"^{LATENT_PREFIX}(\d+)$")
+
+SPECTRUM_TYPE = pa.list_(pa.float32(), N_BINS)  # one rest-frame spectrum on the 1000-bin grid
+
+
+def latent_column(i: int) -> str:
+    """Name of latent ``i`` (1-based), e.g. ``latent_3``."""
+    return f"{LATENT_PREFIX}{i}"
+
+
+def latent_std_column(i: int) -> str:
+    """Name of the predictive spread of latent ``i`` (1-based), e.g. ``latent_3_std``."""
+    return f"{LATENT_PREFIX}{i}{STD_SUFFIX}"
+
+
+def latent_names(n: int) -> list[str]:
+    """``latent_1`` .. ``latent_n``."""
+    return [latent_column(i) for i in range(1, n + 1)]
+
+
+def count_latents(columns: list[str], what: str) -> int:
+    """The number of latent columns ``latent_1..latent_N`` in ``columns``, checked to be contiguous."""
+    found = sorted(int(m.group(1)) for c in columns if (m := LATENT_RE.match(c)))
+    if not found:
+        raise InputError(f"{what} has no latent columns latent_1..latent_N (columns: {columns})")
+    if found != list(range(1, len(found) + 1)):
+        raise InputError(f"{what} has latent columns {found}; expected latent_1..latent_{len(found)}")
+    return len(found)
+
+
+class QualityFlag(enum.IntFlag):
+    """Per-object quality bits (uint16), shared by the store's ``flags`` and the catalog's
+    ``quality_flags`` (documented in catalogs/catalog-format.md)."""
+
+    NAN_PIXELS = 1  # some pixels are NaN (kept in the store, zero for the CNN)
+    MISSING_BAND = 2  # a band was not observed (zero-filled, mask False)
+    LOW_COVERAGE = 4  # reserved: too few valid pixels for a trustworthy prediction
+    OUT_OF_DISTRIBUTION = 8  # set by `galspec anomalies` on flagged objects
+
+
+@dataclass(frozen=True)
+class LineWindow:
+    """An equivalent-width definition: line window and side bands, rest-frame vacuum Angstrom."""
+
+    name: str
+    label: str
+    center: float
+    line: tuple[float, float]
+    blue: tuple[float, float]
+    red: tuple[float, float]
+
+
+LINES = (
+    LineWindow("ew_oii", "[OII]", 3728.5, (3713.0, 3741.0), (3653.0, 3713.0), (3741.0, 3801.0)),
+    LineWindow("ew_hbeta", "Hb", 4862.7, (4849.0, 4877.0), (4829.0, 4849.0), (4877.0, 4892.0)),
+    LineWindow("ew_oiii", "[OIII]", 5008.2, (4998.0, 5018.0), (4978.0, 4998.0), (5018.0, 5038.0)),
+    LineWindow("ew_halpha", "Ha", 6564.6, (6554.0, 6575.0), (6490.0, 6535.0), (6600.0, 6640.0)),
+    LineWindow("ew_nii", "[NII]", 6585.3, (6575.0, 6595.0), (6490.0, 6535.0), (6600.0, 6640.0)),
+)
+D4000 = "d4000"
+D4000_BLUE = (3850.0, 3950.0)
+D4000_RED = (4000.0, 4100.0)
+DERIVED = tuple(w.name for w in LINES) + (D4000,)
+DERIVED_COLUMNS = tuple(c for q in DERIVED for c in (q, f"{q}{STD_SUFFIX}"))

@@ -1,0 +1,96 @@
+"""The network a checkpoint holds: image preprocessing + a registered CNN + latent scaling.
+
+:class:`GalspecNet` takes raw flux images [N, B, H, W] (NaN allowed), applies the preprocessing
+(NaN/inf -> 0, per-band asinh stretch, z-score with training-set statistics), runs the CNN from
+the registry and gives z-scored latents; ``to_physical`` turns those back into the VAE's units.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from galspec_batch.errors import InputError
+
+
+def normalize_images(
+    raw: torch.Tensor, softening: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
+    """NaN/inf -> 0, asinh(x / softening[b]), then (x - mean[b]) / std[b], for [N, B, H, W] flux."""
+    if raw.ndim != 4 or raw.shape[1] != softening.shape[0]:
+        raise InputError(
+            f"images of shape {tuple(raw.shape)} do not fit this network: expected "
+            f"[N, {softening.shape[0]}, H, W] (one plane per band)"
+        )
+    x = torch.nan_to_num(raw.to(softening.dtype), nan=0.0, posinf=0.0, neginf=0.0)
+    view = (1, -1, 1, 1)
+    x = _asinh(x / softening.view(view))
+    return (x - mean.view(view)) / std.view(view)
+
+
+def _asinh(x: torch.Tensor) -> torch.Tensor:
+    """asinh from elementwise operations: within 3e-7 of ``torch.asinh`` in float32 and twice as
+    fast on the CPU (where it was half of a small CNN's inference time); it exports to ONNX as
+    plain operators. |x| is clamped at 1e18 (asinh 42.1), far beyond any real flux ratio."""
+    a = x.abs().clamp_(max=1e18)
+    a2 = a * a
+    t = (a2 + 1).sqrt_().add_(1)
+    return a2.div_(t).add_(a).log1p_().mul_(torch.sign(x))
+
+
+class GalspecNet(nn.Module):
+    """Preprocessing + CNN: raw flux images [N, B, H, W] (NaN allowed) -> z-scored latents."""
+
+    def __init__(
+        self,
+        cnn: nn.Module,
+        softening: torch.Tensor,
+        mean: torch.Tensor,
+        std: torch.Tensor,
+        latent_mean: torch.Tensor,
+        latent_std: torch.Tensor,
+    ) -> None:
+        super().__init__()
+        self.cnn = cnn
+        as_buf = lambda t: torch.as_tensor(t, dtype=torch.float32).clone()  # noqa: E731
+        self.register_buffer("softening", as_buf(softening))
+        self.register_buffer("pp_mean", as_buf(mean))
+        self.register_buffer("pp_std", as_buf(std))
+        self.register_buffer("latent_mean", as_buf(latent_mean))
+        self.register_buffer("latent_std", as_buf(latent_std))
+
+    @property
+    def head(self) -> nn.Module:
+        return self.cnn.head
+
+    @property
+    def num_features(self) -> int:
+        return self.cnn.num_features
+
+    @property
+    def dropout(self) -> float:
+        return self.cnn.dropout
+
+    @property
+    def in_bands(self) -> int:
+        return self.cnn.in_bands
+
+    @property
+    def n_out(self) -> int:
+        return self.cnn.n_out
+
+    def preprocess(self, raw: torch.Tensor) -> torch.Tensor:
+        return normalize_images(raw, self.softening, self.pp_mean, self.pp_std)
+
+    def forward_features(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.cnn.forward_features(self.preprocess(raw))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.cnn.forward_head(features)
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(raw))
+
+    def to_physical(self, z: torch.Tensor) -> torch.Tensor:
+        """z-scored latents -> latents in the VAE's units."""
+        return z * self.latent_std + self.latent_mean

@@ -1,0 +1,242 @@
+"""Reading a cutout store: its attributes, per-object columns, sky partitions and batches of
+images with bounded memory (one batch read ahead in a thread)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+from galspec_batch.columns import DEC, HEALPIX, OBJECT_ID, RA
+from galspec_batch.errors import FormatError, InputError, MissingFileError
+from galspec_batch.options import DEFAULT_BATCH_SIZE
+from galspec_batch.sky import pixel_at_order
+from galspec_batch.store.format import FLAGS, IMAGES, MASK, PARTITIONS, StoreAttrs
+
+
+@dataclass(frozen=True)
+class Partition:
+    """A sky partition: one HEALPix pixel at ``order`` and the store rows inside it."""
+
+    order: int
+    pixel: int
+    ranges: tuple[tuple[int, int], ...]
+
+    @property
+    def n(self) -> int:
+        return sum(stop - start for start, stop in self.ranges)
+
+    @property
+    def name(self) -> str:
+        return f"Norder={self.order}/Npix={self.pixel}"
+
+
+@dataclass
+class Batch:
+    """One batch read from the store; ``images`` are float32 with NaN kept."""
+
+    rows: np.ndarray
+    object_id: np.ndarray
+    images: np.ndarray
+    mask: np.ndarray
+    flags: np.ndarray
+    ra: np.ndarray = field(repr=False)
+    dec: np.ndarray = field(repr=False)
+    healpix_29: np.ndarray = field(repr=False)
+
+
+def open_store(path: str | Path) -> CutoutStore:
+    """Open an existing store for reading (and appending)."""
+    return CutoutStore(Path(path))
+
+
+class CutoutStore:
+    """A cutout store on disk. Per-object columns are loaded lazily and cached."""
+
+    def __init__(self, path: Path, _writable: bool = False):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise MissingFileError(f"cutout store {self.path} does not exist")
+        try:
+            self._root = zarr.open_group(str(self.path), mode="r+" if _writable else "r", zarr_format=3)
+        except Exception as exc:  # zarr raises several kinds for a non-store directory
+            raise FormatError(f"{self.path} is not a galspec cutout store ({exc})") from exc
+        self.attrs = StoreAttrs.from_dict(dict(self._root.attrs), f"cutout store {self.path}")
+        self._cache: dict[str, np.ndarray] = {}
+        self._id_set: set[int] | None = None  # built by the first append, for O(batch) id checks
+
+    def _writable_root(self):
+        if self._root.read_only:
+            self._root = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+        return self._root
+
+    # -- attributes ------------------------------------------------------------------------
+    @property
+    def bands(self) -> tuple[str, ...]:
+        return self.attrs.bands
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return self.attrs.image_shape
+
+    @property
+    def pixel_scale(self) -> float:
+        return self.attrs.pixel_scale
+
+    @property
+    def survey(self) -> str:
+        return self.attrs.survey
+
+    @property
+    def partition_order(self) -> int:
+        return self.attrs.partition_order
+
+    @property
+    def n_objects(self) -> int:
+        return self.attrs.n_objects
+
+    def __len__(self) -> int:
+        return self.n_objects
+
+    def __repr__(self) -> str:
+        return (
+            f"CutoutStore({str(self.path)!r}, n_objects={self.n_objects}, bands={''.join(self.bands)}, "
+            f"image_shape={self.image_shape}, survey={self.survey!r})"
+        )
+
+    def _column(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            self._cache[name] = np.asarray(self._root[name][: self.n_objects])
+        return self._cache[name]
+
+    @property
+    def object_id(self) -> np.ndarray:
+        return self._column(OBJECT_ID)
+
+    @property
+    def ra(self) -> np.ndarray:
+        return self._column(RA)
+
+    @property
+    def dec(self) -> np.ndarray:
+        return self._column(DEC)
+
+    @property
+    def healpix_29(self) -> np.ndarray:
+        return self._column(HEALPIX)
+
+    @property
+    def mask(self) -> np.ndarray:
+        return self._column(MASK)
+
+    @property
+    def flags(self) -> np.ndarray:
+        return self._column(FLAGS)
+
+    # -- partitions --------------------------------------------------------------------------
+    def _index_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = self.attrs.n_partition_rows
+        g = self._root[PARTITIONS]
+        return (np.asarray(g["pixel"][:n]), np.asarray(g["start"][:n]), np.asarray(g["stop"][:n]))
+
+    def partitions(self, order: int | None = None) -> list[Partition]:
+        """The sky partitions at ``order`` (default: the stored partition order), sorted by pixel.
+
+        Orders up to the stored one come from the stored index; finer orders are computed from
+        ``_healpix_29`` (each appended segment is sorted, so a pixel is a few row ranges).
+        """
+        order = self.partition_order if order is None else int(order)
+        if order <= self.partition_order:
+            pix, start, stop = self._index_rows()
+            pix = pix >> (2 * (self.partition_order - order))
+        else:
+            pix, start, stop = ranges(pixel_at_order(self.healpix_29, order), 0)
+        by_pixel: dict[int, list[tuple[int, int]]] = {}
+        for p, a, b in zip(pix.tolist(), start.tolist(), stop.tolist(), strict=True):
+            rs = by_pixel.setdefault(p, [])
+            if rs and rs[-1][1] == a:
+                rs[-1] = (rs[-1][0], b)
+            else:
+                rs.append((a, b))
+        return [Partition(order, p, tuple(rs)) for p, rs in sorted(by_pixel.items())]
+
+    # -- reading -----------------------------------------------------------------------------
+    def read(self, rows: np.ndarray | slice, dtype: str | None = "float32") -> Batch:
+        """Read the given rows (a slice or sorted row indices); ``dtype=None`` keeps the stored
+        dtype (half the bytes to copy to a GPU for a float16 store)."""
+        if isinstance(rows, slice):
+            start, stop, _ = rows.indices(self.n_objects)
+            idx = np.arange(start, stop)
+            images = np.asarray(self._root[IMAGES][start:stop])
+        else:
+            idx = np.asarray(rows, dtype=np.int64)
+            if idx.size and (idx.min() < 0 or idx.max() >= self.n_objects):
+                raise InputError(f"rows out of range for {self.path} ({self.n_objects} objects)")
+            images = np.asarray(self._root[IMAGES].get_orthogonal_selection((idx,)))
+        return Batch(
+            rows=idx,
+            object_id=self.object_id[idx],
+            images=images if dtype is None else images.astype(dtype, copy=False),
+            mask=self.mask[idx],
+            flags=self.flags[idx],
+            ra=self.ra[idx],
+            dec=self.dec[idx],
+            healpix_29=self.healpix_29[idx],
+        )
+
+    def iter_batches(self, start: int = 0, stop: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                     dtype: str | None = "float32", prefetch: bool = False) -> Iterator[Batch]:
+        """Yield consecutive batches of rows [start, stop); memory is bounded by ``batch_size``.
+
+        With ``prefetch`` the next batch is read in a thread while the caller works on this one
+        (Zarr decompression releases the GIL), so reading overlaps compute.
+        """
+        stop = self.n_objects if stop is None else min(stop, self.n_objects)
+        yield from self._read_all([(a, min(a + batch_size, stop)) for a in range(start, stop, batch_size)],
+                                  dtype, prefetch)
+
+    def iter_partition(self, partition: Partition, batch_size: int = DEFAULT_BATCH_SIZE,
+                       dtype: str | None = "float32",
+                       prefetch: bool = False) -> Iterator[Batch]:
+        """Yield the batches of one sky partition (see ``iter_batches``)."""
+        bounds = [(a, min(a + batch_size, stop)) for start, stop in partition.ranges
+                  for a in range(start, stop, batch_size)]
+        yield from self._read_all(bounds, dtype, prefetch)
+
+    def _read_all(self, bounds: list[tuple[int, int]], dtype: str | None, prefetch: bool) -> Iterator[Batch]:
+        if not prefetch or len(bounds) < 2:
+            for a, b in bounds:
+                yield self.read(slice(a, b), dtype)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="galspec-read") as pool:
+            future = pool.submit(self.read, slice(*bounds[0]), dtype)
+            for nxt in bounds[1:]:
+                batch = future.result()
+                future = pool.submit(self.read, slice(*nxt), dtype)
+                yield batch
+            yield future.result()
+
+    def fingerprint(self) -> str:
+        """A content hash of the store's identity: attributes, ids, positions and index.
+
+        Cheap (no pixels read); changes whenever objects are added or the store is rebuilt.
+        """
+        h = hashlib.sha256(json.dumps(self.attrs.to_dict(), sort_keys=True).encode())
+        for arr in (self.object_id, self.ra, self.dec, *self._index_rows()):
+            h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()[:16]
+
+
+def ranges(pix: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if pix.size == 0:
+        return pix, pix, pix
+    cut = np.flatnonzero(pix[1:] != pix[:-1]) + 1
+    starts = np.concatenate([[0], cut])
+    stops = np.concatenate([cut, [pix.size]])
+    return pix[starts], starts + offset, stops + offset

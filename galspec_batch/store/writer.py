@@ -1,0 +1,158 @@
+"""Writing a cutout store: a new store appears atomically (``create_store``); ``append_objects``
+adds rows to a new or an existing store in place, sorted by sky position, and commits them by
+writing the counts last."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from galspec_batch.atomic import atomic_path
+from galspec_batch.columns import DEC, HEALPIX, OBJECT_ID, RA, QualityFlag
+from galspec_batch.errors import InputError
+from galspec_batch.sky import healpix_29, pixel_at_order
+from galspec_batch.store.format import (
+    DEFAULT_BANDS,
+    FLAGS,
+    IMAGES,
+    MASK,
+    PARTITIONS,
+    StoreAttrs,
+    init_group,
+)
+from galspec_batch.store.reader import CutoutStore, ranges
+
+
+def create_store(
+    path: str | Path,
+    *,
+    bands: tuple[str, ...] | list[str] = DEFAULT_BANDS,
+    image_shape: tuple[int, int] = (64, 64),
+    pixel_scale: float = 0.25,
+    survey: str = "mock",
+    flux_unit: str = "nanomaggy",
+    zero_points: dict[str, float] | None = None,
+    dtype: str = "float16",
+    partition_order: int = 6,
+    overwrite: bool = False,
+) -> StoreWriter:
+    """Start a new store; use as a context manager and ``append`` batches of objects.
+
+    The store appears at ``path`` only when the ``with`` block ends without error.
+    """
+    bands = tuple(bands)
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists (pass --overwrite to replace it)")
+    try:
+        attrs = StoreAttrs(
+            bands=bands, image_shape=(int(image_shape[0]), int(image_shape[1])),
+            pixel_scale=float(pixel_scale),
+            survey=survey, flux_unit=flux_unit,
+            zero_points={b: float((zero_points or {}).get(b, 22.5)) for b in bands}, dtype=dtype,
+            partition_order=int(partition_order),
+        )
+    except ValueError as exc:
+        raise InputError(f"cutout store {path}: {exc}") from None
+    return StoreWriter(path, attrs, overwrite)
+
+
+class StoreWriter:
+    """Writes a new store into a temporary directory and renames it into place on success."""
+
+    def __init__(self, path: Path, attrs: StoreAttrs, overwrite: bool):
+        self.path = path
+        self._attrs = attrs
+        self._overwrite = overwrite
+        self._ctx = None
+        self.store: CutoutStore | None = None
+
+    def __enter__(self) -> StoreWriter:
+        self._ctx = atomic_path(self.path, overwrite=self._overwrite)
+        tmp = self._ctx.__enter__()
+        init_group(tmp, self._attrs)
+        self.store = CutoutStore(tmp, _writable=True)
+        return self
+
+    def append(self, object_id, ra, dec, images, mask=None, flags=None) -> None:
+        assert self.store is not None, "use StoreWriter as a context manager"
+        append_objects(self.store, object_id, ra, dec, images, mask, flags)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.store = None
+        self._ctx.__exit__(exc_type, exc, tb)
+
+
+def append_objects(store: CutoutStore, object_id, ra, dec, images, mask=None, flags=None) -> None:
+    """Add objects in place without rewriting the store; they are sorted by ``_healpix_29``.
+
+    The new rows become visible only when the object count is committed at the end.
+    """
+    root = store._writable_root()
+    nb = len(store.bands)
+    images = np.asarray(images)
+    object_id = np.asarray(object_id, dtype=np.int64).reshape(-1)
+    n = object_id.size
+    if images.shape != (n, nb, *store.image_shape):
+        raise InputError(
+            f"images for {store.path} must have shape (N, {nb}, {store.image_shape[0]}, "
+            f"{store.image_shape[1]}) with N={n}, got {images.shape}"
+        )
+    ra = np.asarray(ra, dtype=np.float64).reshape(-1)
+    dec = np.asarray(dec, dtype=np.float64).reshape(-1)
+    if ra.shape != (n,) or dec.shape != (n,):
+        raise InputError(f"ra/dec must have {n} values, got {ra.shape} and {dec.shape}")
+    if not (np.isfinite(ra).all() and np.isfinite(dec).all()) or np.any(np.abs(dec) > 90):
+        bad = object_id[~(np.isfinite(ra) & np.isfinite(dec) & (np.abs(dec) <= 90))][:5]
+        raise InputError(f"objects {bad.tolist()} have invalid ra/dec")
+    mask = np.ones((n, nb), bool) if mask is None else np.asarray(mask, dtype=bool)
+    if mask.shape != (n, nb):
+        raise InputError(f"mask must have shape ({n}, {nb}), got {mask.shape}")
+    if store._id_set is None:
+        store._id_set = set(store.object_id.tolist())
+    _check_unique(object_id, store._id_set, store.path)
+    if flags is None:
+        flags = np.zeros(n, np.uint16)
+    flags = np.asarray(flags, dtype=np.uint16).copy()
+    flags[np.isnan(images).any(axis=(2, 3)).any(axis=1)] |= np.uint16(QualityFlag.NAN_PIXELS)
+    flags[~mask.all(axis=1)] |= np.uint16(QualityFlag.MISSING_BAND)
+
+    hp = healpix_29(ra, dec)
+    order = np.argsort(hp, kind="stable")
+    n0 = store.n_objects
+    new = {
+        IMAGES: images[order].astype(store.attrs.dtype, copy=False),
+        MASK: mask[order],
+        FLAGS: flags[order],
+        OBJECT_ID: object_id[order],
+        RA: ra[order],
+        DEC: dec[order],
+        HEALPIX: hp[order],
+    }
+    for name, values in new.items():
+        arr = root[name]
+        arr.resize((n0 + n, *arr.shape[1:]))
+        arr[n0 : n0 + n] = values
+    pix, start, stop = ranges(pixel_at_order(hp[order], store.partition_order), n0)
+    p0 = store.attrs.n_partition_rows
+    g = root[PARTITIONS]
+    for name, values in (("pixel", pix), ("start", start), ("stop", stop)):
+        g[name].resize((p0 + len(values),))
+        g[name][p0:] = values
+    # commit point: the counts are written last and in one metadata write
+    root.attrs.update({"n_objects": n0 + n, "n_partition_rows": p0 + len(pix)})
+    store.attrs = store.attrs.committed(n0 + n, p0 + len(pix))
+    store._id_set.update(object_id.tolist())
+    for name in list(store._cache):
+        store._cache[name] = np.concatenate([store._cache[name], new[name]])
+
+
+def _check_unique(new_ids: np.ndarray, existing: set[int], path: Path) -> None:
+    uniq, counts = np.unique(new_ids, return_counts=True)
+    if (counts > 1).any():
+        dup = uniq[counts > 1][:5].tolist()
+        raise InputError(f"duplicate object ids {dup} in the objects added to {path}")
+    clash = [i for i in uniq.tolist() if i in existing]
+    if clash:
+        raise InputError(f"object ids {clash[:5]} are already in {path}")
