@@ -82,7 +82,7 @@ def end_to_end_dask(ckpt: Path, store: Path, out: Path, engine: str, batch: int,
     from distributed import Client, LocalCluster
 
     t0 = time.perf_counter()
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                       memory_limit=0) as cluster, Client(cluster) as client:
         startup = time.perf_counter() - t0
         return end_to_end(ckpt, store, out, engine, batch, T, client), startup

@@ -1,12 +1,15 @@
 """Atomic outputs: write beside the target under a temporary name, then rename into place.
 
 A reader never sees a half-written file or directory; an interrupted run leaves only a
-``.tmp-*`` sibling that the next run removes.
+``.tmp-*`` sibling that the next run removes. A file is replaced by one ``rename``; a directory
+cannot be, so the old one is first moved to an ``.old-*`` sibling, which the next run puts back
+if the process died before the new one was in place.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -16,24 +19,33 @@ from collections.abc import Iterator
 from pathlib import Path
 
 TMP_MARK = ".tmp-"
+OLD_MARK = ".old-"
 MAX_JSON_BYTES = 64 << 20  # every JSON document galspec writes is far smaller
 
 
-def tmp_sibling(path: str | os.PathLike) -> Path:
+def tmp_sibling(path: str | os.PathLike, mark: str = TMP_MARK) -> Path:
     path = Path(path)
-    return path.with_name(f"{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
+    return path.with_name(f"{path.name}{mark}{uuid.uuid4().hex[:8]}")
+
+
+def _remove(p: Path) -> None:
+    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def remove_stale_tmp(path: str | os.PathLike) -> None:
-    """Remove leftovers of interrupted writes of ``path``."""
+    """Clear up after interrupted writes of ``path``: remove half-written ``.tmp-*`` siblings, and
+    put back an old directory (``.old-*``) whose replacement never arrived."""
     path = Path(path)
     if not path.parent.exists():
         return
-    for p in path.parent.glob(f"{path.name}{TMP_MARK}*"):
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
+    name = glob.escape(path.name)
+    for p in path.parent.glob(f"{name}{TMP_MARK}*"):
+        _remove(p)
+    for p in sorted(path.parent.glob(f"{name}{OLD_MARK}*")):
+        if path.exists():
+            _remove(p)
         else:
-            p.unlink(missing_ok=True)
+            os.replace(p, path)
 
 
 @contextlib.contextmanager
@@ -50,19 +62,19 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     tmp = tmp_sibling(path)
     try:
         yield tmp
-        if path.exists():
-            if not overwrite:
-                raise FileExistsError(f"{path} already exists (pass --overwrite to replace it)")
-            old = tmp_sibling(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} already exists (pass --overwrite to replace it)")
+        if path.is_dir() and not path.is_symlink():
+            old = tmp_sibling(path, OLD_MARK)
             os.replace(path, old)
             os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+            _remove(old)
         else:
-            os.replace(tmp, path)
+            os.replace(tmp, path)  # one rename: readers see the old file or the new one
         _fsync_dir(path.parent)
     finally:
         if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+            _remove(tmp)
 
 
 def _fsync_dir(path: Path) -> None:

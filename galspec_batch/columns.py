@@ -23,7 +23,7 @@ MODEL_ID = "model_id"
 
 LATENT_PREFIX = "latent_"
 STD_SUFFIX = "_std"
-LATENT_RE = re.compile(rf"^{LATENT_PREFIX}(\d+)$")
+LATENT_RE = re.compile(rf"^{LATENT_PREFIX}([1-9]\d*)$")  # latent_1, not latent_01
 
 SPECTRUM_TYPE = pa.list_(pa.float32(), N_BINS)  # one rest-frame spectrum on the 1000-bin grid
 
@@ -45,7 +45,11 @@ def latent_names(n: int) -> list[str]:
 
 def count_latents(columns: list[str], what: str) -> int:
     """The number of latent columns ``latent_1..latent_N`` in ``columns``, checked to be contiguous."""
-    found = sorted(int(m.group(1)) for c in columns if (m := LATENT_RE.match(c)))
+    numbered = {c: int(m.group(1)) for c in columns if (m := re.match(rf"^{LATENT_PREFIX}(\d+)$", c))}
+    odd = [c for c, i in numbered.items() if c != latent_column(i) and i > 0]
+    if odd:
+        raise InputError(f"{what} has column {odd[0]!r}; latent columns are named latent_1, latent_2, ...")
+    found = sorted(numbered.values())
     if not found:
         raise InputError(f"{what} has no latent columns latent_1..latent_N (columns: {columns})")
     if found != list(range(1, len(found) + 1)):
@@ -58,9 +62,13 @@ class QualityFlag(enum.IntFlag):
     ``quality_flags`` (documented in catalogs/catalog-format.md)."""
 
     NAN_PIXELS = 1  # some pixels are NaN (kept in the store, zero for the CNN)
-    MISSING_BAND = 2  # a band was not observed (zero-filled, mask False)
+    MISSING_BAND = 2  # a band was not observed (zero-filled or all NaN; mask False)
     LOW_COVERAGE = 4  # reserved: too few valid pixels for a trustworthy prediction
     OUT_OF_DISTRIBUTION = 8  # set by `galspec anomalies` on flagged objects
+    INF_PIXELS = 16  # some pixels are +-inf (kept in the store, zero for the CNN)
+    CONSTANT_BAND = 32  # an observed band holds one value everywhere (e.g. all zero)
+    EXTREME_PIXELS = 64  # a pixel beyond AB magnitude 0 in size, or clipped to the float16 range
+    BAD_PREDICTION = 128  # a predicted latent or spread was not finite: this row's latents are null
 
 
 @dataclass(frozen=True)

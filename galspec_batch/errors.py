@@ -40,8 +40,9 @@ class SlurmError(GalspecError, RuntimeError):
     """A SLURM command failed; the message quotes SLURM's own words."""
 
 
-class Interrupted(GalspecError, RuntimeError):
-    """The run was stopped by a signal; nothing half-done was kept."""
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by a signal (SIGINT or SIGTERM); nothing half-done was kept. Like
+    KeyboardInterrupt it is no Exception, so no ``except Exception`` of a partition swallows it."""
 
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)

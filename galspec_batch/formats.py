@@ -31,6 +31,7 @@ class VersionedFormat:
     FORMAT: ClassVar[str]
     VERSION: ClassVar[int]
     MAX_BYTES: ClassVar[int] = 4 << 20  # a bigger file is refused before it is parsed
+    OLDER: ClassVar[tuple[int, ...]] = ()  # earlier versions this code still reads
 
     def __post_init__(self) -> None:
         self.validate()
@@ -50,7 +51,7 @@ class VersionedFormat:
             raise FormatError(f"{source} is not a {cls.FORMAT} document (not a JSON object)")
         if doc.get("format") != cls.FORMAT:
             raise FormatError(f"{source} has format {doc.get('format')!r}; expected {cls.FORMAT!r}")
-        if doc.get("format_version") != cls.VERSION:
+        if doc.get("format_version") not in (cls.VERSION, *cls.OLDER):
             raise FormatError(
                 f"{source} has {cls.FORMAT} format_version {doc.get('format_version')!r}; "
                 f"this galspec-batch reads version {cls.VERSION}"

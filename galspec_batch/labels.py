@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from galspec_batch.columns import OBJECT_ID, count_latents, latent_names
 from galspec_batch.errors import FormatError, InputError, MissingFileError
+
+LATENT_LIMIT = 1e4
 
 
 @dataclass
@@ -29,8 +32,9 @@ def show_ids(ids: np.ndarray, n: int = 5) -> str:
 
 
 def read_labels(path: str | os.PathLike, n_latent: int | None = None) -> Labels:
-    """Read and check a labels table: an ``object_id`` column, unique ids, contiguous latent columns
-    (exactly ``n_latent`` of them when given), finite values."""
+    """Read and check a labels table: an integer ``object_id`` column without nulls, unique ids,
+    contiguous numeric latent columns (exactly ``n_latent`` of them when given), finite values of a
+    sane size (|latent| <= ``LATENT_LIMIT``: a VAE latent is of order 1)."""
     path = Path(path)
     what = f"labels table {path}"
     if not path.is_file():
@@ -46,14 +50,32 @@ def read_labels(path: str | os.PathLike, n_latent: int | None = None) -> Labels:
         if missing:
             raise InputError(f"{what} lacks columns {missing} (has {table.column_names}); "
                              f"expected {n_latent} latents")
-    names = latent_names(n_latent if n_latent is not None else count_latents(table.column_names, what))
-    ids = table[OBJECT_ID].to_numpy().astype(np.int64)
+    found = count_latents(table.column_names, what)
+    if n_latent is not None and found > n_latent:
+        raise InputError(f"{what} has {found} latent columns latent_1..latent_{found}; expected {n_latent} "
+                         "(labels of another VAE?)")
+    names = latent_names(found)
+    col = table[OBJECT_ID]
+    if not pa.types.is_integer(col.type):
+        raise InputError(f"{what}: {OBJECT_ID} is {col.type}; object ids are integers (not converted, "
+                         "to keep two ids from becoming one)")
+    if col.null_count:
+        raise InputError(f"{what} has {col.null_count} rows without an {OBJECT_ID}")
+    ids = col.to_numpy().astype(np.int64)
     uniq, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         raise InputError(f"{what} has duplicate object ids {show_ids(uniq[counts > 1])}")
-    values = np.stack([table[c].to_numpy(zero_copy_only=False) for c in names], axis=1).astype(np.float32)
-    bad = ~np.isfinite(values).all(axis=1)
+    for name in names:
+        t = table[name].type
+        if not (pa.types.is_floating(t) or pa.types.is_integer(t)):
+            raise InputError(f"{what}: column {name} is {t}; latents are numbers")
+    values = np.stack([table[c].to_numpy(zero_copy_only=False) for c in names], axis=1).astype(np.float64)
+    bad = ~np.isfinite(values).all(axis=1)  # a missing (null) value reads as NaN
     if bad.any():
         raise InputError(f"{what} has NaN or infinite latents for {int(bad.sum())} objects: "
                          f"object_id {show_ids(ids[bad])}")
-    return Labels(ids, names, values)
+    huge = (np.abs(values) > LATENT_LIMIT).any(axis=1)
+    if huge.any():
+        raise InputError(f"{what} has latents beyond +-{LATENT_LIMIT:g} for {int(huge.sum())} objects: "
+                         f"object_id {show_ids(ids[huge])} (a VAE latent is of order 1)")
+    return Labels(ids, names, values.astype(np.float32))

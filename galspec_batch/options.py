@@ -44,6 +44,8 @@ class PredictOptions:
     region: Region | None = None
     partitions: tuple[int, ...] | None = None
     calibrate: bool = True
+    rescale_flux: bool = False
+    allow_survey_mismatch: bool = False
 
     def __post_init__(self) -> None:
         def bad(option: str, value: object, expected: str) -> UsageError:
@@ -82,6 +84,10 @@ class PredictOptions:
             args += ["--partitions", ",".join(str(p) for p in self.partitions)]
         if not self.calibrate:
             args.append("--no-calibration")
+        if self.rescale_flux:
+            args.append("--rescale-flux")
+        if self.allow_survey_mismatch:
+            args.append("--allow-survey-mismatch")
         return args
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,7 +97,8 @@ class PredictOptions:
             "seed": self.seed, "device": self.device, "precision": self.precision,
             "region": None if self.region is None else str(self.region),
             "partitions": None if self.partitions is None else list(self.partitions),
-            "calibrate": self.calibrate,
+            "calibrate": self.calibrate, "rescale_flux": self.rescale_flux,
+            "allow_survey_mismatch": self.allow_survey_mismatch,
         }  # fmt: skip
 
     @classmethod

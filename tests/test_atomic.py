@@ -183,14 +183,6 @@ def test_remove_stale_tmp_with_missing_parent_is_a_no_op(tmp_path):
     assert not (tmp_path / "missing").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "remove_stale_tmp globs path.name unescaped: '[', ']', '*', '?' in a target name break the "
-        "pattern and stale temporaries are kept"
-    ),
-)
 def test_stale_tmp_removed_for_name_with_glob_characters(tmp_path):
     target = tmp_path / "run[1].txt"
     (tmp_path / f"run[1].txt{TMP_MARK}dead0001").write_text("stale")

@@ -92,7 +92,9 @@ def test_schema_columns_types_and_flags():
     assert pa.types.is_dictionary(schema.field("model_id").type)
     with pytest.raises(InputError, match="repeats"):
         catalog_schema(6, [pa.field("ra", pa.float64())])
-    assert [int(f) for f in QualityFlag] == [1, 2, 4, 8]
+    assert [int(f) for f in QualityFlag] == [1, 2, 4, 8, 16, 32, 64, 128]
+    # latents (and only they) may be null: in a row flagged BAD_PREDICTION
+    assert [f.name for f in schema if f.nullable] == schema.names[4:16] + ["latent_1_q16"]
 
 
 def test_lsdb_cone_search_matches_brute_force(finished):
@@ -167,6 +169,10 @@ def test_provenance_in_schema_metadata_and_json(finished):
         "MISSING_BAND": 2,
         "LOW_COVERAGE": 4,
         "OUT_OF_DISTRIBUTION": 8,
+        "INF_PIXELS": 16,
+        "CONSTANT_BAND": 32,
+        "EXTREME_PIXELS": 64,
+        "BAD_PREDICTION": 128,
     }
     got = read_catalog(path, ["object_id", "latent_6"]).sort_by("object_id")
     want = table.select(["object_id", "latent_6"]).sort_by("object_id")
@@ -212,8 +218,8 @@ def test_changed_store_and_finished_catalog_are_refused(tmp_path):
     with pytest.raises(InputError, match="another plan"):
         begin(path, dict(list(parts.items())[1:]))
     cat.finalize()
-    with pytest.raises(InputError, match="already complete"):
-        begin(path, parts)
+    again = begin(path, parts)  # a finished catalog is verified, not refused: whole, nothing to do
+    assert again.complete and not again.repairs and again.pending() == []
     with pytest.raises(InputError, match="is complete"):
         write_partition(path, ORDER, next(iter(parts)), next(iter(parts.values())))
     fresh = begin(path, parts, store_fingerprint="0000", overwrite=True)

@@ -183,15 +183,6 @@ def test_n_latent_with_missing_columns(tmp_path):
     assert "4 latents" in msg
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason=(
-        "read_labels(n_latent=k) only checks latent_1..k are present: a table with more latents "
-        "(another VAE's) is silently truncated to k columns, though the docstring promises exactly "
-        "n_latent"
-    ),
-)
 def test_n_latent_with_extra_columns(tmp_path):
     path = write_table(tmp_path / "labels.parquet", valid_columns(n_latent=3))
     with pytest.raises(InputError, match="latent_3"):
@@ -199,14 +190,6 @@ def test_n_latent_with_extra_columns(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered in cast:RuntimeWarning")
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason=(
-        "null object_id values are not checked: to_numpy() gives NaN, cast to int64 as -2**63 "
-        "(only a RuntimeWarning), and the row is accepted"
-    ),
-)
 def test_null_object_id_is_rejected(tmp_path):
     path = write_table(tmp_path / "labels.parquet", {
         "object_id": pa.array([1, None, 3], pa.int64()), "latent_1": [0.0, 1.0, 2.0],
@@ -215,14 +198,6 @@ def test_null_object_id_is_rejected(tmp_path):
         read_labels(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason=(
-        "count_latents parses 'latent_01' as latent 1, then read_labels looks up the column "
-        "'latent_1' and raises a bare KeyError"
-    ),
-)
 def test_zero_padded_latent_name_raises_input_error(tmp_path):
     path = write_table(tmp_path / "labels.parquet", {"object_id": [1, 2], "latent_01": [0.0, 1.0]})
     with pytest.raises(InputError, match="latent_01"):

@@ -3,7 +3,7 @@ partition at a time and resumable (format: catalogs/catalog-format.md)."""
 
 from galspec_batch.catalog.reader import read_catalog, read_provenance
 from galspec_batch.catalog.schema import catalog_schema, conform_table
-from galspec_batch.catalog.status import CatalogStatus, catalog_status
+from galspec_batch.catalog.status import CatalogStatus, catalog_status, verify_catalog
 from galspec_batch.catalog.writer import CatalogWriter, mark_failed, write_partition
 
 __all__ = [
@@ -15,5 +15,6 @@ __all__ = [
     "mark_failed",
     "read_catalog",
     "read_provenance",
+    "verify_catalog",
     "write_partition",
 ]

@@ -35,10 +35,20 @@ def write_all(catalog: Path, schema: pa.Schema, markers: list[DoneMarker], run: 
         footers.append(md)
     with atomic_path(data / paths.PARQUET_METADATA_FILENAME, overwrite=True) as tmp:
         pq.write_metadata(schema, tmp, metadata_collector=footers)
-    csv = "Norder,Npix\n" + "".join(f"{m.order},{m.pixel}\n" for m in markers)
+    csv = f"{paths.PARTITION_ORDER},{paths.PARTITION_PIXEL}\n" + "".join(f"{m.order},{m.pixel}\n" for m in markers)
     _write_text(catalog / paths.PARTITION_INFO_FILENAME, csv)
     _write_text(catalog / paths.PROPERTIES_FILENAME, properties_text(catalog, markers, run, doc))
     _write_text(catalog / paths.PROVENANCE_FILENAME, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+def remove_all(catalog: Path) -> None:
+    """Remove the catalog-level files (before a repair: they would describe damaged partitions);
+    ``hats.properties`` goes first, so a HATS reader never finds a half-described catalog."""
+    data = paths.dataset_dir(catalog)
+    for f in (catalog / paths.PROPERTIES_FILENAME, catalog / paths.PARTITION_INFO_FILENAME,
+              data / paths.PARQUET_METADATA_FILENAME, data / paths.PARQUET_COMMON_METADATA_FILENAME,
+              catalog / paths.PROVENANCE_FILENAME):
+        f.unlink(missing_ok=True)
 
 
 def properties_text(catalog: Path, markers: list[DoneMarker], run: RunState, doc: dict) -> str:

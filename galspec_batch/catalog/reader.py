@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.dataset as pds
 
 from galspec_batch.atomic import read_json
-from galspec_batch.catalog import paths
+from galspec_batch.catalog import paths, state
 from galspec_batch.errors import IncompleteOutputError, MissingFileError
 
 
@@ -27,7 +27,7 @@ def read_catalog(
     """Rows of a finished catalog as one Arrow table (through ``dataset/_metadata``), e.g.
     ``read_catalog(p, ["object_id", "latent_1"], pds.field("quality_flags") == 0)``."""
     path = Path(path)
-    _require_complete(path)
+    require_whole(path)
     meta = paths.dataset_dir(path) / paths.PARQUET_METADATA_FILENAME
     return pds.parquet_dataset(str(meta)).to_table(columns=columns, filter=filter)
 
@@ -38,5 +38,20 @@ def _require_complete(path: Path) -> None:
     if not paths.complete_file(path).exists():
         raise IncompleteOutputError(
             f"catalog {path} is not finished (no {paths.complete_file(path)}); "
-            "rerun the prediction to complete it"
+            "rerun `galspec predict` with the same settings to finish it"
         )
+
+
+def require_whole(path: Path, partitions: list[tuple[int, int]] | None = None) -> None:
+    """Refuse to read a catalog that is not finished, or whose partitions (default: all) do not
+    match their done markers byte for byte (sha256): every row served is a row written."""
+    _require_complete(path)
+    if partitions is None:
+        partitions = state.read_run_state(path).planned() or state.list_markers(path, paths.DONE_DIR)
+    for order, pixel in partitions:
+        why = state.check_partition(path, order, pixel, checksum=True)
+        if why is not None:
+            raise IncompleteOutputError(
+                f"catalog {path}: partition Norder={order} Npix={pixel} is damaged ({why}); rerun "
+                "`galspec predict` with the same settings to repair it (`galspec verify` lists all)"
+            )

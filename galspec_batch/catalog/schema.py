@@ -6,16 +6,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from galspec_batch.columns import (
     DEC,
     HEALPIX,
+    LATENT_RE,
     MC_SAMPLES,
     MODEL_ID,
     OBJECT_ID,
     QUALITY_FLAGS,
     RA,
+    STD_SUFFIX,
+    QualityFlag,
     latent_column,
     latent_std_column,
 )
@@ -33,8 +35,9 @@ def catalog_schema(n_latents: int = 6, extra: list[pa.Field] | tuple[pa.Field, .
         pa.field(DEC, pa.float64(), nullable=False),
         pa.field(HEALPIX, pa.int64(), nullable=False),
     ]
-    fields += [pa.field(latent_column(i), pa.float32(), nullable=False) for i in range(1, n_latents + 1)]
-    fields += [pa.field(latent_std_column(i), pa.float32(), nullable=False) for i in range(1, n_latents + 1)]
+    # null exactly where QualityFlag.BAD_PREDICTION is set: a non-finite prediction is never a number
+    fields += [pa.field(latent_column(i), pa.float32(), nullable=True) for i in range(1, n_latents + 1)]
+    fields += [pa.field(latent_std_column(i), pa.float32(), nullable=True) for i in range(1, n_latents + 1)]
     fields += [
         pa.field(MC_SAMPLES, pa.int16(), nullable=False),
         pa.field(QUALITY_FLAGS, pa.uint16(), nullable=False),
@@ -59,7 +62,8 @@ def conform_table(
     """Check a partition's rows against ``schema`` and return them cast, in schema column order and
     sorted by ``_healpix_29``. ``_healpix_29`` is computed when the table lacks it.
 
-    Refuses (InputError) missing or unknown columns, nulls, values that do not cast, duplicate ids,
+    Refuses (InputError) missing or unknown columns, nulls (but in the latent columns of a row
+    flagged BAD_PREDICTION), latents that are not finite, values that do not cast, duplicate ids,
     positions off the sky, ``_healpix_29`` that disagrees with ra/dec, rows outside the partition
     pixel, and a ``model_id`` other than the catalog's.
     """
@@ -81,7 +85,7 @@ def conform_table(
     columns = []
     for field in schema:
         col = table[field.name]
-        if col.null_count:
+        if col.null_count and not field.nullable:
             raise InputError(f"{where}: column {field.name!r} has {col.null_count} nulls; none are allowed")
         try:
             columns.append(col.cast(field.type, safe=True))
@@ -94,11 +98,29 @@ def conform_table(
     return out.sort_by([(HEALPIX, "ascending"), (OBJECT_ID, "ascending")])
 
 
+def _check_latents(table: pa.Table, ids: np.ndarray, where: str) -> None:
+    """Latents and spreads finite, and null exactly in the rows flagged BAD_PREDICTION."""
+    bad_rows = (table[QUALITY_FLAGS].to_numpy() & int(QualityFlag.BAD_PREDICTION)) != 0
+    latents = [m.group(0) for c in table.column_names if (m := LATENT_RE.match(c))]
+    for name in latents + [f"{c}{STD_SUFFIX}" for c in latents]:
+        col = table[name].combine_chunks()
+        values = col.to_numpy(zero_copy_only=False)
+        null = col.is_null().to_numpy(zero_copy_only=False)
+        wrong = (null != bad_rows) | (~null & ~np.isfinite(values))
+        if wrong.any():
+            i = int(np.flatnonzero(wrong)[0])
+            raise InputError(
+                f"{where}: object {ids[i]} has {name}={values[i]}; a latent is a finite number, or null "
+                "in a row flagged BAD_PREDICTION"
+            )
+
+
 def _check_rows(table: pa.Table, order: int, pixel: int, model_id: str | None, where: str) -> None:
     ids = table[OBJECT_ID].to_numpy()
-    if np.unique(ids).size != ids.size:
-        dup = pc.value_counts(table[OBJECT_ID]).filter(pc.greater(pc.field("counts"), 1))
-        raise InputError(f"{where}: object_id {dup[0]['values']} appears more than once")
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise InputError(f"{where}: object_id {int(uniq[counts > 1][0])} appears more than once")
+    _check_latents(table, ids, where)
     ra, dec = table[RA].to_numpy(), table[DEC].to_numpy()
     bad = ~((ra >= 0) & (ra < 360) & (dec >= -90) & (dec <= 90))
     if bad.any():

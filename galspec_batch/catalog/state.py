@@ -77,6 +77,7 @@ class DoneMarker:
     bytes: int
     sha256: str
     written: str
+    written_by: dict = field(default_factory=dict)  # e.g. the engine that ran
 
 
 def read_run_state(catalog: str | Path) -> RunState:

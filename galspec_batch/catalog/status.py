@@ -9,13 +9,14 @@ from typing import Any
 
 from galspec_batch.catalog import paths, state
 
-STATES = ("done", "running", "queued", "pending", "failed")
+STATES = ("done", "running", "queued", "pending", "failed", "damaged")
 
 
 @dataclass(frozen=True)
 class CatalogStatus:
-    """Partitions (pixels at ``partition_order``) and objects by state; ``jobs`` are SLURM jobs
-    still in the queue (job id -> state), when the catalog was submitted there."""
+    """Partitions (pixels at ``partition_order``) and objects by state; ``damaged`` partitions have
+    a file that fails its done marker (size, rows or sha256; the reason is in ``failures``);
+    ``jobs`` are SLURM jobs still in the queue (job id -> state), when it was submitted there."""
 
     catalog: Path
     complete: bool
@@ -36,7 +37,7 @@ class CatalogStatus:
         objs = dict(self.objects)
         per_pixel = self._objects_per_pixel()
         for pixel, kind in task_state.items():
-            for old in ("pending", "failed"):
+            for old in ("pending", "failed", "damaged"):
                 if pixel in parts.get(old, []):
                     parts[old].remove(pixel)
                     parts.setdefault(kind, []).append(pixel)
@@ -68,13 +69,19 @@ class CatalogStatus:
         """A rich table of partitions by state, and one line per queued job and per failure."""
         from rich.table import Table
 
-        table = Table(title=f"{self.catalog}: {'complete' if self.complete else 'in progress'}")
+        if self.complete:
+            state_text = "complete"
+        elif paths.complete_file(self.catalog).exists() or self.count("damaged"):
+            state_text = "damaged: rerun `galspec predict` with the same settings to repair it"
+        else:
+            state_text = "in progress"
+        table = Table(title=f"{self.catalog}: {state_text}")
         columns = (("partitions", "left"), ("count", "right"), ("objects", "right"), ("Npix", "left"))
         for name, justify in columns:
             table.add_column(name, justify=justify)
         for kind in STATES:
             pix = sorted(self.partitions.get(kind, []))
-            if not pix and kind in ("running", "queued"):
+            if not pix and kind in ("running", "queued", "damaged"):
                 continue
             shown = ",".join(str(p) for p in pix[:8]) + (",..." if len(pix) > 8 else "")
             count = str(len(pix)) if kind != "pending" or self.planned is not None else "?"
@@ -85,7 +92,8 @@ class CatalogStatus:
 
 
 def catalog_status(path: str | Path) -> CatalogStatus:
-    """Progress of a catalog from its run state, done markers and partition files."""
+    """Progress of a catalog from its run state, done markers and partition files, every file
+    re-hashed against its marker: a catalog is complete only when it is whole."""
     path = Path(path)
     run = state.read_run_state(path)
     planned = run.planned()
@@ -94,20 +102,44 @@ def catalog_status(path: str | Path) -> CatalogStatus:
     failed_msgs = state.read_failed(path)
     parts: dict[str, list[int]] = {}
     objs: dict[str, int] = {}
+    damage: dict[tuple[int, int], str] = {}
     for o, p in pixels:
         marker = state.read_done(path, o, p)
-        if state.check_partition(path, o, p) is None and marker is not None:
+        why = state.check_partition(path, o, p, checksum=True)
+        if why is None and marker is not None:
             kind, n = "done", marker.n_rows
         else:
-            kind, n = ("failed" if (o, p) in failed_msgs else "pending"), max(expected.get((o, p), 0), 0)
+            n = max(expected.get((o, p), 0), 0)
+            kind = "failed" if (o, p) in failed_msgs else "pending"
+            if marker is not None and paths.partition_file(path, o, p).exists():
+                kind, damage[(o, p)] = "damaged", why
         parts.setdefault(kind, []).append(p)
         objs[kind] = objs.get(kind, 0) + n
     done = {(run.partition_order, p) for p in parts.get("done", [])}
     failures = {f"Norder={o} Npix={p}": msg
-                for (o, p), msg in sorted(failed_msgs.items()) if (o, p) not in done}
+                for (o, p), msg in sorted({**failed_msgs, **damage}.items()) if (o, p) not in done}
     objects_planned = None
     if run.plan is not None and all(n >= 0 for *_, n in run.plan):
         objects_planned = sum(n for *_, n in run.plan)
-    complete = paths.complete_file(path).exists() and not any(parts.get(k) for k in ("pending", "failed"))
+    complete = paths.complete_file(path).exists() and not any(parts.get(k) for k in STATES if k != "done")
     return CatalogStatus(path, complete, run.partition_order, parts, objs,
                          None if planned is None else len(planned), objects_planned, failures)
+
+
+def verify_catalog(path: str | Path) -> list[str]:
+    """Every problem of a catalog, one line each: a planned partition that is missing, unfinished
+    or damaged (its bytes differ from the sha256 in its done marker), or a finished catalog whose
+    HATS metadata is missing. Empty when the catalog is whole."""
+    path = Path(path)
+    st = catalog_status(path)
+    order = st.partition_order
+    problems = []
+    for kind in ("damaged", "failed", "pending"):
+        for pixel in sorted(st.partitions.get(kind, [])):
+            why = st.failures.get(f"Norder={order} Npix={pixel}") or state.check_partition(path, order, pixel)
+            problems.append(f"{kind} Norder={order} Npix={pixel}: {why}")
+    if st.complete:
+        for f in (path / paths.PROPERTIES_FILENAME, paths.dataset_dir(path) / paths.PARQUET_METADATA_FILENAME):
+            if not f.is_file():
+                problems.append(f"missing {f}")
+    return problems

@@ -19,11 +19,10 @@ import pyarrow.parquet as pq
 from scipy.special import ndtr
 
 from galspec_batch.catalog import paths
+from galspec_batch.catalog.reader import require_whole
 from galspec_batch.columns import DEC, LATENT_RE, OBJECT_ID, RA, STD_SUFFIX
 from galspec_batch.errors import (
-    IncompleteOutputError,
     InputError,
-    MissingFileError,
     UsageError,
     did_you_mean,
     first_line,
@@ -40,7 +39,9 @@ def normal_cdf_arrow(x: pa.Array) -> pa.Array:
 
 
 def _partition_files(catalog: Path, region: Region | None) -> tuple[list[Path], int]:
-    """Partition files (pruned to the region's pixels) and the catalog's partition order."""
+    """Partition files (pruned to the region's pixels, each verified against its done marker)
+    and the catalog's partition order."""
+    require_whole(catalog, partitions=[])
     info = catalog / paths.PARTITION_INFO_FILENAME
     rows = [line.split(",") for line in info.read_text().split()[1:] if line.strip()]
     parts = [(int(o), int(p)) for o, p in rows]
@@ -55,18 +56,8 @@ def _partition_files(catalog: Path, region: Region | None) -> tuple[list[Path], 
                 f"region {region} overlaps no partition of catalog {catalog} "
                 f"({len(rows)} partitions at order {order})"
             )
+    require_whole(catalog, partitions=parts)
     return [paths.partition_file(catalog, o, p) for o, p in parts], order
-
-
-def _require_catalog(catalog: Path) -> None:
-    if not paths.run_state_file(catalog).exists():
-        raise MissingFileError(
-            f"{catalog} is not a galspec catalog: {paths.run_state_file(catalog)} is missing"
-        )
-    if not paths.complete_file(catalog).exists():
-        raise IncompleteOutputError(
-            f"catalog {catalog} is not finished (no {paths.complete_file(catalog)}); complete it first"
-        )
 
 
 class CatalogView:
@@ -76,7 +67,6 @@ class CatalogView:
 
     def __init__(self, catalog: str | Path, region: Region | str | None = None, ids=None):
         self.catalog = Path(catalog)
-        _require_catalog(self.catalog)
         self.region = parse_region(region) if region is not None else None
         files, self.order = _partition_files(self.catalog, self.region)
         dirs = sorted({str(f.parent.resolve()) + "/" for f in files})

@@ -5,6 +5,7 @@ and done marker, and only the coordinator writes the shared files."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from collections.abc import Iterable, Sequence
@@ -22,7 +23,7 @@ from galspec_batch.atomic import TMP_MARK, atomic_path, file_sha256, write_json
 from galspec_batch.catalog import hats_files, paths, state
 from galspec_batch.catalog.schema import catalog_schema, conform_table
 from galspec_batch.columns import HEALPIX, OBJECT_ID, QualityFlag
-from galspec_batch.errors import IncompleteOutputError, InputError
+from galspec_batch.errors import IncompleteOutputError, InputError, first_line
 
 PlanItem = tuple[int, int] | tuple[int, int, int]
 
@@ -44,6 +45,22 @@ class CatalogWriter:
     def __init__(self, path: Path, run: state.RunState):
         self.path = path
         self.state = run
+        self.repairs: dict[tuple[int, int], str] = {}  # damaged partitions of a finished catalog
+
+    @property
+    def complete(self) -> bool:
+        """Finished, and (when reopened) found whole."""
+        return paths.complete_file(self.path).exists()
+
+    def _reopen_if_damaged(self) -> None:
+        """Verify a finished catalog; if a partition is damaged or missing, take back the finished
+        state (complete.json and the HATS metadata, which would describe the damaged files)."""
+        planned = self.state.planned() or state.list_markers(self.path, paths.DONE_DIR)
+        self.repairs = {(o, p): why for o, p in planned
+                        if (why := state.check_partition(self.path, o, p, checksum=True)) is not None}
+        if self.repairs:
+            hats_files.remove_all(self.path)
+            paths.complete_file(self.path).unlink(missing_ok=True)
 
     @classmethod
     def begin(
@@ -66,9 +83,11 @@ class CatalogWriter:
         ``plan`` lists the partitions to write as (order, pixel) or (order, pixel, expected rows);
         with expected rows, a partition of another size is refused. A resume must agree with the
         first run on the store fingerprint, partition order, schema, model, plan and ``settings``
-        (the run settings that change values). A complete catalog is refused unless ``overwrite``.
-        ``record_resume=False`` checks without writing the run state (for array tasks that run
-        concurrently under one coordinator).
+        (the run settings that change values). A complete catalog is verified (every partition
+        re-hashed against its done marker); a damaged one is reopened (``repairs`` names the damaged
+        partitions, which ``pending`` then lists), so that a rerun repairs it. ``overwrite`` starts
+        again from nothing. ``record_resume=False`` checks without writing the run state (for array
+        tasks that run concurrently under one coordinator).
         """
         path = Path(path)
         try:
@@ -80,17 +99,17 @@ class CatalogWriter:
         settings = dict(settings or {})
         if paths.run_state_file(path).exists():
             if overwrite:
-                shutil.rmtree(path)
-            elif paths.complete_file(path).exists():
-                raise InputError(f"catalog {path} is already complete; pass --overwrite to write it again")
+                _empty(path)
             else:
                 writer = cls(path, state.read_run_state(path))
                 writer._check_resume(schema, store_fingerprint, partition_order, plan_rows, model_id,
                                      settings)
-                if record_resume:
+                if paths.complete_file(path).exists():
+                    writer._reopen_if_damaged()
+                if record_resume and not writer.complete:
                     writer._record_resume(provenance, plan_rows)
                 return writer
-        elif path.exists() and any(path.iterdir()):
+        elif path.exists() and _has_content(path):
             raise InputError(f"{path} exists and is not a galspec catalog; choose an empty or new directory")
         run = state.RunState(
             store_fingerprint=store_fingerprint,
@@ -143,13 +162,14 @@ class CatalogWriter:
 
     def pending(self, partitions: Iterable[tuple[int, int]] | None = None) -> list[tuple[int, int]]:
         """The partitions (default: the plan) not yet done. The file of a partition that is not
-        done (interrupted, truncated, unmarked) is removed, so that it is redone from scratch."""
+        done (interrupted, truncated, unmarked, or whose bytes differ from its done marker's hash)
+        is removed, so that it is redone from scratch."""
         todo = self.state.planned() if partitions is None else [(int(o), int(p)) for o, p in partitions]
         if todo is None:
             raise InputError(f"catalog {self.path} has no recorded plan; pass the partitions to check")
         out = []
         for order, pixel in todo:
-            if state.check_partition(self.path, order, pixel) is not None:
+            if state.check_partition(self.path, order, pixel, checksum=True) is not None:
                 _clear_partition(self.path, order, pixel)
                 out.append((order, pixel))
         return out
@@ -157,22 +177,23 @@ class CatalogWriter:
     def finalize(self) -> dict:
         """Check every partition and write the HATS metadata files; returns the provenance document.
 
-        Raises IncompleteOutputError naming a partition that is missing, unfinished, or that
-        repeats an object id of another partition.
+        Raises IncompleteOutputError naming a partition that is missing, unfinished, damaged (its
+        bytes differ from its done marker's hash), or that repeats an object id of another one.
         """
         done = state.list_markers(self.path, paths.DONE_DIR)
         planned = self.state.planned()
         wanted = planned if planned is not None else done
         bad = {}
         for order, pixel in wanted:
-            reason = state.check_partition(self.path, order, pixel)
+            reason = state.check_partition(self.path, order, pixel, checksum=True)
             if reason is not None:
                 bad[(order, pixel)] = reason
         if bad:
             (o, p), reason = next(iter(bad.items()))
             raise IncompleteOutputError(
                 f"catalog {self.path}: {len(bad)} of {len(wanted)} partitions are not done, "
-                f"e.g. Norder={o} Npix={p}: {reason}; rerun to finish them"
+                f"e.g. Norder={o} Npix={p}: {reason}; rerun `galspec predict` with the same settings "
+                "to write them"
             )
         _check_no_strays(self.path, set(wanted))
         markers = [state.read_done(self.path, o, p) for o, p in sorted(wanted)]
@@ -185,10 +206,11 @@ class CatalogWriter:
         return doc
 
 
-def write_partition(catalog_path: str | Path, order: int, pixel: int, table: pa.Table) -> Path:
+def write_partition(catalog_path: str | Path, order: int, pixel: int, table: pa.Table,
+                    written_by: dict | None = None) -> Path:
     """Validate one partition's rows (see ``conform_table``), sort them by ``_healpix_29`` and write
-    ``dataset/Norder=k/Dir=d/Npix=p.parquet`` atomically, then its done marker. Safe to call from
-    any worker; rewriting a partition replaces it whole."""
+    ``dataset/Norder=k/Dir=d/Npix=p.parquet`` atomically, then its done marker (with ``written_by``,
+    e.g. the engine that ran). Safe to call from any worker; rewriting a partition replaces it whole."""
     catalog_path = Path(catalog_path)
     run = state.read_run_state(catalog_path)
     if paths.complete_file(catalog_path).exists():
@@ -224,15 +246,19 @@ def write_partition(catalog_path: str | Path, order: int, pixel: int, table: pa.
             bytes=size,
             sha256=sha,
             written=_now(),
+            written_by=dict(written_by or {}),
         ),
     )
     return target
 
 
 def mark_failed(catalog_path: str | Path, order: int, pixel: int, error: BaseException | str) -> None:
-    """Record that a partition failed (shown by ``catalog_status``; cleared when it is written)."""
-    message = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
-    state.write_failed(catalog_path, order, pixel, message, _now())
+    """Record that a partition failed (shown by ``catalog_status``; cleared when it is written).
+    Best effort: a full disk that kept the partition from being written may keep this too, and the
+    partition is pending either way."""
+    message = error if isinstance(error, str) else f"{type(error).__name__}: {first_line(error)}"
+    with contextlib.suppress(OSError):
+        state.write_failed(catalog_path, order, pixel, message, _now())
 
 
 def _parquet_kwargs(schema: pa.Schema) -> dict:
@@ -293,6 +319,24 @@ def _provenance_doc(path: Path, run: state.RunState, markers: list[state.DoneMar
         "n_objects": sum(m.n_rows for m in markers),
         "quality_flags": {f.name: int(f) for f in QualityFlag},
     }
+
+
+def _has_content(path: Path) -> bool:
+    """Anything in ``path`` but a lock file left by a run that never began the catalog."""
+    lock = paths.lock_file(path)
+    return any(p != lock for p in path.rglob("*") if p.is_file()) or any(
+        p for p in path.iterdir() if p.name != paths.STATE_DIR)
+
+
+def _empty(path: Path) -> None:
+    """Remove everything in a catalog directory but its lock (which the caller may hold)."""
+    for p in path.iterdir():
+        if p.name == paths.STATE_DIR:
+            for q in p.iterdir():
+                if q != paths.lock_file(path):
+                    shutil.rmtree(q) if q.is_dir() else q.unlink()
+        else:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def _clear_partition(catalog: Path, order: int, pixel: int) -> None:

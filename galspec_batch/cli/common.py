@@ -43,12 +43,41 @@ def _raise_interrupted(signum: int, frame) -> None:
     raise Interrupted(INTERRUPTED, signum)
 
 
+class _Stopped(BaseException):
+    """A signal on its way out of click, which would turn a KeyboardInterrupt into Abort."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _quiet_leftovers() -> None:
+    """Keep the one-line promise after an interrupt: the semaphores of Dask workers that were
+    stopped are cleaned up by multiprocessing's tracker anyway, and zarr's reads abandoned when a
+    damaged chunk stops a batch are not errors of their own; neither should print."""
+    import logging
+    import os
+    import warnings
+
+    quiet = "ignore:resource_tracker:UserWarning"  # read by the tracker process, which starts later
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), quiet)))
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+
+
 class GalspecGroup(click.Group):
     """The ``galspec`` group: every error ends as one ``galspec: error: ...`` line on stderr and
     exit 2 (usage) or 1 (runtime, data); Ctrl-C exits 130 and SIGTERM 143 after the command has
     stopped its workers and kept nothing half-written."""
 
+    def invoke(self, ctx):  # noqa: D102 - click's dispatch
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:  # before click turns it into Abort, with a blank line
+            raise _Stopped(exc.signum if isinstance(exc, Interrupted) else signal.SIGINT) from None
+
     def main(self, args=None, prog_name=None, **extra):  # noqa: D102 - click's entry point
+        _quiet_leftovers()
         old = signal.signal(signal.SIGTERM, _raise_interrupted)
         try:
             code = super().main(args=args, prog_name=prog_name or "galspec", standalone_mode=False, **extra)
@@ -59,12 +88,12 @@ class GalspecGroup(click.Group):
             path = ["galspec", *exc.ctx.command_path.split()[1:]] if exc.ctx is not None else []
             hint = f" (see `{' '.join(path)} -h`)" if path else ""
             fail(exc.format_message().rstrip(".") + hint, EXIT_USAGE)
-        except click.Abort:  # click's form of KeyboardInterrupt
+        except click.Abort:  # click's form of a KeyboardInterrupt outside a command (e.g. a prompt)
             fail(INTERRUPTED, EXIT_SIGINT)
         except click.ClickException as exc:
             fail(exc.format_message(), exc.exit_code)
-        except Interrupted as exc:
-            fail(str(exc), 128 + exc.signum)
+        except _Stopped as exc:
+            fail(INTERRUPTED, 128 + exc.signum)
         except (UsageError, FileExistsError) as exc:  # FileExistsError: an output needing --overwrite
             fail(first_line(exc), EXIT_USAGE)
         except GalspecError as exc:
@@ -108,9 +137,13 @@ _PREDICT_OPTIONS = (
     click.option("--region", default=None, help=REGION_HELP),
     click.option("--partitions", default=None, help="Comma-separated partition pixels (store order)."),
     click.option("--no-calibration", is_flag=True, help="Ignore the checkpoint's calibration.json."),
+    click.option("--rescale-flux", is_flag=True,
+                 help="Put a store at another zero point on the model's flux scale (both must be known)."),
+    click.option("--allow-survey-mismatch", is_flag=True,
+                 help="Accept a store of another survey name (same filters and depth)."),
 )
 _PREDICT_NAMES = ("mc_samples", "engine", "batch_size", "seed", "precision", "region", "partitions",
-                  "no_calibration")
+                  "no_calibration", "rescale_flux", "allow_survey_mismatch")
 
 
 def predict_options(func):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from galspec_batch.cli.common import out_option, predict_options, quiet_option
+from galspec_batch.errors import IncompleteOutputError
 from galspec_batch.options import CLUSTERS, default_device
 
 
@@ -38,7 +39,11 @@ def predict_cmd(store, checkpoint, out, make_options, cluster, device, n_workers
     options = make_options(device or default_device(cluster))
     s = predict_catalog(store, checkpoint, out, options, only=only, cluster=cluster, n_workers=n_workers,
                         finalize=not no_finalize, overwrite=overwrite, progress=not quiet)
-    click.echo(f"{s.catalog}: {s.objects} galaxies in {s.partitions_done} partitions "
+    if s.partitions_done == 0:
+        click.echo(f"{s.catalog}: complete, {s.partitions_skipped} partitions verified; nothing to do")
+        return
+    repaired = f", {s.repaired} of them repaired" if s.repaired else ""
+    click.echo(f"{s.catalog}: {s.objects} galaxies in {s.partitions_done} partitions{repaired} "
                f"({s.partitions_skipped} already done) in {s.seconds:.1f} s, {s.rate:,.0f} galaxies/s")
 
 
@@ -74,4 +79,21 @@ def status_cmd(catalog, as_json) -> None:
         click.echo(line)
 
 
-COMMANDS = (predict_cmd, finalize_cmd, status_cmd)
+@click.command("verify")
+@click.argument("catalog", type=click.Path(exists=True))
+def verify_cmd(catalog) -> None:
+    """Re-hash every partition of CATALOG against its done marker and report each one that is
+    missing, unfinished or damaged; exit 1 unless the catalog is whole. A rerun of `galspec predict`
+    with the same settings repairs what this reports."""
+    from galspec_batch.catalog import verify_catalog
+
+    problems = verify_catalog(catalog)
+    for line in problems:
+        click.echo(line)
+    if problems:
+        raise IncompleteOutputError(f"catalog {catalog}: {len(problems)} problems (listed above); rerun "
+                                    "`galspec predict` with the same settings to repair them")
+    click.echo(f"{catalog}: whole, every partition matches its done marker")
+
+
+COMMANDS = (predict_cmd, finalize_cmd, status_cmd, verify_cmd)

@@ -8,7 +8,7 @@ Engines: eager, compile (torch.compile), onnxruntime (CPU), tensorrt (GPU, cache
 auto. Every engine folds deconvolution layers into plain convolutions first.
 """
 
-from .auto import ENGINE_NAMES, create_engine, list_engines, unavailable_reason
+from .auto import ENGINE_NAMES, choose_engine, create_engine, list_engines, unavailable_reason
 from .base import PRECISIONS, Engine, FeatureGraph, state_digest
 from .export import ExportResult, export_checkpoint
 from .onnx import export_onnx
@@ -19,6 +19,7 @@ __all__ = [
     "Engine",
     "ExportResult",
     "FeatureGraph",
+    "choose_engine",
     "create_engine",
     "export_checkpoint",
     "export_onnx",

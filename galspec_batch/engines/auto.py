@@ -1,25 +1,31 @@
 """Engines by name, and ``auto``, which picks the fastest one available.
 
-The ``auto`` rule: on a GPU, ``tensorrt`` where ``import tensorrt`` works, else ``compile``. On
-the CPU, ``eager`` and ``onnxruntime`` are both timed on (at most 16 of) the first batch it is
-given, after one warm-up run each, and the faster one is kept; the choice is remembered for the
-process, per network, image shape, precision and thread count. ``compile`` is not a CPU
-candidate: compiling takes longer (about a minute) than it saves on a partition.
+The ``auto`` rule (:func:`choose_engine`): on a GPU, ``tensorrt`` where ``import tensorrt``
+works, else ``compile``. On the CPU, ``eager`` and ``onnxruntime`` are both timed on 16 random
+images of the run's shape, after one warm-up run each, and the faster one is kept; the choice is
+remembered on disk per model, image shape, precision, thread count and library versions, so a
+machine always makes the same choice for a model. ``galspec predict`` resolves ``auto`` once per
+run, on the coordinator, and records the engine that ran. ``compile`` is not a CPU candidate:
+compiling takes longer (about a minute) than it saves on a partition.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from galspec_batch.atomic import write_json
 from galspec_batch.errors import UsageError, did_you_mean
 from galspec_batch.options import ENGINE_NAMES
 
 from . import tensorrt as trt_engine
-from .base import Engine, check_images, check_precision, resolve_device, state_digest
+from .base import Engine, check_images, check_precision, random_flux, resolve_device, state_digest
 from .compiled import CompiledEngine
 from .eager import EagerEngine
 from .onnx import OnnxRuntimeEngine
@@ -32,7 +38,7 @@ ENGINES: dict[str, type[Engine]] = {
 }
 assert set(ENGINE_NAMES) == {"auto", *ENGINES}, "options.ENGINE_NAMES lists every engine"
 PROBE_BATCH = 16
-_CPU_CHOICES: dict[tuple, str] = {}
+CHOICE_FILE = "auto-choices.json"
 
 
 def unavailable_reason(name: str, device: str | torch.device = "cpu") -> str | None:
@@ -104,8 +110,53 @@ def _seconds(engine: Engine, x: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
+def _choice_file() -> Path:
+    return trt_engine.default_cache_dir() / CHOICE_FILE
+
+
+def choose_engine(net: nn.Module, *, device: str | torch.device = "cpu", precision: str = "fp32",
+                  input_shape: tuple[int, ...], threads: int = 0, cache_key: str | None = None) -> str:
+    """The engine ``auto`` means for this network, device and input: on a GPU, ``tensorrt`` where
+    it imports (else ``compile``); on the CPU the faster of ``eager`` and ``onnxruntime`` on
+    random images of ``input_shape`` with ``threads`` torch threads. A CPU choice is remembered in
+    the engine cache (by ``cache_key``, e.g. the model hash, with shape, precision, threads and
+    versions), so that every run of a model on a machine makes the same choice."""
+    device = resolve_device(device)
+    if device.type == "cuda":
+        name = "tensorrt" if unavailable_reason("tensorrt", device) is None and precision != "bf16" else "compile"
+        return name
+    names = ["eager"] + (["onnxruntime"] if unavailable_reason("onnxruntime") is None
+                         and precision != "bf16" else [])
+    if len(names) == 1:
+        return names[0]
+    import onnxruntime
+
+    threads = threads or torch.get_num_threads()
+    key = "|".join(map(str, (cache_key or state_digest(net), tuple(input_shape), precision, threads,
+                             torch.__version__, onnxruntime.__version__)))
+    cache = _choice_file()
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known and known[key] in names:
+        return known[key]
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = random_flux(PROBE_BATCH, tuple(input_shape))
+        times = {n: _seconds(ENGINES[n](net, device=device, precision=precision), x) for n in names}
+    finally:
+        torch.set_num_threads(old)
+    choice = min(times, key=times.get)
+    with contextlib.suppress(OSError):  # a read-only home only costs the next run a probe
+        write_json(cache, {**known, key: choice})
+    return choice
+
+
 class AutoCpuEngine(Engine):
-    """``auto`` on the CPU: eager or onnxruntime, whichever runs the first batch faster."""
+    """``auto`` on the CPU, for library use: the engine :func:`choose_engine` picks for the shape
+    of the first batch it is given."""
 
     def __init__(self, net: nn.Module, **kwargs) -> None:
         self.device = kwargs["device"]
@@ -117,19 +168,10 @@ class AutoCpuEngine(Engine):
     def name(self) -> str:
         return "auto" if self.chosen is None else self.chosen.name
 
-    def _choose(self, x: torch.Tensor) -> Engine:
-        key = (state_digest(self._net), tuple(x.shape[1:]), self.precision, torch.get_num_threads())
-        names = ["eager"] + (["onnxruntime"] if unavailable_reason("onnxruntime") is None
-                             and self.precision != "bf16" else [])
-        if key in _CPU_CHOICES:
-            return ENGINES[_CPU_CHOICES[key]](self._net, **self._kwargs)
-        engines = {n: ENGINES[n](self._net, **self._kwargs) for n in names}
-        times = {n: _seconds(e, x[:PROBE_BATCH]) for n, e in engines.items()}
-        _CPU_CHOICES[key] = min(times, key=times.get)
-        return engines[_CPU_CHOICES[key]]
-
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = check_images(x)
         if self.chosen is None:
-            self.chosen = self._choose(x)
+            name = choose_engine(self._net, device=self.device, precision=self.precision,
+                                 input_shape=tuple(x.shape[1:]))
+            self.chosen = ENGINES[name](self._net, **self._kwargs)
         return self.chosen.features(x)

@@ -155,3 +155,10 @@ class Engine(ABC):
         return (f"{type(self).__name__}(name={self.name!r}, device={str(self.device)!r}, "
                 f"precision={self.precision!r})")
 
+
+def random_flux(n: int, input_shape: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
+    """A batch of fake flux images: noise plus a few NaN pixels (for checks, not science)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, *input_shape), generator=g) * 0.3
+    x[:, :, 0, :3] = float("nan")
+    return x

@@ -11,7 +11,7 @@ import torch
 from galspec_batch.atomic import atomic_path
 from galspec_batch.errors import UsageError, did_you_mean
 
-from .base import INPUT_NAME, OUTPUT_NAME
+from .base import INPUT_NAME, OUTPUT_NAME, random_flux
 from .eager import EagerEngine
 from .onnx import export_onnx
 
@@ -25,14 +25,6 @@ class ExportResult:
     precision: str
     max_abs_diff: float  # against fp32 eager, on a random batch with NaN pixels
     max_abs_feature: float  # the scale max_abs_diff is to be read against
-
-
-def random_flux(n: int, input_shape: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
-    """A batch of fake flux images: noise plus a few NaN pixels (for checks, not science)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn((n, *input_shape), generator=g) * 0.3
-    x[:, :, 0, :3] = float("nan")
-    return x
 
 
 def export_checkpoint(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from galspec_batch.catalog import paths
+from galspec_batch.catalog.lock import catalog_lock
 from galspec_batch.catalog.state import check_partition
 from galspec_batch.errors import InputError, MissingFileError, SlurmError, UsageError
 from galspec_batch.hpc.commands import queued_jobs, sbatch, scancel
@@ -158,16 +159,19 @@ def submit_array(store: str | Path, checkpoint: str | Path, out: str | Path,
     if paths.submission_plan_file(plan.catalog).exists() and not dry_run:
         raise InputError(f"{plan.catalog} was already submitted; use "
                          f"`galspec submit --resume {plan.catalog}`")
-    sub = _prepare(plan, plan.partitions, jobs, job_name)
+    sub = _prepare(plan, plan.partitions, jobs, job_name)  # refuses a walltime too short, writes nothing
     if dry_run:
         return sub
     # the catalog and its full plan are begun before any task runs, so that the array tasks, which
-    # run concurrently, only ever join it (without writing its run state)
-    begun = begin_catalog(plan.store, plan.checkpoint, plan.catalog, plan.options,
-                          submitted_by="galspec submit")
+    # run concurrently, only ever join it (without writing its run state); `auto` is resolved here
+    with catalog_lock(plan.catalog, command="galspec submit"):
+        begun = begin_catalog(plan.store, plan.checkpoint, plan.catalog, plan.options,
+                              threads=0 if site.gpus_per_job else site.cpus_per_task,
+                              submitted_by="galspec submit")
     if {p.pixel: n for p, n in begun.plan} != plan.partitions:
         raise SlurmError(f"the plan of {plan.catalog} changed while it was submitted; submit again")
-    return _submit(plan, sub)
+    plan = replace(plan, options=begun.options)
+    return _submit(plan, _prepare(plan, plan.partitions, jobs, job_name))
 
 
 def describe_plan(store: str | Path, checkpoint: str | Path, out: str | Path, options: PredictOptions,

@@ -38,7 +38,7 @@ import pandas as pd
 from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales
 
-from galspec_batch.columns import OBJECT_ID, QualityFlag
+from galspec_batch.columns import OBJECT_ID
 from galspec_batch.errors import FormatError, GalspecError, InputError, MissingFileError
 from galspec_batch.ingest.fitsio import first_image_hdu, fits_stem, is_fits_name, read_fits
 from galspec_batch.ingest.quarantine import IngestReport, Quarantined, check_output_free, finish
@@ -78,7 +78,6 @@ class Cutout:
     dec: float
     image: np.ndarray
     mask: np.ndarray
-    flags: int
     pixel_scale: float | None
     unit: str | None
 
@@ -287,6 +286,8 @@ def load_object(
     if len(set(shapes.values())) > 1:
         listed = ", ".join(f"{b} {s[0]}x{s[1]} ({planes[b][1]})" for b, s in shapes.items())
         raise InputError(f"object {obj.name}: bands differ in shape: {listed}")
+    if not planes:
+        raise InputError(f"object {obj.name}: no image for any band (every band cell is empty)")
     first = next(b for b in bands if b in planes)
     header = headers[first]
     h, w = shapes[first]
@@ -308,15 +309,13 @@ def load_object(
         )
     object_id = obj.object_id
     if object_id is None:
-        found = [header[k] for k in _ID_KEYS if k in header and isinstance(header[k], int)]
-        object_id = int(found[0]) if found else object_id_from_name(obj.name)
-    flags = QualityFlag(0)
-    if not np.isfinite(image[mask]).all():
-        flags |= QualityFlag.NAN_PIXELS
-    if not mask.all():
-        flags |= QualityFlag.MISSING_BAND
+        found = [(k, header[k]) for k in _ID_KEYS if k in header]
+        if found and not (isinstance(found[0][1], int) and not isinstance(found[0][1], bool)
+                          and -(2**63) <= found[0][1] < 2**63):
+            raise InputError(f"{source}: header {found[0][0]} = {found[0][1]!r} is not an int64 object id")
+        object_id = int(found[0][1]) if found else object_id_from_name(obj.name)
     unit = str(header["BUNIT"]) if "BUNIT" in header else None
-    return Cutout(int(object_id), float(ra), float(dec), image, mask, int(flags), scale, unit)
+    return Cutout(int(object_id), float(ra), float(dec), image, mask, scale, unit)
 
 
 def ingest_cutouts(
@@ -422,7 +421,6 @@ def _flush(writer, buffer: list[Cutout]) -> int:
         np.array([c.dec for c in buffer]),
         np.stack([c.image for c in buffer]),
         np.stack([c.mask for c in buffer]),
-        np.array([c.flags for c in buffer], np.uint16),
     )
     n = len(buffer)
     buffer.clear()

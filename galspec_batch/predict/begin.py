@@ -1,73 +1,94 @@
-"""Before any partition runs: check store and checkpoint against each other, plan the partitions
-and begin (or resume) the catalog with the run's provenance, once, on the coordinator."""
+"""Before any partition runs, once, on the coordinator: check store and checkpoint against each
+other, resolve ``--engine auto``, plan the partitions, and begin (resume, or reopen for repair)
+the catalog with the run's provenance. Array tasks ``join`` what the coordinator began."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from galspec_batch import code_version
-from galspec_batch.catalog import CatalogWriter
-from galspec_batch.checkpoint import CheckpointConfig, load_calibration, model_id, read_config
+from galspec_batch.atomic import file_sha256
+from galspec_batch.catalog import CatalogWriter, paths
+from galspec_batch.catalog.state import RunState, read_run_state
+from galspec_batch.checkpoint import WEIGHTS_FILE, load_calibration, model_id, read_config
 from galspec_batch.errors import InputError
 from galspec_batch.options import PredictOptions
+from galspec_batch.predict.compat import check_compatible
 from galspec_batch.regions import select_partitions
-from galspec_batch.store import CutoutStore, Partition, open_store
+from galspec_batch.store import Partition, open_store
 
 
 @dataclass(frozen=True)
 class RunIdentity:
     """What every task of a run needs from the coordinator, so that no task rebuilds the network
-    to learn it: the model's hash and id, the store's fingerprint, the calibration scale."""
+    to learn it: the model's hash and id, the store's fingerprint, the calibration scale and the
+    flux factors."""
 
     model_hash: str
     model_id: str
     n_latents: int
     store_fingerprint: str
     std_scale: tuple[float, ...] | None
+    flux_scale: tuple[float, ...] | None
 
     @classmethod
-    def from_run_state(cls, run) -> RunIdentity:
-        prov = run.provenance
-        scale = (prov.get("calibration") or {}).get("scale")
-        return cls(prov["model"]["hash"], run.model_id, run.n_latents, run.store_fingerprint,
-                   None if scale is None else tuple(float(v) for v in scale))
+    def from_run_state(cls, run: RunState) -> RunIdentity:
+        def floats(v):
+            return None if v is None else tuple(float(x) for x in v)
+
+        return cls(run.provenance["model"]["hash"], run.model_id, run.n_latents, run.store_fingerprint,
+                   floats(run.settings.get("calibration")), floats(run.settings.get("flux_scale")))
 
 
 @dataclass
 class Begun:
-    """A catalog begun (or resumed) for prediction, with what the run needs."""
+    """A catalog begun (or resumed) for prediction, with what the run needs; ``options`` hold the
+    engine that runs (``auto`` resolved)."""
 
     writer: CatalogWriter
     plan: list[tuple[Partition, int]]
     identity: RunIdentity
+    options: PredictOptions
 
 
-def value_settings(options: PredictOptions, std_scale: tuple[float, ...] | None) -> dict[str, Any]:
-    """The settings whose change changes the catalog's values (``batch_size`` does not, by design);
-    a resume must repeat them."""
+def value_settings(options: PredictOptions, identity: RunIdentity) -> dict[str, Any]:
+    """The settings whose change changes the catalog's values; a resume must repeat them.
+    ``options.engine`` is the resolved engine. The MC masks do not depend on the batch, but the
+    CPU kernels of a convolution do pick their summation order by batch shape: xresnet18 gave one
+    latent in 9,000 different in its last bit at batch 7 and 32, so ``batch_size`` is one of them."""
+    def listed(v):
+        return None if v is None else list(v)
+
     return {"mc_samples": options.mc_samples, "seed": options.seed, "precision": options.precision,
-            "engine": options.engine, "device": options.device.split(":")[0],
-            "calibration": None if std_scale is None else list(std_scale)}
+            "engine": options.engine, "batch_size": options.batch_size, "device": options.device.split(":")[0],
+            "calibration": listed(identity.std_scale), "flux_scale": listed(identity.flux_scale)}
+
+
+def _recorded(out: str | Path, overwrite: bool) -> RunState | None:
+    return read_run_state(out) if paths.run_state_file(out).exists() and not overwrite else None
 
 
 def begin_catalog(store: str | Path, checkpoint: str | Path, out: str | Path, options: PredictOptions, *,
-                  overwrite: bool = False, record_resume: bool = True,
+                  overwrite: bool = False, record_resume: bool = True, threads: int = 0,
                   submitted_by: str | None = None) -> Begun:
     """Check store and checkpoint against each other, plan the partitions, and begin the catalog
-    (or resume it) with its provenance. ``galspec submit`` calls this once before its array tasks."""
-    from galspec_batch.atomic import file_sha256
-    from galspec_batch.checkpoint import WEIGHTS_FILE
-
+    (or resume it, or reopen a damaged one) with its provenance. ``galspec submit`` calls this once
+    before its array tasks. ``threads`` is what each worker will use (for the engine choice)."""
     store_obj = open_store(store)
     config = read_config(checkpoint)
-    check_compatible(store_obj, config, checkpoint)
+    flux_scale = check_compatible(store_obj, config, checkpoint, rescale_flux=options.rescale_flux,
+                                  allow_survey_mismatch=options.allow_survey_mismatch)
     model_hash = file_sha256(Path(checkpoint) / WEIGHTS_FILE)
     calibration = load_calibration(checkpoint, model_hash) if options.calibrate else None
     plan = select_partitions(store_obj, options.region, options.partitions)
     mid = model_id(config, model_hash)
     fingerprint = store_obj.fingerprint()
+    identity = RunIdentity(model_hash, mid, config.model.n_out, fingerprint,
+                           None if calibration is None else calibration.scale, flux_scale)
+    options = replace(options, engine=_resolve_engine(options, _recorded(out, overwrite), checkpoint,
+                                                      store_obj.image_shape, threads))
     provenance = {
         "model": {"id": mid, "hash": model_hash, "checkpoint": str(Path(checkpoint).resolve()),
                   "config": config.to_dict()},
@@ -78,54 +99,51 @@ def begin_catalog(store: str | Path, checkpoint: str | Path, out: str | Path, op
     }
     if calibration is not None:
         provenance["calibration"] = calibration.record()
-    scale = None if calibration is None else calibration.scale
     writer = CatalogWriter.begin(
         out, n_latents=config.model.n_out, store_fingerprint=fingerprint, provenance=provenance,
         partition_order=store_obj.partition_order, model_id=mid, overwrite=overwrite,
         plan=[(p.order, p.pixel, n) for p, n in plan], record_resume=record_resume,
-        settings=value_settings(options, scale),
+        settings=value_settings(options, identity),
     )
-    return Begun(writer, plan, RunIdentity(model_hash, mid, config.model.n_out, fingerprint, scale))
+    return Begun(writer, plan, identity, options)
+
+
+def _resolve_engine(options: PredictOptions, recorded: RunState | None, checkpoint: str | Path,
+                    image_shape: tuple[int, int], threads: int) -> str:
+    """``auto`` becomes one engine for the whole run: the one a resumed run began with, else the
+    choice of :func:`galspec_batch.engines.choose_engine` (cached per model, device and shape)."""
+    if options.engine != "auto":
+        return options.engine
+    if recorded is not None and recorded.settings.get("engine") not in (None, "auto"):
+        return recorded.settings["engine"]
+    from galspec_batch.checkpoint import load_checkpoint
+    from galspec_batch.engines import choose_engine
+
+    ckpt = load_checkpoint(checkpoint)
+    return choose_engine(ckpt.net, device=options.device, precision=options.precision,
+                         input_shape=(len(ckpt.bands), *image_shape), threads=threads,
+                         cache_key=ckpt.model_hash)
 
 
 def join_catalog(store: str | Path, out: str | Path, options: PredictOptions, only: list[int]) -> Begun:
     """An array task's view of a catalog its coordinator began: the identity comes from the run
-    state (no network is built here), the task's options must be the run's, and only the
-    partitions ``only`` are planned."""
-    from galspec_batch.catalog.state import read_run_state
-
+    state (no network is built here), the task's options must be the run's (``auto`` means the
+    run's engine), and only the partitions ``only`` are planned."""
     run = read_run_state(out)
     identity = RunIdentity.from_run_state(run)
+    options = replace(options, engine=options.engine if options.engine != "auto" else run.settings["engine"])
     store_obj = open_store(store)
     plan = select_partitions(store_obj, options.region, options.partitions)
     missing = set(only) - {p.pixel for p, _ in plan}
     if missing:
         raise InputError(f"partitions {sorted(missing)[:5]} are not in the plan of catalog {out}")
+    if not options.calibrate and identity.std_scale is not None:
+        identity = replace(identity, std_scale=None)
     writer = CatalogWriter.begin(
         out, n_latents=identity.n_latents, store_fingerprint=run.store_fingerprint,
         provenance=run.provenance, partition_order=store_obj.partition_order, model_id=identity.model_id,
         plan=[(p.order, p.pixel, n) for p, n in plan], record_resume=False,
-        settings=value_settings(options, identity.std_scale if options.calibrate else None),
+        settings=value_settings(options, identity),
     )
     share = set(only)
-    return Begun(writer, [(p, n) for p, n in plan if p.pixel in share], identity)
-
-
-def check_compatible(store: CutoutStore, config: CheckpointConfig, checkpoint: str | Path) -> None:
-    """Refuse a store whose bands, pixel scale or image size differ from the checkpoint's."""
-    if config.bands != store.bands:
-        raise InputError(
-            f"checkpoint {checkpoint} was trained on bands {''.join(config.bands)} but store {store.path} "
-            f"has {''.join(store.bands)}"
-        )
-    scale = config.pixel_scale
-    if scale is not None and abs(scale - store.pixel_scale) > 1e-3 * scale:
-        raise InputError(
-            f"checkpoint {checkpoint} was trained at {scale}\"/px but store {store.path} has "
-            f"{store.pixel_scale}\"/px"
-        )
-    if config.image_size != store.image_shape:
-        raise InputError(
-            f"checkpoint {checkpoint} expects {config.image_size} images but store "
-            f"{store.path} holds {store.image_shape}"
-        )
+    return Begun(writer, [(p, n) for p, n in plan if p.pixel in share], identity, options)

@@ -10,6 +10,7 @@ with an error naming it, leaving the rest for a rerun.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -17,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from galspec_batch.catalog import CatalogWriter, mark_failed
-from galspec_batch.errors import GalspecError, UsageError
+from galspec_batch.catalog.lock import catalog_lock
+from galspec_batch.errors import GalspecError, UsageError, first_line
 from galspec_batch.options import CLUSTERS, PredictOptions
 from galspec_batch.predict.begin import begin_catalog, join_catalog
 from galspec_batch.predict.task import PartitionJob, run_partition
 from galspec_batch.predict.worker import ModelPlugin, ModelSpec
-from galspec_batch.progress import progress_bar
+from galspec_batch.progress import Progress
 
 
 @dataclass
@@ -33,6 +35,7 @@ class PredictSummary:
     objects: int
     seconds: float
     failed: dict[str, str] = field(default_factory=dict)
+    repaired: int = 0  # damaged or missing partitions of a finished catalog, written again
 
     @property
     def rate(self) -> float:
@@ -67,56 +70,76 @@ def predict_catalog(
     """
     t0 = time.perf_counter()
     options = options or PredictOptions()
-    if only is None:
-        begun = begin_catalog(store, checkpoint, out, options, overwrite=overwrite)
-        todo = [(p.order, p.pixel) for p, _ in begun.plan]
-    else:
-        begun = join_catalog(store, out, options, only)
-        todo = [(p.order, p.pixel) for p, _ in begun.plan]
-        finalize = False
-    by_key = {(p.order, p.pixel): (p, n) for p, n in begun.plan}
-    pending = [by_key[k] for k in begun.writer.pending(todo)]
-    ident = begun.identity
-    jobs = [PartitionJob(str(store), str(out), p, ident.model_id) for p, _ in pending]
-    total_rows = sum(n for _, n in pending)
     workers = n_workers or _default_workers(cluster)
     threads = max(1, (os.cpu_count() or 1) // workers) if options.device == "cpu" else 0
-    spec = ModelSpec(str(checkpoint), ident.model_hash, options, threads,
-                     ident.std_scale if options.calibrate else None)
-
-    failed: dict[str, str] = {}
-    done_rows = 0
-    if progress and len(pending) < len(todo):
-        print(f"resuming {out}: {len(todo) - len(pending)} of {len(todo)} partitions already done")
-    with progress_bar(total_rows, "predict", "galaxies", enabled=progress) as advance:
-        if jobs:
-            with _client(cluster, workers, spec) as client:
-                results = _run_local(jobs, spec) if client is None else _run_dask(client, jobs, spec, retries)
-                for job, result in results:
-                    name = job.partition.name
-                    if isinstance(result, BaseException):
-                        failed[name] = f"{type(result).__name__}: {result}"
-                        mark_failed(out, job.partition.order, job.partition.pixel, result)
-                        continue
-                    done_rows += result["rows"]
-                    advance(result["rows"])
-    if failed:
-        first = next(iter(failed.items()))
-        raise PartitionsFailed(
-            f"{len(failed)} of {len(todo)} partitions of {out} failed (e.g. {first[0]}: {first[1]}); "
-            "the others are written: rerun the same command to retry the failed ones"
-        )
-    if finalize:
-        begun.writer.finalize()
+    # a coordinator holds the catalog alone; the array tasks of one submission share it
+    with catalog_lock(out, shared=only is not None, command="galspec predict"):
+        if only is None:
+            begun = begin_catalog(store, checkpoint, out, options, overwrite=overwrite, threads=threads)
+        else:
+            begun = join_catalog(store, out, options, only)
+            finalize = False
+        todo = [(p.order, p.pixel) for p, _ in begun.plan]
+        if begun.writer.complete:  # finished and verified whole: nothing to do
+            return PredictSummary(Path(out), 0, len(todo), 0, time.perf_counter() - t0)
+        by_key = {(p.order, p.pixel): (p, n) for p, n in begun.plan}
+        pending = [by_key[k] for k in begun.writer.pending(todo)]
+        ident = begun.identity
+        spec = ModelSpec(str(checkpoint), ident.model_hash, begun.options, threads, ident.std_scale,
+                         ident.flux_scale)
+        jobs = [PartitionJob(str(store), str(out), p, ident.model_id) for p, _ in pending]
+        failed = _run(jobs, spec, cluster, workers, retries, out, sum(n for _, n in pending), progress,
+                      note=_resume_note(out, begun.writer.repairs, len(todo) - len(pending), len(todo)))
+        if failed:
+            first = next(iter(failed.items()))
+            raise PartitionsFailed(
+                f"{len(failed)} of {len(todo)} partitions of {out} failed (e.g. {first[0]}: {first[1]}); "
+                "the others are written: rerun the same command to retry the failed ones"
+            )
+        if finalize:
+            begun.writer.finalize()
+    done_rows = sum(n for _, n in pending)
     return PredictSummary(Path(out), len(jobs), len(todo) - len(pending), done_rows,
-                          time.perf_counter() - t0, failed)
+                          time.perf_counter() - t0, failed, repaired=len(begun.writer.repairs))
+
+
+def _resume_note(out, repairs: dict, n_done: int, n_todo: int) -> str | None:
+    if repairs:
+        (o, p), why = next(iter(repairs.items()))
+        return (f"repairing {out}: {len(repairs)} of {n_todo} partitions are damaged or missing "
+                f"(e.g. Norder={o} Npix={p}: {why})")
+    if n_done:
+        return f"resuming {out}: {n_done} of {n_todo} partitions already done"
+    return None
+
+
+def _run(jobs: list[PartitionJob], spec: ModelSpec, cluster: object, workers: int, retries: int, out,
+         total_rows: int, progress: bool, note: str | None) -> dict[str, str]:
+    """Run the partition jobs; the failed ones by name, each recorded in the catalog."""
+    failed: dict[str, str] = {}
+    with Progress(progress) as bar:
+        if note:
+            bar.log(note)
+        advance = bar.task("predict", total_rows, "galaxies")
+        if not jobs:
+            return failed
+        with _client(cluster, workers, spec) as client:
+            results = _run_local(jobs, spec) if client is None else _run_dask(client, jobs, spec, retries)
+            for job, result in results:
+                if isinstance(result, BaseException):
+                    failed[job.partition.name] = f"{type(result).__name__}: {first_line(result)}"
+                    mark_failed(out, job.partition.order, job.partition.pixel, result)
+                    continue
+                advance(result["rows"])
+    return failed
 
 
 def finalize_catalog(out: str | Path) -> dict:
     """Finish a catalog whose partitions were written by separate jobs (e.g. a SLURM array)."""
     from galspec_batch.catalog.state import read_run_state
 
-    return CatalogWriter(Path(out), read_run_state(out)).finalize()
+    with catalog_lock(out, command="galspec finalize"):
+        return CatalogWriter(Path(out), read_run_state(out)).finalize()
 
 
 def _default_workers(cluster: object) -> int:
@@ -167,13 +190,13 @@ def _client(cluster: object, n_workers: int, spec: ModelSpec):
         return
     if cluster == "local":
         local = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                             dashboard_address=None, memory_limit=0)
+                             dashboard_address="127.0.0.1:0", memory_limit=0, silence_logs=logging.CRITICAL)
     elif cluster == "cuda":
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError as exc:
             raise UsageError("--cluster cuda needs dask-cuda: pip install 'galspec-batch[gpu]'") from exc
-        local = LocalCUDACluster(threads_per_worker=1, dashboard_address=None)
+        local = LocalCUDACluster(threads_per_worker=1, dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL)
     elif isinstance(cluster, str) and "://" in cluster:
         local = None
     else:

@@ -6,6 +6,7 @@ batches plus the partition's output rows.
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ from galspec_batch.columns import (
     OBJECT_ID,
     QUALITY_FLAGS,
     RA,
+    QualityFlag,
     latent_column,
     latent_std_column,
 )
@@ -63,6 +65,9 @@ def run_partition(job: PartitionJob, spec: ModelSpec) -> dict:
     mean = np.concatenate(means) if means else np.zeros((0, n_latents), np.float32)
     std = np.concatenate(stds) if stds else np.zeros((0, n_latents), np.float32)
     cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+    # a prediction that is not a finite number is never written as one: null, and the row flagged
+    bad = ~(np.isfinite(mean).all(axis=1) & np.isfinite(std).all(axis=1))
+    flags = np.where(bad, cat["flags"] | np.uint16(QualityFlag.BAD_PREDICTION), cat["flags"])
     table = {
         OBJECT_ID: pa.array(cat["object_id"], pa.int64()),
         RA: pa.array(cat["ra"], pa.float64()),
@@ -70,13 +75,15 @@ def run_partition(job: PartitionJob, spec: ModelSpec) -> dict:
         HEALPIX: pa.array(cat["healpix_29"], pa.int64()),
     }
     for i in range(n_latents):
-        table[latent_column(i + 1)] = pa.array(mean[:, i], pa.float32())
+        table[latent_column(i + 1)] = pa.array(mean[:, i], pa.float32(), mask=bad)
     for i in range(n_latents):
-        table[latent_std_column(i + 1)] = pa.array(std[:, i], pa.float32())
+        table[latent_std_column(i + 1)] = pa.array(std[:, i], pa.float32(), mask=bad)
     table[MC_SAMPLES] = pa.array(np.full(n, spec.options.mc_samples), pa.int16())
-    table[QUALITY_FLAGS] = pa.array(cat["flags"], pa.uint16())
+    table[QUALITY_FLAGS] = pa.array(flags, pa.uint16())
     table[MODEL_ID] = pa.array([job.model_id] * n, pa.string())
-    write_partition(job.catalog, job.partition.order, job.partition.pixel, pa.table(table))
+    write_partition(job.catalog, job.partition.order, job.partition.pixel, pa.table(table),
+                    written_by={"engine": predictor.engine.name, "device": str(predictor.device),
+                                "host": socket.gethostname()})
     return {
         "order": job.partition.order,
         "pixel": job.partition.pixel,

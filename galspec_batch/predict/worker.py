@@ -6,7 +6,9 @@ cache keyed by the model spec, so in-process runs (``cluster="none"``) use the s
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +33,7 @@ class ModelSpec:
     options: PredictOptions
     torch_threads: int = 0  # 0: leave torch's default
     std_scale: tuple[float, ...] | None = None  # per-latent calibration of the spread
+    flux_scale: tuple[float, ...] | None = None  # per-band factors onto the model's flux scale
 
 
 class Predictor:
@@ -56,6 +59,8 @@ class Predictor:
         self.latent_std = net.latent_std.detach().to(self.device, torch.float32)
         self.std_scale = (torch.ones_like(self.latent_std) if spec.std_scale is None
                           else torch.tensor(spec.std_scale, dtype=torch.float32, device=self.device))
+        self.flux_scale = (None if spec.flux_scale is None else
+                           torch.tensor(spec.flux_scale, dtype=torch.float32, device=self.device).view(1, -1, 1, 1))
 
     @property
     def read_dtype(self) -> str | None:
@@ -66,7 +71,8 @@ class Predictor:
         x = torch.from_numpy(images)
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
-        return x.float()
+        x = x.float()
+        return x if self.flux_scale is None else x * self.flux_scale
 
     @torch.inference_mode()
     def predict(self, images: np.ndarray, object_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -98,6 +104,10 @@ class ModelPlugin(WorkerPlugin):
         self.spec = spec
 
     def setup(self, worker) -> None:
+        # Ctrl-C reaches every process of the terminal's group: the coordinator stops the workers,
+        # which should not each print a traceback of their own
+        with contextlib.suppress(ValueError):  # only a process's main thread may set it
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         if self.spec.options.device.startswith("cuda") and "CUDA_VISIBLE_DEVICES" in os.environ:
             torch.cuda.set_device(0)  # dask-cuda gives each worker one visible GPU
         get_predictor(self.spec)

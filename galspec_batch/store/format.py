@@ -27,15 +27,16 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
 from galspec_batch.columns import DEC, HEALPIX, OBJECT_ID, RA
 from galspec_batch.formats import VersionedFormat, check_float, check_int, check_str, require
 
 FORMAT_NAME = "galspec-cutout-store"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: every chunk carries a crc32c checksum
 DEFAULT_BANDS = ("g", "r", "i", "z", "y")
 DTYPES = ("float16", "float32")
+NANOMAGGY_ZERO_POINT = 22.5  # AB magnitude of one nanomaggy
 
 IMAGES, MASK, FLAGS = "images", "mask", "flags"
 PARTITIONS = "partitions"
@@ -50,13 +51,14 @@ class StoreAttrs(VersionedFormat):
 
     FORMAT: ClassVar[str] = FORMAT_NAME
     VERSION: ClassVar[int] = FORMAT_VERSION
+    OLDER: ClassVar[tuple[int, ...]] = (1,)  # version 1 stores have no checksums; they read as before
 
     bands: tuple[str, ...]
     image_shape: tuple[int, int]
     pixel_scale: float
     survey: str
     flux_unit: str
-    zero_points: dict[str, float]
+    zero_points: dict[str, float | None]  # AB magnitude of one pixel unit; None: unknown
     dtype: str
     partition_order: int
     n_objects: int = 0
@@ -73,9 +75,10 @@ class StoreAttrs(VersionedFormat):
         check_str("survey", self.survey, 128)
         check_str("flux_unit", self.flux_unit, 128)
         require(isinstance(self.zero_points, dict) and set(self.zero_points) == set(self.bands),
-                f"zero_points must give one value per band {list(self.bands)}")
+                f"zero_points must give one value (or null: unknown) per band {list(self.bands)}")
         for band, zp in self.zero_points.items():
-            check_float(f"zero_points.{band}", zp, -100.0, 100.0)
+            if zp is not None:
+                check_float(f"zero_points.{band}", zp, -100.0, 100.0)
         require(self.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         check_int("partition_order", self.partition_order, 0, 29)
         check_int("n_objects", self.n_objects, 0, 2**62)
@@ -113,7 +116,8 @@ def init_group(path: Path, attrs: StoreAttrs) -> None:
         dtype=attrs.dtype,
         chunks=(chunk, nb, h, w),
         shards=(shard, nb, h, w),
-        compressors=BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=attrs.itemsize),
+        compressors=(BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=attrs.itemsize),
+                     Crc32cCodec()),
         fill_value=0,
     )
     for name, dt, extra in (
@@ -124,8 +128,10 @@ def init_group(path: Path, attrs: StoreAttrs) -> None:
         (DEC, "float64", ()),
         (HEALPIX, "int64", ()),
     ):
-        root.create_array(name, shape=(0, *extra), dtype=dt, chunks=(PER_OBJECT_CHUNK, *extra), fill_value=0)
+        root.create_array(name, shape=(0, *extra), dtype=dt, chunks=(PER_OBJECT_CHUNK, *extra), fill_value=0,
+                          compressors=(ZstdCodec(), Crc32cCodec()))
     parts = root.create_group(PARTITIONS)
     for name in ("pixel", "start", "stop"):
-        parts.create_array(name, shape=(0,), dtype="int64", chunks=(PER_OBJECT_CHUNK,), fill_value=0)
+        parts.create_array(name, shape=(0,), dtype="int64", chunks=(PER_OBJECT_CHUNK,), fill_value=0,
+                           compressors=(ZstdCodec(), Crc32cCodec()))
     root.attrs.update(attrs.to_dict())

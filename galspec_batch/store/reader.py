@@ -14,7 +14,7 @@ import numpy as np
 import zarr
 
 from galspec_batch.columns import DEC, HEALPIX, OBJECT_ID, RA
-from galspec_batch.errors import FormatError, InputError, MissingFileError
+from galspec_batch.errors import FormatError, InputError, MissingFileError, first_line
 from galspec_batch.options import DEFAULT_BATCH_SIZE
 from galspec_batch.sky import pixel_at_order
 from galspec_batch.store.format import FLAGS, IMAGES, MASK, PARTITIONS, StoreAttrs
@@ -112,7 +112,11 @@ class CutoutStore:
 
     def _column(self, name: str) -> np.ndarray:
         if name not in self._cache:
-            self._cache[name] = np.asarray(self._root[name][: self.n_objects])
+            try:
+                self._cache[name] = np.asarray(self._root[name][: self.n_objects])
+            except Exception as exc:  # zarr and its codecs raise assorted errors for damaged chunks
+                raise FormatError(f"cutout store {self.path}: array {name!r} cannot be read, damaged on disk "
+                                  f"({type(exc).__name__}: {first_line(exc)})") from None
         return self._cache[name]
 
     @property
@@ -173,12 +177,12 @@ class CutoutStore:
         if isinstance(rows, slice):
             start, stop, _ = rows.indices(self.n_objects)
             idx = np.arange(start, stop)
-            images = np.asarray(self._root[IMAGES][start:stop])
+            images = self._images(idx, lambda: self._root[IMAGES][start:stop])
         else:
             idx = np.asarray(rows, dtype=np.int64)
             if idx.size and (idx.min() < 0 or idx.max() >= self.n_objects):
                 raise InputError(f"rows out of range for {self.path} ({self.n_objects} objects)")
-            images = np.asarray(self._root[IMAGES].get_orthogonal_selection((idx,)))
+            images = self._images(idx, lambda: self._root[IMAGES].get_orthogonal_selection((idx,)))
         return Batch(
             rows=idx,
             object_id=self.object_id[idx],
@@ -189,6 +193,16 @@ class CutoutStore:
             dec=self.dec[idx],
             healpix_29=self.healpix_29[idx],
         )
+
+    def _images(self, idx: np.ndarray, read) -> np.ndarray:
+        try:
+            return np.asarray(read())
+        except Exception as exc:  # zarr and its codecs raise assorted errors for damaged chunks
+            raise FormatError(
+                f"cutout store {self.path}: the cutouts of rows {idx.min()}..{idx.max()} (object_id "
+                f"{self.object_id[idx.min()]}..{self.object_id[idx.max()]}) cannot be read, damaged on "
+                f"disk ({type(exc).__name__}: {first_line(exc)}); restore or rewrite the store"
+            ) from None
 
     def iter_batches(self, start: int = 0, stop: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                      dtype: str | None = "float32", prefetch: bool = False) -> Iterator[Batch]:

@@ -17,6 +17,7 @@ from galspec_batch.store.format import (
     FLAGS,
     IMAGES,
     MASK,
+    NANOMAGGY_ZERO_POINT,
     PARTITIONS,
     StoreAttrs,
     init_group,
@@ -32,14 +33,15 @@ def create_store(
     pixel_scale: float = 0.25,
     survey: str = "mock",
     flux_unit: str = "nanomaggy",
-    zero_points: dict[str, float] | None = None,
+    zero_points: dict[str, float | None] | None = None,
     dtype: str = "float16",
     partition_order: int = 6,
     overwrite: bool = False,
 ) -> StoreWriter:
     """Start a new store; use as a context manager and ``append`` batches of objects.
 
-    The store appears at ``path`` only when the ``with`` block ends without error.
+    The store appears at ``path`` only when the ``with`` block ends without error. A band's zero
+    point defaults to 22.5 for nanomaggies and to unknown for other units.
     """
     bands = tuple(bands)
     path = Path(path)
@@ -50,12 +52,19 @@ def create_store(
             bands=bands, image_shape=(int(image_shape[0]), int(image_shape[1])),
             pixel_scale=float(pixel_scale),
             survey=survey, flux_unit=flux_unit,
-            zero_points={b: float((zero_points or {}).get(b, 22.5)) for b in bands}, dtype=dtype,
+            zero_points={b: _zero_point(zero_points, b, flux_unit) for b in bands}, dtype=dtype,
             partition_order=int(partition_order),
         )
     except ValueError as exc:
         raise InputError(f"cutout store {path}: {exc}") from None
     return StoreWriter(path, attrs, overwrite)
+
+
+def _zero_point(given: dict[str, float | None] | None, band: str, flux_unit: str) -> float | None:
+    """The band's AB zero point: given, else 22.5 for nanomaggies (their definition), else unknown."""
+    if given is not None and given.get(band) is not None:
+        return float(given[band])
+    return NANOMAGGY_ZERO_POINT if flux_unit == "nanomaggy" else None
 
 
 class StoreWriter:
@@ -112,11 +121,8 @@ def append_objects(store: CutoutStore, object_id, ra, dec, images, mask=None, fl
     if store._id_set is None:
         store._id_set = set(store.object_id.tolist())
     _check_unique(object_id, store._id_set, store.path)
-    if flags is None:
-        flags = np.zeros(n, np.uint16)
-    flags = np.asarray(flags, dtype=np.uint16).copy()
-    flags[np.isnan(images).any(axis=(2, 3)).any(axis=1)] |= np.uint16(QualityFlag.NAN_PIXELS)
-    flags[~mask.all(axis=1)] |= np.uint16(QualityFlag.MISSING_BAND)
+    flags = np.zeros(n, np.uint16) if flags is None else np.asarray(flags, dtype=np.uint16).copy()
+    images, mask, flags = image_flags(images, mask, flags, store.attrs)
 
     hp = healpix_29(ra, dec)
     order = np.argsort(hp, kind="stable")
@@ -146,6 +152,40 @@ def append_objects(store: CutoutStore, object_id, ra, dec, images, mask=None, fl
     store._id_set.update(object_id.tolist())
     for name in list(store._cache):
         store._cache[name] = np.concatenate([store._cache[name], new[name]])
+
+
+def image_flags(images: np.ndarray, mask: np.ndarray, flags: np.ndarray, attrs: StoreAttrs
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The quality bits every cutout gets as it enters a store, and the pixels as stored.
+
+    A band that is all NaN is not observed (mask False, MISSING_BAND). NaN and inf pixels are kept
+    and flagged (NAN_PIXELS, INF_PIXELS); an observed band of one value everywhere is
+    CONSTANT_BAND; a pixel brighter than AB magnitude 0 in size (10**(0.4 * zero point) in the
+    store's units; no galaxy pixel comes near) is EXTREME_PIXELS, and so is a value that a float16
+    store cannot hold, which is clipped to +-65504 rather than turned into inf.
+    """
+    images = np.asarray(images)
+    finite = np.isfinite(images)
+    nan_band = np.isnan(images).all(axis=(2, 3))
+    mask = mask & ~nan_band
+    flags = flags.copy()
+    flags[~mask.all(axis=1)] |= np.uint16(QualityFlag.MISSING_BAND)
+    flags[np.isnan(images).any(axis=(1, 2, 3))] |= np.uint16(QualityFlag.NAN_PIXELS)
+    flags[np.isinf(images).any(axis=(1, 2, 3))] |= np.uint16(QualityFlag.INF_PIXELS)
+    with np.errstate(invalid="ignore"):
+        hi = np.where(finite, images, -np.inf).max(axis=(2, 3))
+        lo = np.where(finite, images, np.inf).min(axis=(2, 3))
+    flags[(mask & ~nan_band & (hi == lo)).any(axis=1)] |= np.uint16(QualityFlag.CONSTANT_BAND)
+    zps = np.array([np.nan if attrs.zero_points[b] is None else attrs.zero_points[b] for b in attrs.bands])
+    limit = np.where(np.isfinite(zps), 10 ** (0.4 * np.nan_to_num(zps)), np.inf)[None, :]
+    extreme = (np.maximum(np.abs(hi), np.abs(lo)) > limit) & np.isfinite(hi)
+    if attrs.dtype == "float16":
+        top = float(np.finfo(np.float16).max)
+        extreme |= np.maximum(np.abs(np.where(np.isfinite(hi), hi, 0)), np.abs(np.where(np.isfinite(lo), lo, 0))) > top
+        if extreme.any():
+            images = np.where(finite, np.clip(images, -top, top), images)
+    flags[extreme.any(axis=1)] |= np.uint16(QualityFlag.EXTREME_PIXELS)
+    return images, mask, flags
 
 
 def _check_unique(new_ids: np.ndarray, existing: set[int], path: Path) -> None:

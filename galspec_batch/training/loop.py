@@ -148,9 +148,9 @@ def fit(
         train_src = ImageSource(store, rows[tr], max_ram_bytes, progress=load)
         val_src = ImageSource(store, rows[va], max_ram_bytes, progress=load)
         y_train, y_val = lab.values[tr], lab.values[va]
-        latent_mean = y_train.mean(axis=0).astype(np.float64)
-        latent_std = y_train.std(axis=0).astype(np.float64)
-        if (latent_std <= 0).any():
+        latent_mean = y_train.astype(np.float64).mean(axis=0)
+        latent_std = y_train.astype(np.float64).std(axis=0)
+        if not (np.isfinite(latent_std) & (latent_std > 0)).all():
             raise InputError(
                 f"latents {[n for n, s in zip(lab.names, latent_std, strict=True) if s <= 0]} are "
                 f"constant over the training split of {labels}; cannot z-score them"
@@ -179,6 +179,9 @@ def fit(
             "bands": list(store.bands),
             "image_size": list(store.image_shape),
             "pixel_scale": store.pixel_scale,
+            "survey": store.survey,
+            "flux_unit": store.attrs.flux_unit,
+            "zero_points": _zero_points(store),
             "latent_names": lab.names,
             "data": {
                 "store": str(store.path), "store_fingerprint": identity["store_fingerprint"],
@@ -211,6 +214,12 @@ def fit(
 
     best = min(metrics, key=lambda m: m["val_rmse"])
     return TrainResult(out, metrics, best["val_rmse"], int(best["epoch"]))
+
+
+def _zero_points(store: CutoutStore) -> list[float] | None:
+    """The store's zero points in band order, or None when any is unknown."""
+    zps = [store.attrs.zero_points[b] for b in store.bands]
+    return None if None in zps else zps
 
 
 def _resolve_settings(settings: TrainSettings, base, store: CutoutStore, names: list[str], init

@@ -1,0 +1,462 @@
+"""Fault injection: every failure leaves a state that one command repairs, and nothing wrong is
+ever served. Each run is compared bit for bit (object ids and every value) with an uninterrupted
+reference run of the same settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import make_tiny_catalog, make_tiny_checkpoint, make_tiny_store
+from safetensors.torch import load_file, save_file
+
+from galspec_batch.catalog import catalog_status, read_catalog, verify_catalog
+from galspec_batch.catalog import paths as cpaths
+from galspec_batch.cli import main
+from galspec_batch.columns import QualityFlag
+from galspec_batch.errors import BusyError, FormatError, IncompleteOutputError, InputError
+from galspec_batch.options import PredictOptions
+from galspec_batch.predict import predict_catalog
+from galspec_batch.select import select_targets
+from galspec_batch.store import create_store, open_store
+
+OPTIONS = ["--mc-samples", "8", "--engine", "eager", "--batch-size", "32", "--cluster", "none", "-q"]
+
+
+@pytest.fixture(scope="module")
+def slow(tmp_path_factory):
+    """A store and an xresnet18 checkpoint slow enough (a few seconds) to be interrupted, and the
+    uninterrupted reference catalog of the settings in OPTIONS."""
+    root = tmp_path_factory.mktemp("faults")
+    store = make_tiny_store(root / "store.zarr", n=1500, seed=3)
+    ckpt = make_tiny_checkpoint(root / "ckpt", model="xresnet18")
+    ref = make_tiny_catalog(store, ckpt, root / "ref", mc_samples=8, batch_size=32)
+    return store, ckpt, ref
+
+
+def frame(catalog: Path) -> pd.DataFrame:
+    """Every row of a catalog, sorted by object_id, read without any of galspec's own checks."""
+    files = sorted(cpaths.dataset_dir(catalog).glob("Norder=*/Dir=*/*.parquet"))
+    df = pd.concat([pq.read_table(f).to_pandas() for f in files]).sort_values("object_id")
+    return df.reset_index(drop=True)
+
+
+def same(a: Path, b: Path) -> None:
+    pd.testing.assert_frame_equal(frame(a), frame(b), check_exact=True)
+
+
+def galspec(*args, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "galspec_batch.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
+
+
+def predict_args(inputs, out) -> list:
+    store, ckpt, _ = inputs
+    return ["predict", "--store", store, "--checkpoint", ckpt, "-o", out, *OPTIONS]
+
+
+def wait_for(path: Path, timeout: float = 60) -> None:
+    t0 = time.monotonic()
+    while not path.exists():
+        assert time.monotonic() - t0 < timeout, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def one_line(stderr: str) -> str:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("galspec: error: "), stderr
+    return lines[0]
+
+
+# -- interrupted runs resume to the reference ----------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kill_9_at_a_random_point_then_resume(slow, tmp_path, seed):
+    out = tmp_path / "cat"
+    proc = galspec(*predict_args(slow, out))
+    wait_for(cpaths.run_state_file(out))
+    time.sleep(np.random.default_rng(seed).uniform(0, 2.5))
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    rerun = galspec(*predict_args(slow, out))
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    same(out, slow[2])
+    assert verify_catalog(out) == [] and catalog_status(out).complete
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_sigint_and_sigterm_stop_cleanly_and_resume(slow, tmp_path, sig, code):
+    out = tmp_path / "cat"
+    proc = galspec(*predict_args(slow, out))
+    wait_for(cpaths.run_state_file(out))
+    time.sleep(0.8)
+    os.killpg(proc.pid, sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == code
+    assert one_line(err) == "galspec: error: interrupted; rerun the same command to resume"
+    assert not list(out.glob("dataset/**/*.tmp-*")) or not catalog_status(out).complete
+    rerun = galspec(*predict_args(slow, out))
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    same(out, slow[2])
+
+
+def test_a_second_run_into_the_same_catalog_is_refused_at_once(slow, tmp_path):
+    out = tmp_path / "cat"
+    first = galspec(*predict_args(slow, out))
+    wait_for(cpaths.run_state_file(out))
+    t0 = time.monotonic()
+    second = galspec(*predict_args(slow, out))
+    _, err = second.communicate(timeout=60)
+    assert second.returncode == 1 and time.monotonic() - t0 < 15
+    line = one_line(err)
+    assert f"catalog {out} is being written by galspec predict (pid {first.pid} on " in line
+    assert first.wait(timeout=300) == 0
+    same(out, slow[2])
+
+
+def test_changed_settings_are_refused_on_resume(slow, tmp_path):
+    store, ckpt, ref = slow
+    out = tmp_path / "cat"
+    predict_catalog(store, ckpt, out, PredictOptions(mc_samples=8, engine="eager", batch_size=32), cluster="none",
+                    progress=False, finalize=False)
+    for partition in list(out.glob("dataset/**/*.parquet"))[:3]:
+        partition.unlink()  # as if killed before these were written
+    with pytest.raises(InputError) as info:
+        predict_catalog(store, ckpt, out, PredictOptions(mc_samples=4, seed=7, precision="bf16", engine="eager",
+                                                         batch_size=32), cluster="none", progress=False)
+    message = str(info.value)
+    assert "mc_samples=8, precision=fp32, seed=0; this run has mc_samples=4, precision=bf16, seed=7" in message
+    # the batch size picks the CPU kernels' summation order: a resume must keep it too
+    with pytest.raises(InputError, match="batch_size=32; this run has batch_size=7"):
+        predict_catalog(store, ckpt, out, PredictOptions(mc_samples=8, engine="eager", batch_size=7),
+                        cluster="none", progress=False)
+    predict_catalog(store, ckpt, out, PredictOptions(mc_samples=8, engine="eager", batch_size=32), cluster="none",
+                    progress=False)
+    same(out, ref)
+
+
+def test_engine_auto_is_resolved_once_and_recorded(slow, tmp_path):
+    store, ckpt, _ = slow
+    out = tmp_path / "cat"
+    predict_catalog(store, ckpt, out, PredictOptions(mc_samples=8, engine="auto"), cluster="none",
+                    progress=False, finalize=False)
+    run = json.loads(cpaths.run_state_file(out).read_text())
+    engine = run["settings"]["engine"]
+    assert engine in ("eager", "onnxruntime")
+    markers = [json.loads(f.read_text()) for f in (out / "_state" / "done").glob("*.json")]
+    assert {m["written_by"]["engine"] for m in markers} == {engine}
+    other = "eager" if engine == "onnxruntime" else "onnxruntime"
+    with pytest.raises(InputError, match=f"engine={engine}; this run has .*engine={other}"):
+        predict_catalog(store, ckpt, out, PredictOptions(mc_samples=8, engine=other), cluster="none",
+                        progress=False)
+
+
+# -- damaged catalogs: found by a command, repaired by the same command ---------------------------
+
+
+def _finished(slow, tmp_path) -> Path:
+    out = tmp_path / "cat"
+    res = CliRunner().invoke(main, predict_args(slow, out))
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def _partition_files(catalog: Path) -> list[Path]:
+    return sorted(catalog.glob("dataset/Norder=*/Dir=*/Npix=*.parquet"))
+
+
+def test_a_flipped_byte_is_found_refused_and_repaired(slow, tmp_path):
+    out = _finished(slow, tmp_path)
+    victim = _partition_files(out)[2]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 3] ^= 0x01  # inside the column data: the Parquet file still opens
+    victim.write_bytes(bytes(data))
+    pixel = int(victim.stem.split("=")[1])
+    problems = verify_catalog(out)
+    assert len(problems) == 1 and f"Npix={pixel}" in problems[0] and "checksum" in problems[0]
+    res = CliRunner().invoke(main, ["verify", str(out)])
+    assert res.exit_code == 1 and f"Npix={pixel}" in res.output
+    assert not catalog_status(out).complete
+    res = CliRunner().invoke(main, ["status", str(out)])
+    assert "damaged" in res.output and "complete" not in res.output.splitlines()[0]
+    with pytest.raises(IncompleteOutputError, match=f"Npix={pixel} is damaged"):
+        read_catalog(out)
+    with pytest.raises(IncompleteOutputError, match=f"Npix={pixel} is damaged"):
+        select_targets(out, where="latent_1 > 0")
+    res = CliRunner().invoke(main, predict_args(slow, out))  # the same command repairs it
+    assert res.exit_code == 0 and "1 of them repaired" in res.output, res.output
+    same(out, slow[2])
+    assert verify_catalog(out) == [] and catalog_status(out).complete and (out / "hats.properties").exists()
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate", "unmark"])
+def test_deleted_truncated_or_unmarked_partition_of_a_finished_catalog_is_repaired(slow, tmp_path, damage):
+    out = _finished(slow, tmp_path)
+    victim = _partition_files(out)[1]
+    pixel = int(victim.stem.split("=")[1])
+    if damage == "delete":
+        victim.unlink()
+    elif damage == "truncate":
+        victim.write_bytes(victim.read_bytes()[:100])
+    else:
+        cpaths.done_marker(out, 4, pixel).unlink()
+    status = CliRunner().invoke(main, ["status", str(out), "--json"])
+    assert status.exit_code == 0 and not json.loads(status.output)["complete"]
+    with pytest.raises(IncompleteOutputError, match=f"Npix={pixel}"):
+        select_targets(out, where="latent_1 > 0")
+    res = CliRunner().invoke(main, predict_args(slow, out))
+    assert res.exit_code == 0, res.output
+    same(out, slow[2])
+    assert verify_catalog(out) == []
+    again = CliRunner().invoke(main, predict_args(slow, out))
+    assert again.exit_code == 0 and "nothing to do" in again.output
+
+
+def test_a_flipped_byte_in_a_store_chunk_is_an_error_naming_the_objects(tmp_path, tiny_checkpoint):
+    store = make_tiny_store(tmp_path / "s.zarr", n=240)
+    shard = sorted((store / "images" / "c").rglob("*"))[-1]
+    data = bytearray(shard.read_bytes())
+    for k in range(64):
+        data[200 + 16 * k] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    res = subprocess.run([sys.executable, "-m", "galspec_batch.cli", *predict_args((store, tiny_checkpoint, None),
+                          tmp_path / "cat")], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1
+    line = one_line(res.stderr)
+    assert "cannot be read, damaged on disk" in line and "object_id" in line and "checksum" in line
+
+
+# -- non-finite numbers never enter a catalog as numbers ----------------------------------------------
+
+
+def test_nan_weights_are_refused_with_one_line(tmp_path, tiny_store):
+    ckpt = make_tiny_checkpoint(tmp_path / "ckpt")
+    weights = load_file(ckpt / "model.safetensors")
+    weights["cnn.head.1.weight"][0, 0] = float("nan")
+    save_file(weights, ckpt / "model.safetensors")
+    res = CliRunner().invoke(main, ["predict", "--store", str(tiny_store), "--checkpoint", str(ckpt),
+                                    "-o", str(tmp_path / "cat"), "--cluster", "none"])
+    assert res.exit_code == 1
+    assert "cnn.head.1.weight holds NaN or infinite values" in res.output and res.output.count("\n") == 1
+
+
+@pytest.mark.parametrize("bad", [np.inf, 1e30])
+def test_absurd_labels_are_refused_naming_the_object(tmp_path, tiny_store, bad):
+    ids = open_store(tiny_store).object_id[:50]
+    latents = np.random.default_rng(0).normal(size=(50, 6))
+    latents[7, 2] = bad
+    pq.write_table(pa.table({"object_id": ids, **{f"latent_{i + 1}": latents[:, i] for i in range(6)}}),
+                   tmp_path / "labels.parquet")
+    res = CliRunner().invoke(main, ["train", "--model", "simple-cnn", "--store", str(tiny_store), "--labels",
+                                    str(tmp_path / "labels.parquet"), "-o", str(tmp_path / "run"), "-q"])
+    assert res.exit_code == 1 and f"object_id [{ids[7]}]" in res.output, res.output
+
+
+@pytest.mark.parametrize("column, values, message", [
+    ("object_id", [1.0, 2.0], "object_id is double; object ids are integers"),
+    ("object_id", ["a", "b"], "object_id is string"),
+    ("latent_1", ["0.1", "0.2"], "column latent_1 is string; latents are numbers"),
+])
+def test_labels_of_the_wrong_type_are_refused(tmp_path, column, values, message):
+    from galspec_batch.labels import read_labels
+
+    cols = {"object_id": [1, 2], "latent_1": [0.1, 0.2], column: values}
+    pq.write_table(pa.table(cols), tmp_path / "l.parquet")
+    with pytest.raises(InputError, match=message):
+        read_labels(tmp_path / "l.parquet")
+
+
+def test_a_non_finite_prediction_is_null_and_flagged(tmp_path, tiny_store):
+    from galspec_batch.checkpoint import save_checkpoint
+    from galspec_batch.models import GalspecNet, create_model
+
+    torch.manual_seed(0)
+    cnn = create_model("simple-cnn", dropout=0.2)
+    with torch.no_grad():
+        cnn.head[1].bias[2] = 1e34  # finite weights; times latent_std 1e6, beyond float32
+    net = GalspecNet(cnn, torch.ones(5), torch.zeros(5), torch.ones(5), torch.zeros(6),
+                     torch.tensor([1.0, 1, 1e6, 1, 1, 1])).eval()
+    ckpt = save_checkpoint(tmp_path / "ckpt", net, {"bands": list("grizy"), "image_size": [16, 16],
+                                                     "latent_names": [f"latent_{i}" for i in range(1, 7)]})
+    out = make_tiny_catalog(tiny_store, ckpt, tmp_path / "cat", mc_samples=4)
+    df = read_catalog(out).to_pandas()
+    bad = (df.quality_flags & int(QualityFlag.BAD_PREDICTION)) != 0
+    assert bad.all() and df.latent_3.isna().all() and df.latent_1_std.isna().all()
+    assert len(select_targets(out, where="latent_3 > 1000")) == 0  # NULL is never above a number
+
+
+def test_image_flags_for_inf_constant_nan_and_extreme_pixels(tmp_path):
+    images = np.random.default_rng(0).normal(size=(6, 5, 8, 8)).astype(np.float32)
+    images[0, 1, 0, 0] = np.inf
+    images[1, 2] = 0.0  # an all-zero band
+    images[2, 3] = np.nan  # an all-NaN band: not observed
+    images[3, 0, 2, 2] = 3e38  # beyond float16, and beyond AB magnitude 0
+    images[4, 0, 2, 2] = -1e30
+    with create_store(tmp_path / "s.zarr", image_shape=(8, 8), partition_order=2) as w:
+        w.append(np.arange(6), np.full(6, 10.0), np.linspace(0, 1, 6), images)
+    s = open_store(tmp_path / "s.zarr")
+    flags = dict(zip(s.object_id.tolist(), s.flags.tolist(), strict=True))
+    f = QualityFlag
+    assert flags == {0: f.INF_PIXELS, 1: f.CONSTANT_BAND, 2: f.NAN_PIXELS | f.MISSING_BAND, 3: f.EXTREME_PIXELS,
+                     4: f.EXTREME_PIXELS, 5: 0}
+    row = int(np.flatnonzero(s.object_id == 2)[0])
+    assert not s.mask[row, 3]
+    assert np.isfinite(s.read(np.array([int(np.flatnonzero(s.object_id == 3)[0])]), dtype=None).images).all()
+
+
+# -- the flux scale is checked ----------------------------------------------------------------------
+
+
+def test_a_store_at_another_zero_point_is_refused_or_rescaled(tmp_path):
+    from galspec_batch.checkpoint import read_config, save_checkpoint
+    from galspec_batch.models import GalspecNet, create_model
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(40, 5, 16, 16)).astype(np.float32) * 10
+    for name, zp, scale in (("ps1", 22.5, 1.0), ("hsc", 27.0, 10 ** (0.4 * 4.5))):
+        with create_store(tmp_path / f"{name}.zarr", image_shape=(16, 16), partition_order=3,
+                          flux_unit="nanomaggy" if name == "ps1" else "count", zero_points=dict.fromkeys("grizy", zp),
+                          survey="test", dtype="float32") as w:
+            w.append(np.arange(40), np.full(40, 150.0), np.linspace(0, 1, 40), images * scale)
+    torch.manual_seed(0)
+    net = GalspecNet(create_model("simple-cnn"), torch.ones(5), torch.zeros(5), torch.ones(5), torch.zeros(6),
+                     torch.ones(6)).eval()
+    ckpt = save_checkpoint(tmp_path / "ck", net, {
+        "bands": list("grizy"), "image_size": [16, 16], "pixel_scale": 0.25, "latent_names": [f"latent_{i}" for i in
+        range(1, 7)], "survey": "test", "flux_unit": "nanomaggy", "zero_points": [22.5] * 5})
+    assert read_config(ckpt).zero_points == (22.5,) * 5
+    ref = make_tiny_catalog(tmp_path / "ps1.zarr", ckpt, tmp_path / "ref", mc_samples=4)
+    with pytest.raises(InputError, match="trained on nanomaggy at AB zero point 22.5 but store .* holds count at 27.0"):
+        make_tiny_catalog(tmp_path / "hsc.zarr", ckpt, tmp_path / "c1", mc_samples=4)
+    out = make_tiny_catalog(tmp_path / "hsc.zarr", ckpt, tmp_path / "c2", mc_samples=4, rescale_flux=True)
+    a, b = frame(ref), frame(out)
+    cols = [c for c in a.columns if c.startswith("latent_")]
+    np.testing.assert_allclose(b[cols].to_numpy(), a[cols].to_numpy(), rtol=1e-4, atol=1e-5)
+
+
+# -- bad input: one line, never a traceback ---------------------------------------------------------
+
+
+def test_absurd_or_incomplete_checkpoint_configs_are_refused_before_anything_is_built(tmp_path, tiny_store):
+    ckpt = make_tiny_checkpoint(tmp_path / "ckpt")
+    cfg = json.loads((ckpt / "config.json").read_text())
+    for bad, message in (({**cfg, "model": {**cfg["model"], "n_out": 10**9}}, "model.n_out must be an integer in"),
+                         ({k: v for k, v in cfg.items() if k != "model"}, "lacks model"),
+                         ({**cfg, "training": {"x": "y" * (2 << 20)}}, "bytes; a galspec JSON document")):
+        (ckpt / "config.json").write_text(json.dumps(bad))
+        res = CliRunner().invoke(main, ["predict", "--store", str(tiny_store), "--checkpoint", str(ckpt),
+                                        "-o", str(tmp_path / "cat"), "--cluster", "none"])
+        assert res.exit_code == 1 and message in res.output and res.output.count("\n") == 1, res.output
+        assert not (tmp_path / "cat").exists()
+
+
+def test_duplicate_ids_inside_one_partition_are_named(tmp_path):
+    from galspec_batch.catalog import catalog_schema, conform_table
+
+    df = read_catalog_like(12)
+    df.loc[5, "object_id"] = df.loc[2, "object_id"]
+    with pytest.raises(InputError, match=f"object_id {df.loc[2, 'object_id']} appears more than once"):
+        conform_table(df, catalog_schema(6), 0, 4)
+
+
+def read_catalog_like(n: int) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"object_id": np.arange(n), "ra": rng.uniform(46, 47, n), "dec": rng.uniform(4, 5, n)})
+    for i in range(1, 7):
+        df[f"latent_{i}"] = rng.normal(size=n).astype(np.float32)
+        df[f"latent_{i}_std"] = np.float32(0.1)
+    df["mc_samples"], df["quality_flags"], df["model_id"] = 8, 0, "m"
+    return df
+
+
+def test_ingest_catalog_row_without_any_band_is_quarantined(tmp_path):
+    from astropy.io import fits
+
+    good = tmp_path / "g.fits"
+    fits.PrimaryHDU(np.ones((16, 16), np.float32)).writeto(good)
+    (tmp_path / "cat.csv").write_text(f"object_id,ra,dec,file_g,file_r\n1,150,2,{good},{good}\n2,150,2.1,,\n")
+    res = CliRunner().invoke(main, ["ingest", "--catalog", str(tmp_path / "cat.csv"), "-o", str(tmp_path / "s.zarr"),
+                                    "--pixel-scale", "0.25"])
+    assert res.exit_code == 0, res.output
+    assert "no image for any band" in res.output and "ingested 1 objects" in res.output
+
+
+def test_a_non_integer_objid_header_is_quarantined(tmp_path):
+    from astropy.io import fits
+
+    header = fits.Header({"OBJID": "J100000+020000", "FILTER": "g", "CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN",
+                          "CRVAL1": 150.0, "CRVAL2": 2.0, "CRPIX1": 8.0, "CRPIX2": 8.0,
+                          "CDELT1": -0.25 / 3600, "CDELT2": 0.25 / 3600})
+    fits.PrimaryHDU(np.ones((16, 16), np.float32), header).writeto(tmp_path / "x_g.fits")
+    with pytest.raises(InputError, match="header OBJID = 'J100000\\+020000' is not an int64 object id"):
+        from galspec_batch.ingest.cutouts import ingest_cutouts
+
+        ingest_cutouts([tmp_path / "x_g.fits"], tmp_path / "s.zarr", pixel_scale=0.25, strict=True,
+                       catalog=None, progress=False)
+
+
+# -- a full disk ------------------------------------------------------------------------------------
+
+
+def test_a_full_disk_is_one_line_and_a_rerun_finishes(slow, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        filler = disk / "filler"
+        filler.write_bytes(b"\0" * (4 * 1024 * 1024 - 160 * 1024))  # leave about 160 KiB
+        out = disk / "cat"
+        res = subprocess.run([sys.executable, "-m", "galspec_batch.cli", *map(str, predict_args(slow, out))],
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 1
+        assert "No space left on device" in one_line(res.stderr)
+        filler.unlink()
+        res = subprocess.run([sys.executable, "-m", "galspec_batch.cli", *map(str, predict_args(slow, out))],
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        same(out, slow[2])
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_busy_error_names_the_holder(tmp_path):
+    from galspec_batch.catalog.lock import catalog_lock
+
+    with catalog_lock(tmp_path / "cat", command="galspec finalize"):
+        with pytest.raises(BusyError, match=rf"is being written by galspec finalize \(pid {os.getpid()} on "):
+            with catalog_lock(tmp_path / "cat"):
+                pass
+        with pytest.raises(BusyError):
+            with catalog_lock(tmp_path / "cat", shared=True):
+                pass
+    with catalog_lock(tmp_path / "cat", shared=True), catalog_lock(tmp_path / "cat", shared=True):
+        with pytest.raises(BusyError, match="the array tasks of a SLURM submission"):
+            with catalog_lock(tmp_path / "cat"):
+                pass
+
+
+def test_format_errors_are_one_line(tmp_path):
+    with pytest.raises(FormatError, match="is not valid JSON"):
+        from galspec_batch.checkpoint import CheckpointConfig
+
+        (tmp_path / "c.json").write_text("{")
+        CheckpointConfig.read(tmp_path / "c.json")
