@@ -34,14 +34,15 @@ import pyarrow.parquet as pq
 from scipy import stats
 from scipy.spatial import cKDTree
 
+from galspec_batch import defaults as D
 from galspec_batch.atomic import atomic_path
 from galspec_batch.catalog.joins import catalog_latents, match_ids
-from galspec_batch.columns import DEC, OBJECT_ID, RA, QualityFlag
+from galspec_batch.columns import DEC, OBJECT_ID, QUALITY_FLAGS, RA, QualityFlag
 from galspec_batch.errors import FormatError, InputError
 from galspec_batch.labels import read_labels
 
 OUT_COLUMNS = (OBJECT_ID, RA, DEC, "anomaly_score", "anomaly_pvalue", "ood_score", "flag",
-               "quality_flags")
+               QUALITY_FLAGS)
 _MAD_TO_SIGMA = 1.4826
 
 
@@ -150,7 +151,7 @@ def _robust_z(x: np.ndarray) -> np.ndarray:
     return (x - med) / (mad if mad > 0 else (np.std(x) or 1.0))
 
 
-def ood_scores(mean: np.ndarray, std: np.ndarray, k: int = 10) -> np.ndarray:
+def ood_scores(mean: np.ndarray, std: np.ndarray, k: int = D.NEIGHBOURS) -> np.ndarray:
     """Out-of-distribution score of each object from its predicted means and MC spreads alone
     (higher = more unusual; about N(0, 1) for typical objects; see the module docstring)."""
     mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
@@ -175,7 +176,8 @@ def _observed(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def flag_anomalies(catalog: pa.Table, labels: tuple[np.ndarray, np.ndarray] | None = None, *,
-                   alpha: float = 1e-3, ood_threshold: float = 5.0, k: int = 10) -> pa.Table:
+                   alpha: float = D.ANOMALY_ALPHA, ood_threshold: float = D.OOD_THRESHOLD,
+                   k: int = D.NEIGHBOURS) -> pa.Table:
     """The flagged table (``OUT_COLUMNS``) of a catalog table and optional (object_id, latents)."""
     if not 0 < alpha < 1:
         raise InputError(f"alpha must be in (0, 1), got {alpha}")
@@ -198,7 +200,7 @@ def flag_anomalies(catalog: pa.Table, labels: tuple[np.ndarray, np.ndarray] | No
         d2[rows], pval[rows] = mahalanobis_scores(lab_z[hit], mean[rows], std[rows])
     labelled = np.isfinite(pval)
     flag = np.where(labelled, pval < alpha, ood > ood_threshold)
-    qf = catalog["quality_flags"].to_numpy().astype(np.uint16) if "quality_flags" in catalog.column_names \
+    qf = catalog[QUALITY_FLAGS].to_numpy().astype(np.uint16) if QUALITY_FLAGS in catalog.column_names \
         else np.zeros(n, np.uint16)
     qf = np.where(flag, qf | np.uint16(QualityFlag.OUT_OF_DISTRIBUTION), qf).astype(np.uint16)
     return pa.table({
@@ -209,7 +211,7 @@ def flag_anomalies(catalog: pa.Table, labels: tuple[np.ndarray, np.ndarray] | No
         "anomaly_pvalue": pa.array(pval, pa.float64()),
         "ood_score": pa.array(ood, pa.float64()),
         "flag": pa.array(flag, pa.bool_()),
-        "quality_flags": pa.array(qf, pa.uint16()),
+        QUALITY_FLAGS: pa.array(qf, pa.uint16()),
     })
 
 
@@ -248,8 +250,9 @@ def truth_auc(flagged: pa.Table, truth: tuple[np.ndarray, np.ndarray]) -> tuple[
 
 
 def find_anomalies(catalog: str | Path, out: str | Path, *, labels: str | Path | None = None,
-                   truth: str | Path | None = None, alpha: float = 1e-3, ood_threshold: float = 5.0,
-                   k: int = 10, overwrite: bool = False) -> AnomalyReport:
+                   truth: str | Path | None = None, alpha: float = D.ANOMALY_ALPHA,
+                   ood_threshold: float = D.OOD_THRESHOLD, k: int = D.NEIGHBOURS,
+                   overwrite: bool = False) -> AnomalyReport:
     """Score and flag every object of ``catalog``; write the flagged Parquet table ``out`` atomically."""
     from galspec_batch.catalog import read_catalog
 

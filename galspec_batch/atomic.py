@@ -48,6 +48,12 @@ def remove_stale_tmp(path: str | os.PathLike) -> None:
             os.replace(p, path)
 
 
+def refuse_existing(path: str | os.PathLike, overwrite: bool) -> None:
+    """FileExistsError before any work when ``path`` exists and may not be replaced."""
+    if Path(path).exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists (pass --overwrite to replace it)")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path to write a file or directory into; on success rename it to ``path``.
@@ -55,8 +61,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     On error the temporary output is removed and ``path`` is left as it was.
     """
     path = Path(path)
-    if path.exists() and not overwrite:  # before the work, not after it
-        raise FileExistsError(f"{path} already exists (pass --overwrite to replace it)")
+    refuse_existing(path, overwrite)  # before the work, not after it
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_tmp(path)
     tmp = tmp_sibling(path)

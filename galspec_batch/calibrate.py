@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from scipy import special
 
+from galspec_batch import defaults as D
 from galspec_batch.errors import InputError, MissingFileError, UsageError
 
-METHODS = ("likelihood", "robust")
 ONE_SIGMA = float(special.erf(1 / np.sqrt(2)))  # 0.6827
 
 
@@ -49,14 +49,15 @@ def coverage(true: np.ndarray, mean: np.ndarray, std: np.ndarray, k: float = 1.0
     return np.nanmean(np.where(np.isnan(z), np.nan, z <= k), axis=0), float(expected_coverage(k))
 
 
-def fit_scale(true: np.ndarray, mean: np.ndarray, std: np.ndarray, method: str = "robust") -> np.ndarray:
+def fit_scale(true: np.ndarray, mean: np.ndarray, std: np.ndarray, method: str = D.CALIBRATION_METHOD
+              ) -> np.ndarray:
     """Per-latent factor ``s`` such that ``s * std`` is calibrated (see the module docstring)."""
     z = _z(true, mean, std)
     if method == "likelihood":
         return np.sqrt(np.nanmean(z**2, axis=0))
     if method == "robust":
         return np.nanmedian(np.abs(z), axis=0) / np.sqrt(2) / special.erfinv(0.5)
-    raise InputError(f"unknown calibration method {method!r}; expected one of {METHODS}")
+    raise InputError(f"unknown calibration method {method!r}; expected one of {D.CALIBRATION_METHODS}")
 
 
 @dataclass(frozen=True)
@@ -81,8 +82,8 @@ class CalibrationReport:
         return "\n".join(lines)
 
 
-def split_objects(ids: np.ndarray, fraction: float = 0.5, split_file: str | Path | None = None,
-                  seed: int = 0) -> np.ndarray:
+def split_objects(ids: np.ndarray, fraction: float = D.CALIBRATION_FRACTION,
+                  split_file: str | Path | None = None, seed: int = D.SEED) -> np.ndarray:
     """Boolean mask of the objects to fit on: the ids listed in ``split_file`` (one per line), or
     a random ``fraction`` (fixed by ``seed``); the rest are held out to measure coverage."""
     if split_file is not None:
@@ -103,8 +104,9 @@ def split_objects(ids: np.ndarray, fraction: float = 0.5, split_file: str | Path
 
 
 def calibrate_catalog(catalog: str | Path, labels: str | Path, checkpoint: str | Path, *,
-                      fraction: float = 0.5, split_file: str | Path | None = None, seed: int = 0,
-                      method: str = "robust", write: bool = True) -> CalibrationReport:
+                      fraction: float = D.CALIBRATION_FRACTION, split_file: str | Path | None = None,
+                      seed: int = D.SEED, method: str = D.CALIBRATION_METHOD,
+                      write: bool = True) -> CalibrationReport:
     """Fit per-latent scales on part of ``catalog`` joined with ``labels``, measure coverage on the
     rest before and after, and (``write``) save ``calibration.json`` into ``checkpoint``."""
     from galspec_batch.atomic import file_sha256

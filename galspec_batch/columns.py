@@ -33,9 +33,14 @@ def latent_column(i: int) -> str:
     return f"{LATENT_PREFIX}{i}"
 
 
+def std_column(name: str) -> str:
+    """Name of the spread of quantity ``name``, e.g. ``latent_3_std``, ``ew_halpha_std``."""
+    return f"{name}{STD_SUFFIX}"
+
+
 def latent_std_column(i: int) -> str:
     """Name of the predictive spread of latent ``i`` (1-based), e.g. ``latent_3_std``."""
-    return f"{LATENT_PREFIX}{i}{STD_SUFFIX}"
+    return std_column(latent_column(i))
 
 
 def latent_names(n: int) -> list[str]:
@@ -94,4 +99,4 @@ D4000 = "d4000"
 D4000_BLUE = (3850.0, 3950.0)
 D4000_RED = (4000.0, 4100.0)
 DERIVED = tuple(w.name for w in LINES) + (D4000,)
-DERIVED_COLUMNS = tuple(c for q in DERIVED for c in (q, f"{q}{STD_SUFFIX}"))
+DERIVED_COLUMNS = tuple(c for q in DERIVED for c in (q, std_column(q)))

@@ -42,7 +42,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from galspec_batch.atomic import atomic_path
+from galspec_batch import defaults as D
+from galspec_batch.atomic import atomic_path, refuse_existing
 from galspec_batch.catalog import paths
 from galspec_batch.catalog.view import CatalogView
 from galspec_batch.columns import (
@@ -57,6 +58,8 @@ from galspec_batch.columns import (
     RA,
     SPECTRUM_TYPE,
     LineWindow,
+    latent_names,
+    std_column,
 )
 from galspec_batch.errors import InputError, UsageError
 from galspec_batch.progress import progress_bar
@@ -137,7 +140,8 @@ class DecodedSpectra:
     derived: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
-def decode_latents(vae, mean, std, object_id, *, n_draws: int = 64, seed: int = 0) -> DecodedSpectra:
+def decode_latents(vae, mean, std, object_id, *, n_draws: int = D.DECODE_DRAWS,
+                   seed: int = D.SEED) -> DecodedSpectra:
     """Decode the MC distribution of each object's latents (``vae`` a loaded TrainedVAE)."""
     from galspec_batch.spectral_vae import decode
 
@@ -178,7 +182,7 @@ def derived_table(d: DecodedSpectra) -> pa.Table:
     cols = {OBJECT_ID: pa.array(d.object_id, pa.int64())}
     for name in DERIVED:
         med, sd = d.derived[name]
-        cols[name], cols[f"{name}_std"] = _nullable(med), _nullable(sd)
+        cols[name], cols[std_column(name)] = _nullable(med), _nullable(sd)
     return pa.table(cols)
 
 
@@ -202,8 +206,8 @@ def decode_catalog(
     ids=None,
     where: str | None = None,
     region: Region | str | None = None,
-    n_draws: int = 64,
-    seed: int = 0,
+    n_draws: int = D.DECODE_DRAWS,
+    seed: int = D.SEED,
     batch_size: int = 256,
     write_back: bool = False,
     overwrite: bool = False,
@@ -215,8 +219,7 @@ def decode_catalog(
     from galspec_batch.spectral_vae import load_vae
 
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
+    refuse_existing(out, overwrite)
     vae = load_vae(vae_dir)
     wanted = None if ids is None else np.unique(np.asarray(ids, dtype=np.int64))
     with CatalogView(catalog, region, ids=wanted) as view:
@@ -225,8 +228,8 @@ def decode_catalog(
             raise InputError(
                 f"catalog {catalog} has {L} latents but the VAE {vae_dir} decodes {vae.n_latent}"
             )
-        names = [f"latent_{i}" for i in range(1, L + 1)]
-        cols = [OBJECT_ID, RA, DEC, *names, *(f"{n}_std" for n in names)]
+        names = latent_names(L)
+        cols = [OBJECT_ID, RA, DEC, *names, *(std_column(n) for n in names)]
         rel = view.relation(where).project(", ".join(f'"{c}"' for c in cols)).order(OBJECT_ID)
         rows = view.run(lambda: pa.table(rel), where)
     if wanted is not None:
@@ -255,7 +258,7 @@ def decode_catalog(
         for start in range(0, rows.num_rows, batch_size):
             b = rows.slice(start, batch_size)
             mean = np.stack([b[n].to_numpy() for n in names], axis=1)
-            std = np.stack([b[f"{n}_std"].to_numpy() for n in names], axis=1)
+            std = np.stack([b[std_column(n)].to_numpy() for n in names], axis=1)
             d = decode_latents(vae, mean, std, b[OBJECT_ID].to_numpy(), n_draws=n_draws, seed=seed)
             dt = derived_table(d)
             derived_parts.append(dt)

@@ -26,6 +26,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from galspec_batch import code_version
+from galspec_batch.atomic import refuse_existing, write_json
 from galspec_batch.columns import OBJECT_ID
 from galspec_batch.options import DEFAULT_MC_SAMPLES, PredictOptions
 from galspec_batch.progress import progress_bar
@@ -98,13 +99,12 @@ def run_demo(out: str | Path = "galspec-demo", settings: DemoSettings = DemoSett
     from galspec_batch.training import TrainSettings, fit
 
     out = Path(out)
+    refuse_existing(out, overwrite)
     if out.exists():
-        if not overwrite:
-            raise FileExistsError(f"{out} already exists (use --overwrite to start again)")
         shutil.rmtree(out)
     out.mkdir(parents=True)
     config = {"settings": asdict(settings), "code_version": code_version()}
-    (out / "demo.json").write_text(json.dumps(config, indent=1))
+    write_json(out / "demo.json", config)
     summary = DemoSummary(out, settings)
     s = settings
     names = dict(store="survey.zarr", spectra="spectra.parquet", test_store="field2.zarr",
@@ -175,8 +175,8 @@ def run_demo(out: str | Path = "galspec-demo", settings: DemoSettings = DemoSett
     with _step(summary, "figures"):
         summary.numbers["figures"] = _figures(paths, truth, mean, std_raw, std)
 
-    (out / "summary.json").write_text(json.dumps(
-        {"numbers": summary.numbers, "seconds": summary.seconds}, indent=1, default=float))
+    write_json(out / "summary.json", json.loads(json.dumps(
+        {"numbers": summary.numbers, "seconds": summary.seconds}, default=float)))
     return summary
 
 

@@ -16,6 +16,7 @@ from galspec_batch.columns import (
     RA,
     count_latents,
     latent_names,
+    std_column,
 )
 
 
@@ -145,7 +146,7 @@ def plot_calibration(true: np.ndarray, mean: np.ndarray, std: np.ndarray, scale:
     plt = _pyplot(path)
     true, mean, std = (np.asarray(a, np.float64) for a in (true, mean, std))
     n_lat = true.shape[1]
-    names = list(names) if names is not None else [f"latent_{i}" for i in range(1, n_lat + 1)]
+    names = list(names) if names is not None else latent_names(n_lat)
     ks = np.linspace(0, 3, 61)
     expected = expected_coverage(ks)
     panels = [("MC-dropout std as predicted", std)]
@@ -452,7 +453,7 @@ def plot_decoded_file(spectra: str | Path, path: str | Path | None = None, n: in
     t = table.to_pydict()
 
     def _pm(name: str, k: int, fmt: str) -> str:
-        v, s = t[name][k], t[f"{name}_std"][k]
+        v, s = t[name][k], t[std_column(name)][k]
         return "n/a" if v is None else f"{v:{fmt}}" + ("" if s is None else f" +- {s:{fmt}}")
 
     titles = [f"id {t['object_id'][k]}  EW(Ha) {_pm('ew_halpha', k, '.1f')} A  "

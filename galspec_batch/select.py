@@ -39,9 +39,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from galspec_batch.atomic import atomic_path
+from galspec_batch import defaults as D
+from galspec_batch.atomic import atomic_path, refuse_existing
 from galspec_batch.catalog.view import VIEW, CatalogView
-from galspec_batch.columns import DEC, OBJECT_ID, RA, latent_names
+from galspec_batch.columns import DEC, OBJECT_ID, RA, latent_names, std_column
 from galspec_batch.errors import InputError, UsageError, did_you_mean
 from galspec_batch.regions import Region
 
@@ -82,7 +83,7 @@ class ProbCut:
 
     def sql(self) -> str:
         """The probability as a SQL expression over the (validated) column names."""
-        x, s, t = _quote(self.column), _quote(f"{self.column}_std"), repr(self.threshold)
+        x, s, t = _quote(self.column), _quote(std_column(self.column)), repr(self.threshold)
         z = f"({x} - {t}) / {s}" if self.op.startswith(">") else f"({t} - {x}) / {s}"
         return f"CASE WHEN {s} > 0 THEN normal_cdf({z}) WHEN {x} {self.op} {t} THEN 1.0 ELSE 0.0 END"
 
@@ -148,7 +149,7 @@ def select_targets(
     with CatalogView(catalog, region) as view:
         cols = view.columns
         if cut is not None:
-            for name in (cut.column, f"{cut.column}_std"):
+            for name in (cut.column, std_column(cut.column)):
                 if name not in cols:
                     raise UsageError(
                         f"--prob {str(cut)!r} needs column {name!r}, which the catalog lacks "
@@ -167,13 +168,13 @@ def select_targets(
         wanted = [OBJECT_ID, RA, DEC]
         wanted += referenced_columns(where, cols)
         if cut is not None:
-            wanted += [cut.column, f"{cut.column}_std"]
+            wanted += [cut.column, std_column(cut.column)]
         wanted += [n for n, _ in terms if n in cols] + list(columns)
         wanted = list(dict.fromkeys(wanted))
         exprs = [_quote(c) for c in wanted] + [f"{sql} AS {name}" for name, sql in computed.items()]
         rel = rel.project(", ".join(exprs))
         if cut is not None:
-            rel = rel.filter(f"{PROB} >= {float(0.5 if min_prob is None else min_prob)!r}")
+            rel = rel.filter(f"{PROB} >= {float(D.MIN_PROB if min_prob is None else min_prob)!r}")
         if rank == "uncertainty":
             terms = [(SPREAD, True)] + terms
         elif cut is not None and not terms:
@@ -195,7 +196,7 @@ def _spread_sql(view: CatalogView) -> str:
     terms = []
     for n, s in zip(names, stats, strict=True):
         scale = float(s) if s is not None and np.isfinite(s) and s > 0 else 1.0
-        terms.append(f"pow({_quote(n + '_std')} / {scale!r}, 2)")
+        terms.append(f"pow({_quote(std_column(n))} / {scale!r}, 2)")
     return f"sqrt(({' + '.join(terms)}) / {len(terms)})"
 
 
@@ -220,8 +221,7 @@ def write_targets(
         raise UsageError(
             f"cannot write {path}: unknown extension {path.suffix!r}; use one of {sorted(FORMATS)}"
         )
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists (pass --overwrite to replace it)")
+    refuse_existing(path, overwrite)
     plain = pa.table({n: _plain(c) for n, c in zip(table.column_names, table.columns, strict=True)})
     doc = json.dumps(meta or {}, sort_keys=True)
     with atomic_path(path, overwrite=overwrite) as tmp:

@@ -32,7 +32,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from galspec_batch import __version__
-from galspec_batch.atomic import atomic_path, file_sha256
+from galspec_batch import defaults as D
+from galspec_batch.atomic import atomic_path, file_sha256, refuse_existing
 from galspec_batch.columns import OBJECT_ID, SPECTRUM_TYPE, latent_names
 from galspec_batch.errors import FormatError, InputError, MissingFileError, UsageError
 from galspec_batch.formats import VersionedFormat, check_int, require
@@ -53,7 +54,7 @@ METRIC_COLUMNS = ("epoch", "train_loss", "train_recon", "train_kl", "train_mmd",
 class VAESettings:
     """How a VAE is trained (stored in ``vae.json``). alpha/lam as in InfoVAE (Zhao et al.)."""
 
-    epochs: int = 100
+    epochs: int = D.VAE_EPOCHS
     batch_size: int = 64
     lr: float = 1e-3
     alpha: float = 0.0
@@ -61,7 +62,7 @@ class VAESettings:
     weight_floor: float = 0.01
     val_fraction: float = 0.1
     patience: int = 10
-    seed: int = 0
+    seed: int = D.SEED
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,7 @@ def fit_vae(
     flux,
     ivar,
     *,
-    n_latent: int = 6,
+    n_latent: int = D.N_LATENTS,
     settings: VAESettings = VAESettings(),
     progress: bool = False,
 ) -> TrainedVAE:
@@ -346,14 +347,13 @@ def train_vae(
     spectra_path: str | os.PathLike,
     out_dir: str | os.PathLike,
     *,
-    n_latent: int = 6,
+    n_latent: int = D.N_LATENTS,
     settings: VAESettings = VAESettings(),
     overwrite: bool = False,
     progress: bool = False,
 ) -> TrainedVAE:
     """Train on a spectra table and write the VAE directory."""
-    if Path(out_dir).exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists (pass --overwrite to replace it)")
+    refuse_existing(out_dir, overwrite)
     _, flux, ivar = _read_spectra(spectra_path)
     vae = fit_vae(flux, ivar, n_latent=n_latent, settings=settings, progress=progress)
     vae.meta["spectra"] = str(spectra_path)

@@ -87,6 +87,12 @@ def tiny_catalog(tmp_path_factory, tiny_store, tiny_checkpoint):
     return make_tiny_catalog(tiny_store, tiny_checkpoint, tmp_path_factory.mktemp("catalog") / "cat")
 
 
+@pytest.fixture(scope="module")
+def writable_catalog(tmp_path_factory, tiny_store, tiny_checkpoint):
+    """A tiny catalog of the test module's own, for tests that write into it (the derived sidecar)."""
+    return make_tiny_catalog(tiny_store, tiny_checkpoint, tmp_path_factory.mktemp("own") / "cat")
+
+
 SLURM_ENV = "GALSPEC_TEST_SLURM"
 
 
@@ -103,10 +109,12 @@ def slurm_cluster():
     import subprocess
     from pathlib import Path
 
-    if not (os.environ.get("CI") or os.environ.get(SLURM_ENV) == "1"):
+    asked = os.environ.get(SLURM_ENV) == "1" or os.environ.get("CI", "").lower() in ("1", "true", "yes")
+    if not asked:
         pytest.skip(f"the SLURM tier installs SLURM as root: set {SLURM_ENV}=1 to run it (.ci/run does)")
-    if os.geteuid() != 0:
-        pytest.skip("the SLURM test cluster needs root (slurm/test-cluster/up.sh)")
+    if os.geteuid() != 0:  # asked for, so a missing tier is a failure, not a skip
+        pytest.fail("the SLURM tier was asked for, but its test cluster needs root "
+                    "(slurm/test-cluster/up.sh)")
     scripts = Path(__file__).resolve().parents[1] / "slurm" / "test-cluster"
     env = {**os.environ, "SLURM_TEST_CPUS": os.environ.get("SLURM_TEST_CPUS", "4")}
     running = shutil.which("sinfo") is not None and subprocess.run(
@@ -114,7 +122,8 @@ def slurm_cluster():
     ).returncode == 0
     up = subprocess.run([str(scripts / "up.sh")], capture_output=True, text=True, env=env, timeout=600)
     if up.returncode != 0:
-        pytest.skip(f"slurm/test-cluster/up.sh failed: {(up.stderr or up.stdout).strip()[-300:]}")
+        pytest.fail(f"the SLURM tier was asked for, but slurm/test-cluster/up.sh failed: "
+                    f"{(up.stderr or up.stdout).strip()[-300:]}")
     yield scripts
     if not running:
         subprocess.run([str(scripts / "down.sh")], capture_output=True, env=env, timeout=120)

@@ -134,4 +134,5 @@ def test_cli_calibrate(setup, tmp_path):
     assert load_calibration(ckpt).data["n_fit"] == 144
     assert (tmp_path / "calib.png").stat().st_size > 20_000
     res = CliRunner().invoke(main, [*args, "--fraction", "1.5"])
-    assert res.exit_code == 2 and res.output.startswith("galspec: error: --fraction must be in (0, 1)")
+    assert res.exit_code == 2 and res.output.startswith("galspec: error: Invalid value for '--fraction': 1.5")
+    assert res.output.count("\n") == 1

@@ -9,7 +9,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import make_tiny_catalog
 from scipy.special import erf
 
 from galspec_batch.catalog import read_catalog
@@ -114,12 +113,6 @@ def vae_dir(tmp_path_factory):
     return make_vae(tmp_path_factory.mktemp("vae") / "vae")
 
 
-@pytest.fixture(scope="module")
-def catalog(tmp_path_factory, tiny_store, tiny_checkpoint):
-    """A catalog of this module's own: the tests write its derived sidecar."""
-    return make_tiny_catalog(tiny_store, tiny_checkpoint, tmp_path_factory.mktemp("decode") / "cat")
-
-
 def test_bands_widen_with_std_and_collapse_at_zero(vae_dir):
     vae = load_vae(vae_dir)
     rng = np.random.default_rng(0)
@@ -143,10 +136,10 @@ def test_bands_widen_with_std_and_collapse_at_zero(vae_dir):
     assert abs(np.median(zero.derived["ew_halpha"][0]) - 30.0) < 10.0
 
 
-def test_decode_catalog_ids(catalog, vae_dir, tmp_path):
+def test_decode_catalog_ids(writable_catalog, vae_dir, tmp_path):
     ids = [1003, 1010, 1042, 1100]
     out = tmp_path / "spectra.parquet"
-    s = decode_catalog(catalog, vae_dir, out, ids=ids, n_draws=32)
+    s = decode_catalog(writable_catalog, vae_dir, out, ids=ids, n_draws=32)
     assert s.n_objects == 4 and s.derived is None
     t = pq.read_table(out)
     assert t["object_id"].to_pylist() == ids
@@ -158,55 +151,59 @@ def test_decode_catalog_ids(catalog, vae_dir, tmp_path):
     assert (sp["lo"] <= sp["median"] + 1e-6).all() and (sp["median"] <= sp["hi"] + 1e-6).all()
     meta = json.loads(pq.read_schema(out).metadata[b"galspec.decode"])
     assert meta["n_draws"] == 32 and meta["vae_weights_sha256"]
-    cat = read_catalog(catalog).to_pandas().set_index("object_id").loc[ids]
+    cat = read_catalog(writable_catalog).to_pandas().set_index("object_id").loc[ids]
     np.testing.assert_allclose(rest["ra"].to_numpy(), cat.ra)
     assert np.isfinite(rest["d4000"].to_numpy()).all() and (rest["d4000_std"].to_numpy() > 0).all()
     # deterministic per object: decoding a superset gives the same spectra for these ids
     out2 = tmp_path / "more.parquet"
-    decode_catalog(catalog, vae_dir, out2, ids=ids + [1200], n_draws=32)
+    decode_catalog(writable_catalog, vae_dir, out2, ids=ids + [1200], n_draws=32)
     _, sp2, _ = read_decoded(out2)
     np.testing.assert_array_equal(sp2["median"][:4], sp["median"])
 
     with pytest.raises(InputError, match=r"not in catalog .*\[5\]"):
-        decode_catalog(catalog, vae_dir, tmp_path / "x.parquet", ids=[1003, 5])
+        decode_catalog(writable_catalog, vae_dir, tmp_path / "x.parquet", ids=[1003, 5])
     with pytest.raises(FileExistsError):
-        decode_catalog(catalog, vae_dir, out, ids=ids)
+        decode_catalog(writable_catalog, vae_dir, out, ids=ids)
 
 
-def test_write_back_and_select(catalog, vae_dir, tmp_path):
-    df = read_catalog(catalog).to_pandas()
+def test_write_back_and_select(writable_catalog, vae_dir, tmp_path):
+    df = read_catalog(writable_catalog).to_pandas()
     cut = float(df.latent_2.quantile(0.8))
     try:
-        s = decode_catalog(catalog, vae_dir, tmp_path / "a.parquet", where=f"latent_2 > {cut}", n_draws=16,
+        s = decode_catalog(writable_catalog, vae_dir, tmp_path / "a.parquet", where=f"latent_2 > {cut}",
+                           n_draws=16,
                            write_back=True)
-        assert s.derived == derived_file(catalog)
+        assert s.derived == derived_file(writable_catalog)
         decoded = pq.read_table(tmp_path / "a.parquet").to_pandas()
         assert sorted(decoded.object_id) == sorted(df[df.latent_2 > cut].object_id)
         thr = float(decoded.ew_halpha.median())
-        t = select_targets(catalog, where=f"ew_halpha > {thr}").to_pandas()
+        t = select_targets(writable_catalog, where=f"ew_halpha > {thr}").to_pandas()
         assert sorted(t.object_id) == sorted(decoded[decoded.ew_halpha > thr].object_id)
         # a second decode merges by object_id
-        decode_catalog(catalog, vae_dir, tmp_path / "b.parquet", ids=[1000, 1001], n_draws=16,
+        decode_catalog(writable_catalog, vae_dir, tmp_path / "b.parquet", ids=[1000, 1001], n_draws=16,
                        write_back=True)
-        side = pq.read_table(derived_file(catalog)).to_pandas()
+        side = pq.read_table(derived_file(writable_catalog)).to_pandas()
         assert sorted(side.object_id) == sorted(set(decoded.object_id) | {1000, 1001})
         assert list(side.columns) == ["object_id", *DERIVED_COLUMNS]
         # another VAE's quantities are not mixed in
         other = make_vae(tmp_path / "other", seed=1)
         with pytest.raises(InputError, match="another VAE"):
-            decode_catalog(catalog, other, tmp_path / "c.parquet", ids=[1002], n_draws=16, write_back=True)
+            decode_catalog(writable_catalog, other, tmp_path / "c.parquet", ids=[1002], n_draws=16,
+                           write_back=True)
     finally:
-        derived_file(catalog).unlink(missing_ok=True)
+        derived_file(writable_catalog).unlink(missing_ok=True)
 
 
-def test_cli_decode_with_plot(catalog, vae_dir, tmp_path):
+def test_cli_decode_with_plot(writable_catalog, vae_dir, tmp_path):
     out, fig = tmp_path / "s.parquet", tmp_path / "fig.png"
-    r = CliRunner().invoke(main, ["decode", str(catalog), "--vae", str(vae_dir), "--ids", "1004,1005,1006",
+    r = CliRunner().invoke(main, ["decode", str(writable_catalog), "--vae", str(vae_dir), "--ids",
+                                  "1004,1005,1006",
                                   "--draws", "16", "--out", str(out), "--plot", str(fig)])
     assert r.exit_code == 0, r.output
     assert "3 spectra" in r.output
     assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and fig.stat().st_size > 20_000
-    bad = CliRunner().invoke(main, ["decode", str(catalog), "--vae", str(vae_dir), "--where", "latnt_2 > 0",
+    bad = CliRunner().invoke(main, ["decode", str(writable_catalog), "--vae", str(vae_dir), "--where",
+                                    "latnt_2 > 0",
                                     "--out", str(tmp_path / "t.parquet")])
     assert bad.exit_code == 2 and "unknown column 'latnt_2'" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1

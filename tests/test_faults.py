@@ -58,7 +58,8 @@ def same(a: Path, b: Path) -> None:
 
 
 def galspec(*args, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "galspec_batch.cli", *map(str, args)], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "galspec_batch.cli", *map(str, args)],
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
 
 
@@ -132,20 +133,23 @@ def test_a_second_run_into_the_same_catalog_is_refused_at_once(slow, tmp_path):
 def test_changed_settings_are_refused_on_resume(slow, tmp_path):
     store, ckpt, ref = slow
     out = tmp_path / "cat"
-    predict_catalog(store, ckpt, out, PredictOptions(mc_samples=8, engine="eager", batch_size=32), cluster="none",
+    predict_catalog(store, ckpt, out, PredictOptions(mc_samples=8, engine="eager", batch_size=32),
+                    cluster="none",
                     progress=False, finalize=False)
     for partition in list(out.glob("dataset/**/*.parquet"))[:3]:
         partition.unlink()  # as if killed before these were written
     with pytest.raises(InputError) as info:
-        predict_catalog(store, ckpt, out, PredictOptions(mc_samples=4, seed=7, precision="bf16", engine="eager",
-                                                         batch_size=32), cluster="none", progress=False)
+        changed = PredictOptions(mc_samples=4, seed=7, precision="bf16", engine="eager", batch_size=32)
+        predict_catalog(store, ckpt, out, changed, cluster="none", progress=False)
     message = str(info.value)
-    assert "mc_samples=8, precision=fp32, seed=0; this run has mc_samples=4, precision=bf16, seed=7" in message
+    assert ("mc_samples=8, precision=fp32, seed=0; this run has mc_samples=4, precision=bf16, seed=7"
+            in message)
     # the batch size picks the CPU kernels' summation order: a resume must keep it too
     with pytest.raises(InputError, match="batch_size=32; this run has batch_size=7"):
         predict_catalog(store, ckpt, out, PredictOptions(mc_samples=8, engine="eager", batch_size=7),
                         cluster="none", progress=False)
-    predict_catalog(store, ckpt, out, PredictOptions(mc_samples=8, engine="eager", batch_size=32), cluster="none",
+    predict_catalog(store, ckpt, out, PredictOptions(mc_samples=8, engine="eager", batch_size=32),
+                    cluster="none",
                     progress=False)
     same(out, ref)
 
@@ -234,8 +238,9 @@ def test_a_flipped_byte_in_a_store_chunk_is_an_error_naming_the_objects(tmp_path
     for k in range(64):
         data[200 + 16 * k] ^= 0xFF
     shard.write_bytes(bytes(data))
-    res = subprocess.run([sys.executable, "-m", "galspec_batch.cli", *predict_args((store, tiny_checkpoint, None),
-                          tmp_path / "cat")], capture_output=True, text=True, timeout=300)
+    args = predict_args((store, tiny_checkpoint, None), tmp_path / "cat")
+    res = subprocess.run([sys.executable, "-m", "galspec_batch.cli", *args], capture_output=True, text=True,
+                         timeout=300)
     assert res.returncode == 1
     line = one_line(res.stderr)
     assert "cannot be read, damaged on disk" in line and "object_id" in line and "checksum" in line
@@ -312,7 +317,8 @@ def test_image_flags_for_inf_constant_nan_and_extreme_pixels(tmp_path):
     s = open_store(tmp_path / "s.zarr")
     flags = dict(zip(s.object_id.tolist(), s.flags.tolist(), strict=True))
     f = QualityFlag
-    assert flags == {0: f.INF_PIXELS, 1: f.CONSTANT_BAND, 2: f.NAN_PIXELS | f.MISSING_BAND, 3: f.EXTREME_PIXELS,
+    assert flags == {0: f.INF_PIXELS, 1: f.CONSTANT_BAND, 2: f.NAN_PIXELS | f.MISSING_BAND,
+                     3: f.EXTREME_PIXELS,
                      4: f.EXTREME_PIXELS, 5: 0}
     row = int(np.flatnonzero(s.object_id == 2)[0])
     assert not s.mask[row, 3]
@@ -330,18 +336,21 @@ def test_a_store_at_another_zero_point_is_refused_or_rescaled(tmp_path):
     images = rng.normal(size=(40, 5, 16, 16)).astype(np.float32) * 10
     for name, zp, scale in (("ps1", 22.5, 1.0), ("hsc", 27.0, 10 ** (0.4 * 4.5))):
         with create_store(tmp_path / f"{name}.zarr", image_shape=(16, 16), partition_order=3,
-                          flux_unit="nanomaggy" if name == "ps1" else "count", zero_points=dict.fromkeys("grizy", zp),
+                          flux_unit="nanomaggy" if name == "ps1" else "count",
+                          zero_points=dict.fromkeys("grizy", zp),
                           survey="test", dtype="float32") as w:
             w.append(np.arange(40), np.full(40, 150.0), np.linspace(0, 1, 40), images * scale)
     torch.manual_seed(0)
     net = GalspecNet(create_model("simple-cnn"), torch.ones(5), torch.zeros(5), torch.ones(5), torch.zeros(6),
                      torch.ones(6)).eval()
     ckpt = save_checkpoint(tmp_path / "ck", net, {
-        "bands": list("grizy"), "image_size": [16, 16], "pixel_scale": 0.25, "latent_names": [f"latent_{i}" for i in
-        range(1, 7)], "survey": "test", "flux_unit": "nanomaggy", "zero_points": [22.5] * 5})
+        "bands": list("grizy"), "image_size": [16, 16], "pixel_scale": 0.25,
+        "latent_names": [f"latent_{i}" for i in range(1, 7)], "survey": "test", "flux_unit": "nanomaggy",
+        "zero_points": [22.5] * 5})
     assert read_config(ckpt).zero_points == (22.5,) * 5
     ref = make_tiny_catalog(tmp_path / "ps1.zarr", ckpt, tmp_path / "ref", mc_samples=4)
-    with pytest.raises(InputError, match="trained on nanomaggy at AB zero point 22.5 but store .* holds count at 27.0"):
+    with pytest.raises(InputError,
+                       match="trained on nanomaggy at AB zero point 22.5 but store .* holds count at 27.0"):
         make_tiny_catalog(tmp_path / "hsc.zarr", ckpt, tmp_path / "c1", mc_samples=4)
     out = make_tiny_catalog(tmp_path / "hsc.zarr", ckpt, tmp_path / "c2", mc_samples=4, rescale_flux=True)
     a, b = frame(ref), frame(out)
@@ -355,7 +364,8 @@ def test_a_store_at_another_zero_point_is_refused_or_rescaled(tmp_path):
 def test_absurd_or_incomplete_checkpoint_configs_are_refused_before_anything_is_built(tmp_path, tiny_store):
     ckpt = make_tiny_checkpoint(tmp_path / "ckpt")
     cfg = json.loads((ckpt / "config.json").read_text())
-    for bad, message in (({**cfg, "model": {**cfg["model"], "n_out": 10**9}}, "model.n_out must be an integer in"),
+    for bad, message in (({**cfg, "model": {**cfg["model"], "n_out": 10**9}},
+                          "model.n_out must be an integer in"),
                          ({k: v for k, v in cfg.items() if k != "model"}, "lacks model"),
                          ({**cfg, "training": {"x": "y" * (2 << 20)}}, "bytes; a galspec JSON document")):
         (ckpt / "config.json").write_text(json.dumps(bad))
@@ -390,7 +400,8 @@ def test_ingest_catalog_row_without_any_band_is_quarantined(tmp_path):
     good = tmp_path / "g.fits"
     fits.PrimaryHDU(np.ones((16, 16), np.float32)).writeto(good)
     (tmp_path / "cat.csv").write_text(f"object_id,ra,dec,file_g,file_r\n1,150,2,{good},{good}\n2,150,2.1,,\n")
-    res = CliRunner().invoke(main, ["ingest", "--catalog", str(tmp_path / "cat.csv"), "-o", str(tmp_path / "s.zarr"),
+    res = CliRunner().invoke(main, ["ingest", "--catalog", str(tmp_path / "cat.csv"), "-o",
+                                    str(tmp_path / "s.zarr"),
                                     "--pixel-scale", "0.25"])
     assert res.exit_code == 0, res.output
     assert "no image for any band" in res.output and "ingested 1 objects" in res.output
@@ -399,7 +410,8 @@ def test_ingest_catalog_row_without_any_band_is_quarantined(tmp_path):
 def test_a_non_integer_objid_header_is_quarantined(tmp_path):
     from astropy.io import fits
 
-    header = fits.Header({"OBJID": "J100000+020000", "FILTER": "g", "CTYPE1": "RA---TAN", "CTYPE2": "DEC--TAN",
+    header = fits.Header({"OBJID": "J100000+020000", "FILTER": "g", "CTYPE1": "RA---TAN",
+                          "CTYPE2": "DEC--TAN",
                           "CRVAL1": 150.0, "CRVAL2": 2.0, "CRPIX1": 8.0, "CRPIX2": 8.0,
                           "CDELT1": -0.25 / 3600, "CDELT2": 0.25 / 3600})
     fits.PrimaryHDU(np.ones((16, 16), np.float32), header).writeto(tmp_path / "x_g.fits")
@@ -418,7 +430,8 @@ def test_a_full_disk_is_one_line_and_a_rerun_finishes(slow, tmp_path):
         pytest.skip("mounting a small tmpfs needs root")
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)],
+                             capture_output=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from torch import nn
 
 from galspec_batch.errors import InputError
-from galspec_batch.models import DeconvConv2d, create_model, fold_deconv, list_models, model_config
+from galspec_batch.models import DeconvConv2d, create_model, fold_deconv, list_models
 from galspec_batch.models.xresnet import ResBlock, SimpleSelfAttention, SqueezeExcite
 
 # Wu & Peek 2020, 5 bands -> 6 outputs, re-derived from the original fastai definitions
@@ -117,15 +115,6 @@ def test_unknown_name_suggests_the_closest():
         create_model("simple-cnn", dropout=1.0)
     with pytest.raises(InputError, match="in_bands"):
         create_model("simple-cnn", in_bands=0)
-
-
-def test_model_config_rebuilds_the_model():
-    model = create_model("xresnet18-hybrid", in_bands=4, n_out=3, dropout=0.3)
-    config = model_config(model)
-    assert config == {"name": "xresnet18-hybrid", "in_bands": 4, "n_out": 3, "dropout": 0.3}
-    rebuilt = create_model(**json.loads(json.dumps(config)))
-    rebuilt.load_state_dict(model.state_dict())
-    assert model_config("simple-cnn") == {"name": "simple-cnn", "in_bands": 5, "n_out": 6, "dropout": 0.2}
 
 
 def test_xresnet_structure_and_initialisation():

@@ -9,7 +9,6 @@ import pyarrow as pa
 import pytest
 from astropy.table import Table
 from click.testing import CliRunner
-from conftest import make_tiny_catalog
 from scipy.stats import norm
 
 from galspec_batch.catalog import read_catalog
@@ -21,19 +20,13 @@ from galspec_batch.select import ProbCut, select_targets, write_targets
 
 
 @pytest.fixture(scope="module")
-def catalog(tmp_path_factory, tiny_store, tiny_checkpoint):
-    """A catalog of this module's own: the tests write its derived sidecar."""
-    return make_tiny_catalog(tiny_store, tiny_checkpoint, tmp_path_factory.mktemp("select") / "cat")
+def df(writable_catalog):
+    return read_catalog(writable_catalog).to_pandas()
 
 
-@pytest.fixture(scope="module")
-def df(catalog):
-    return read_catalog(catalog).to_pandas()
-
-
-def test_where_equals_pandas_filter(catalog, df):
+def test_where_equals_pandas_filter(writable_catalog, df):
     cut = float(df["latent_2"].median())
-    t = select_targets(catalog, where=f"latent_2 > {cut} AND quality_flags = 0").to_pandas()
+    t = select_targets(writable_catalog, where=f"latent_2 > {cut} AND quality_flags = 0").to_pandas()
     expected = df[(df.latent_2 > cut) & (df.quality_flags == 0)]
     assert 0 < len(t) < len(df)
     assert sorted(t.object_id) == sorted(expected.object_id)
@@ -45,25 +38,26 @@ def test_where_equals_pandas_filter(catalog, df):
     np.testing.assert_allclose(merged.latent_2, merged.latent_2_cat)
 
 
-def test_order_by_and_limit(catalog, df):
-    t = select_targets(catalog, where="latent_1 < 0", order_by="latent_3 DESC", limit=7).to_pandas()
+def test_order_by_and_limit(writable_catalog, df):
+    t = select_targets(writable_catalog, where="latent_1 < 0", order_by="latent_3 DESC", limit=7).to_pandas()
     expected = df[df.latent_1 < 0].sort_values("latent_3", ascending=False).head(7)
     assert list(t.object_id) == list(expected.object_id)
     np.testing.assert_allclose(t.priority, 1 - np.arange(7) / 7)
-    asc = select_targets(catalog, order_by="latent_3", limit=3).to_pandas()
+    asc = select_targets(writable_catalog, order_by="latent_3", limit=3).to_pandas()
     assert list(asc.object_id) == list(df.sort_values("latent_3").head(3).object_id)
 
 
-def test_region_cut(catalog, df):
+def test_region_cut(writable_catalog, df):
     region = parse_region("cone:153,0,1.5")
-    t = select_targets(catalog, region=region)
+    t = select_targets(writable_catalog, region=region)
     inside = df[region.contains(df.ra.to_numpy(), df.dec.to_numpy())]
     assert 0 < t.num_rows < len(df)
     assert sorted(t["object_id"].to_pylist()) == sorted(inside.object_id)
 
 
-def test_probability_is_the_gaussian_formula(catalog, df):
-    t = select_targets(catalog, prob="latent_2 > 0.3", min_prob=0.0).to_pandas().set_index("object_id")
+def test_probability_is_the_gaussian_formula(writable_catalog, df):
+    t = select_targets(writable_catalog, prob="latent_2 > 0.3",
+                       min_prob=0.0).to_pandas().set_index("object_id")
     ref = df.set_index("object_id").loc[t.index]
     expected = norm.sf((0.3 - ref.latent_2.astype(float)) / ref.latent_2_std.astype(float))
     assert len(t) == len(df)
@@ -71,9 +65,10 @@ def test_probability_is_the_gaussian_formula(catalog, df):
     np.testing.assert_array_equal(t.priority, t.prob)
     assert (np.diff(t.prob.to_numpy()) <= 0).all()  # most probable first
 
-    cut = select_targets(catalog, prob="latent_2 > 0.3", min_prob=0.6).to_pandas()
+    cut = select_targets(writable_catalog, prob="latent_2 > 0.3", min_prob=0.6).to_pandas()
     assert len(cut) == int((expected >= 0.6).sum()) > 0
-    below = select_targets(catalog, prob="latent_2 <= 0.3", min_prob=0.0).to_pandas().set_index("object_id")
+    below = select_targets(writable_catalog, prob="latent_2 <= 0.3",
+                           min_prob=0.0).to_pandas().set_index("object_id")
     np.testing.assert_allclose(below.prob, 1 - t.prob.loc[below.index], atol=1e-6)
 
 
@@ -84,8 +79,8 @@ def test_prob_parse_refuses_bad_text():
             ProbCut.parse(bad)
 
 
-def test_rank_uncertainty_returns_the_largest_spread(catalog, df):
-    t = select_targets(catalog, rank="uncertainty", limit=5).to_pandas()
+def test_rank_uncertainty_returns_the_largest_spread(writable_catalog, df):
+    t = select_targets(writable_catalog, rank="uncertainty", limit=5).to_pandas()
     scale = np.array([df[f"latent_{i}"].std() for i in range(1, 7)])
     stds = np.stack([df[f"latent_{i}_std"] for i in range(1, 7)], axis=1)
     spread = np.sqrt(((stds / scale) ** 2).mean(axis=1))
@@ -95,8 +90,9 @@ def test_rank_uncertainty_returns_the_largest_spread(catalog, df):
     np.testing.assert_allclose(t.priority, [1.0, 0.8, 0.6, 0.4, 0.2])
 
 
-def test_outputs_in_three_formats(catalog, df, tmp_path):
-    t = select_targets(catalog, where="latent_1 > -1.2", order_by="latent_1", limit=10, columns=["model_id"])
+def test_outputs_in_three_formats(writable_catalog, df, tmp_path):
+    t = select_targets(writable_catalog, where="latent_1 > -1.2", order_by="latent_1", limit=10,
+                       columns=["model_id"])
     ref = t.to_pandas()
     for name in ("t.parquet", "t.csv", "t.fits"):
         write_targets(t, tmp_path / name, meta={"where": "latent_1 > -1.2"})
@@ -117,8 +113,8 @@ def test_outputs_in_three_formats(catalog, df, tmp_path):
         write_targets(t, tmp_path / "t.txt")
 
 
-def test_derived_sidecar_is_joined(catalog, df):
-    path = derived_file(catalog)
+def test_derived_sidecar_is_joined(writable_catalog, df):
+    path = derived_file(writable_catalog)
     ids = df.object_id.to_numpy()[:50]
     ew = np.linspace(0, 49, 50).astype(np.float32)
     side = pa.table({"object_id": ids, "ew_halpha": ew, "ew_halpha_std": np.full(50, 2.0, np.float32)})
@@ -127,9 +123,9 @@ def test_derived_sidecar_is_joined(catalog, df):
 
     pq.write_table(side, path)
     try:
-        t = select_targets(catalog, where="ew_halpha > 40").to_pandas()
+        t = select_targets(writable_catalog, where="ew_halpha > 40").to_pandas()
         assert sorted(t.object_id) == sorted(ids[ew > 40])
-        p = select_targets(catalog, prob="ew_halpha > 10", min_prob=0.5).to_pandas()
+        p = select_targets(writable_catalog, prob="ew_halpha > 10", min_prob=0.5).to_pandas()
         assert sorted(p.object_id) == sorted(ids[ew >= 10])  # P = 0.5 at ew = 10; undecoded rows drop
     finally:
         path.unlink()
@@ -145,12 +141,13 @@ def test_derived_sidecar_is_joined(catalog, df):
     (["--where", "object_id in (select 1 from read_parquet('/etc/*'))"], "file access is disabled"),
     (["--order-by", "latent_1; drop table x"], "bad --order-by"),
     (["--order-by", "latent_9 DESC"], "unknown column 'latent_9' in --order-by"),
-    (["--prob", "latent_2 > 0.5", "--min-prob", "1.5"], "--min-prob must be in [0, 1]"),
+    (["--prob", "latent_2 > 0.5", "--min-prob", "1.5"],
+     "Invalid value for '--min-prob': 1.5 is not in the range 0<=x<=1"),
     (["--min-prob", "0.5"], "--min-prob needs --prob"),
     (["--prob", "mc_samples > 3"], "needs column 'mc_samples_std'"),
 ])
-def test_cli_errors_are_one_line(catalog, tmp_path, args, message):
-    r = CliRunner().invoke(main, ["select", str(catalog), *args, "--out", str(tmp_path / "t.csv")])
+def test_cli_errors_are_one_line(writable_catalog, tmp_path, args, message):
+    r = CliRunner().invoke(main, ["select", str(writable_catalog), *args, "--out", str(tmp_path / "t.csv")])
     assert r.exit_code == 2, r.output
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("galspec: error: ")
@@ -158,9 +155,9 @@ def test_cli_errors_are_one_line(catalog, tmp_path, args, message):
     assert not (tmp_path / "t.csv").exists()
 
 
-def test_cli_select_writes_targets(catalog, df, tmp_path):
+def test_cli_select_writes_targets(writable_catalog, df, tmp_path):
     out = tmp_path / "targets.fits"
-    r = CliRunner().invoke(main, ["select", str(catalog), "--where", "quality_flags = 0",
+    r = CliRunner().invoke(main, ["select", str(writable_catalog), "--where", "quality_flags = 0",
                                   "--rank", "uncertainty", "--limit", "4", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert "wrote" in r.output and "4 targets" in r.output

@@ -35,7 +35,8 @@ def write_all(catalog: Path, schema: pa.Schema, markers: list[DoneMarker], run: 
         footers.append(md)
     with atomic_path(data / paths.PARQUET_METADATA_FILENAME, overwrite=True) as tmp:
         pq.write_metadata(schema, tmp, metadata_collector=footers)
-    csv = f"{paths.PARTITION_ORDER},{paths.PARTITION_PIXEL}\n" + "".join(f"{m.order},{m.pixel}\n" for m in markers)
+    header = f"{paths.PARTITION_ORDER},{paths.PARTITION_PIXEL}\n"
+    csv = header + "".join(f"{m.order},{m.pixel}\n" for m in markers)
     _write_text(catalog / paths.PARTITION_INFO_FILENAME, csv)
     _write_text(catalog / paths.PROPERTIES_FILENAME, properties_text(catalog, markers, run, doc))
     _write_text(catalog / paths.PROVENANCE_FILENAME, json.dumps(doc, indent=1, sort_keys=True) + "\n")

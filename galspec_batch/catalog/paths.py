@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+FORMAT_NAME = "galspec-catalog"
 FORMAT_VERSION = 2
 
 # HATS (hats >= 0.5 layout, "v1.0" of the IVOA note)
@@ -42,6 +43,7 @@ TASKS_FILENAME = "tasks.json"
 LOG_DIR = "logs"
 
 # derived quantities written back by `galspec decode --write-back`
+DASK_LOG_SUFFIX = ".dask-logs"  # beside the catalog: workers of `submit --mode dask` log there
 DERIVED_DIR = "derived"
 DERIVED_FILENAME = "derived.parquet"
 
@@ -107,6 +109,11 @@ def derived_file(catalog: str | Path) -> Path:
     return Path(catalog) / DERIVED_DIR / DERIVED_FILENAME
 
 
+def dask_log_dir(catalog: str | Path) -> Path:
+    catalog = Path(catalog).resolve()
+    return catalog.parent / f"{catalog.name}{DASK_LOG_SUFFIX}"
+
+
 def lock_file(catalog: str | Path) -> Path:
     return state_dir(catalog) / LOCK_FILENAME
 
@@ -122,6 +129,9 @@ def done_marker(catalog: str | Path, order: int, pixel: int) -> Path:
 
 def failed_marker(catalog: str | Path, order: int, pixel: int) -> Path:
     return state_dir(catalog) / FAILED_DIR / _marker_name(order, pixel)
+
+
+MARKER_GLOB = "o*_p*.json"  # every name _marker_name makes
 
 
 def parse_marker_name(name: str) -> tuple[int, int]:

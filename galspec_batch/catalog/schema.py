@@ -16,10 +16,10 @@ from galspec_batch.columns import (
     OBJECT_ID,
     QUALITY_FLAGS,
     RA,
-    STD_SUFFIX,
     QualityFlag,
     latent_column,
     latent_std_column,
+    std_column,
 )
 from galspec_batch.errors import InputError, did_you_mean
 from galspec_batch.sky import healpix_29, pixel_at_order
@@ -102,7 +102,7 @@ def _check_latents(table: pa.Table, ids: np.ndarray, where: str) -> None:
     """Latents and spreads finite, and null exactly in the rows flagged BAD_PREDICTION."""
     bad_rows = (table[QUALITY_FLAGS].to_numpy() & int(QualityFlag.BAD_PREDICTION)) != 0
     latents = [m.group(0) for c in table.column_names if (m := LATENT_RE.match(c))]
-    for name in latents + [f"{c}{STD_SUFFIX}" for c in latents]:
+    for name in latents + [std_column(c) for c in latents]:
         col = table[name].combine_chunks()
         values = col.to_numpy(zero_copy_only=False)
         null = col.is_null().to_numpy(zero_copy_only=False)

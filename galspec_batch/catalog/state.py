@@ -130,7 +130,7 @@ def list_markers(catalog: str | Path, kind: str) -> list[Pixel]:
     d = paths.state_dir(catalog) / kind
     if not d.exists():
         return []
-    return sorted(paths.parse_marker_name(f.name) for f in d.glob("o*_p*.json"))
+    return sorted(paths.parse_marker_name(f.name) for f in d.glob(paths.MARKER_GLOB))
 
 
 def read_failed(catalog: str | Path) -> dict[Pixel, str]:

@@ -139,7 +139,8 @@ def verify_catalog(path: str | Path) -> list[str]:
             why = st.failures.get(f"Norder={order} Npix={pixel}") or state.check_partition(path, order, pixel)
             problems.append(f"{kind} Norder={order} Npix={pixel}: {why}")
     if st.complete:
-        for f in (path / paths.PROPERTIES_FILENAME, paths.dataset_dir(path) / paths.PARQUET_METADATA_FILENAME):
+        for f in (path / paths.PROPERTIES_FILENAME,
+                  paths.dataset_dir(path) / paths.PARQUET_METADATA_FILENAME):
             if not f.is_file():
                 problems.append(f"missing {f}")
     return problems

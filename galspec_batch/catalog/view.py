@@ -20,7 +20,8 @@ from scipy.special import ndtr
 
 from galspec_batch.catalog import paths
 from galspec_batch.catalog.reader import require_whole
-from galspec_batch.columns import DEC, LATENT_RE, OBJECT_ID, RA, STD_SUFFIX
+from galspec_batch.catalog.state import list_markers, read_run_state
+from galspec_batch.columns import DEC, LATENT_RE, OBJECT_ID, RA, std_column
 from galspec_batch.errors import (
     InputError,
     UsageError,
@@ -42,20 +43,17 @@ def _partition_files(catalog: Path, region: Region | None) -> tuple[list[Path], 
     """Partition files (pruned to the region's pixels, each verified against its done marker)
     and the catalog's partition order."""
     require_whole(catalog, partitions=[])
-    info = catalog / paths.PARTITION_INFO_FILENAME
-    rows = [line.split(",") for line in info.read_text().split()[1:] if line.strip()]
-    parts = [(int(o), int(p)) for o, p in rows]
+    run = read_run_state(catalog)
+    parts = run.planned() or list_markers(catalog, paths.DONE_DIR)
     if not parts:
-        raise InputError(f"catalog {catalog} has no partitions ({info} is empty)")
-    order = parts[0][0]
+        raise InputError(f"catalog {catalog} has no partitions")
+    order = run.partition_order
     if region is not None:
         keep = set(region.pixels(order).tolist())
-        parts = [(o, p) for o, p in parts if p in keep]
+        n_all, parts = len(parts), [(o, p) for o, p in parts if p in keep]
         if not parts:
-            raise InputError(
-                f"region {region} overlaps no partition of catalog {catalog} "
-                f"({len(rows)} partitions at order {order})"
-            )
+            raise InputError(f"region {region} overlaps no partition of catalog {catalog} "
+                             f"({n_all} partitions at order {order})")
     require_whole(catalog, partitions=parts)
     return [paths.partition_file(catalog, o, p) for o, p in parts], order
 
@@ -97,7 +95,7 @@ class CatalogView:
         con.execute("SET lock_configuration = true")
         self.columns: list[str] = list(con.table(VIEW).columns)
         self.n_latents = sum(1 for c in self.columns
-                             if LATENT_RE.match(c) and f"{c}{STD_SUFFIX}" in self.columns)
+                             if LATENT_RE.match(c) and std_column(c) in self.columns)
 
     def _region_ids(self, files: list[Path]) -> pa.Array:
         t = pa.concat_tables([pq.read_table(f, columns=[OBJECT_ID, RA, DEC]) for f in files])

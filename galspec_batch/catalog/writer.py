@@ -294,7 +294,7 @@ def _plan_rows(plan: Sequence[PlanItem] | None, order: int) -> tuple[tuple[int, 
 def _header(run: state.RunState) -> str:
     return json.dumps(
         {
-            "format": "galspec-catalog",
+            "format": paths.FORMAT_NAME,
             "format_version": paths.FORMAT_VERSION,
             "code_version": code_version(),
             "created": run.created,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
+from galspec_batch import defaults as D
 from galspec_batch.cli.common import out_option, overwrite_option, quiet_option, region_option
 
-CATALOG = click.argument("catalog", type=click.Path(exists=True))
+CATALOG = click.argument("catalog", type=click.Path())
 
 
 @click.command("calibrate")
@@ -15,10 +16,12 @@ CATALOG = click.argument("catalog", type=click.Path(exists=True))
 @click.option("--checkpoint", required=True, type=click.Path(), help="Checkpoint that predicted CATALOG.")
 @click.option("--split-file", type=click.Path(), default=None,
               help="Object ids to fit on, one per line (the rest measure coverage).")
-@click.option("--fraction", default=0.5, show_default=True,
+@click.option("--fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=D.CALIBRATION_FRACTION, show_default=True,
               help="Share of objects to fit on, without --split-file.")
-@click.option("--method", type=click.Choice(["likelihood", "robust"]), default="robust", show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--method", type=click.Choice(D.CALIBRATION_METHODS), default=D.CALIBRATION_METHOD,
+              show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=D.SEED, show_default=True)
 @click.option("--plot", type=click.Path(), default=None, help="Calibration plot (PNG) to write.")
 @click.option("--dry-run", is_flag=True, help="Measure and print, but write no calibration.json.")
 def calibrate_cmd(catalog, labels, checkpoint, split_file, fraction, method, seed, plot, dry_run) -> None:
@@ -42,11 +45,12 @@ def calibrate_cmd(catalog, labels, checkpoint, split_file, fraction, method, see
 @click.option("--where", default=None, help="SQL expression over catalog columns, e.g. 'latent_1 > 0.5'.")
 @region_option
 @click.option("--prob", default=None, help="Condition 'COLUMN OP NUMBER' whose probability is computed.")
-@click.option("--min-prob", type=float, default=None, help="Keep rows with prob >= this [0.5 with --prob].")
+@click.option("--min-prob", type=click.FloatRange(0, 1), default=None,
+              help=f"Keep rows with prob >= this [{D.MIN_PROB} with --prob].")
 @click.option("--rank", type=click.Choice(["uncertainty"]), default=None,
               help="uncertainty: largest predictive spread first (what to observe to teach the model).")
 @click.option("--order-by", default=None, help="COLUMN [ASC|DESC], comma-separated.")
-@click.option("--limit", type=int, default=None, help="Keep the first K rows.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Keep the first K rows.")
 @click.option("--columns", default=None, help="Extra catalog columns to write, comma-separated.")
 @out_option("targets.parquet | .csv | .fits")
 @overwrite_option()
@@ -80,8 +84,9 @@ def _ids(ctx, param, text: str | None) -> list[int] | None:
 @click.option("--where", default=None, help="SQL expression over catalog columns (as in `galspec select`).")
 @region_option
 @out_option("Decoded spectra (Parquet) to write.")
-@click.option("--draws", default=64, show_default=True, help="Latent draws per object.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--draws", type=click.IntRange(2, 10_000), default=D.DECODE_DRAWS, show_default=True,
+              help="Latent draws per object.")
+@click.option("--seed", type=click.IntRange(min=0), default=D.SEED, show_default=True)
 @click.option("--write-back", is_flag=True, help="Store the derived columns in <catalog>/derived/.")
 @click.option("--plot", type=click.Path(), default=None, help="Also plot a few decoded spectra (PNG).")
 @overwrite_option("--out (and a sidecar made by another VAE)")
@@ -108,11 +113,12 @@ def decode_cmd(catalog, vae_dir, ids, where, region, out, draws, seed, write_bac
 @out_option("Flagged table (Parquet) to write.")
 @click.option("--truth", type=click.Path(), default=None,
               help="Spectra table with truth_anomaly (mock survey): report the ROC AUC.")
-@click.option("--alpha", default=1e-3, show_default=True,
-              help="Flag labelled objects with p-value below this.")
-@click.option("--ood-threshold", default=5.0, show_default=True,
+@click.option("--alpha", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=D.ANOMALY_ALPHA,
+              show_default=True, help="Flag labelled objects with p-value below this.")
+@click.option("--ood-threshold", type=float, default=D.OOD_THRESHOLD, show_default=True,
               help="Flag unlabelled objects with ood_score above this (robust sigma).")
-@click.option("--neighbours", "k", default=10, show_default=True, help="k of the k-NN density.")
+@click.option("--neighbours", "k", type=click.IntRange(min=1), default=D.NEIGHBOURS, show_default=True,
+              help="k of the k-NN density.")
 @overwrite_option()
 def anomalies_cmd(catalog, labels, out, truth, alpha, ood_threshold, k, overwrite) -> None:
     """Flag galaxies of CATALOG whose spectrum disagrees with their image (with --labels), or that

@@ -9,12 +9,15 @@ import sys
 
 import click
 
+from galspec_batch import defaults as D
 from galspec_batch.errors import GalspecError, Interrupted, UsageError, first_line
 from galspec_batch.options import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_ENGINE,
     DEFAULT_MC_SAMPLES,
     ENGINE_NAMES,
+    MAX_BATCH_SIZE,
+    MAX_MC_SAMPLES,
     PRECISIONS,
     PredictOptions,
 )
@@ -125,13 +128,14 @@ def region_option(func):
 
 
 _PREDICT_OPTIONS = (
-    click.option("--mc-samples", type=int, default=DEFAULT_MC_SAMPLES, show_default=True,
-                 help="MC-dropout samples per galaxy."),
+    click.option("--mc-samples", type=click.IntRange(2, MAX_MC_SAMPLES), default=DEFAULT_MC_SAMPLES,
+                 show_default=True, help="MC-dropout samples per galaxy."),
     click.option("--engine", type=click.Choice(ENGINE_NAMES), default=DEFAULT_ENGINE, show_default=True,
                  help="Inference engine of the CNN body."),
-    click.option("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, show_default=True,
-                 help="Cutouts per batch (does not change values)."),
-    click.option("--seed", type=int, default=0, show_default=True, help="Run seed of the MC-dropout masks."),
+    click.option("--batch-size", type=click.IntRange(1, MAX_BATCH_SIZE), default=DEFAULT_BATCH_SIZE,
+                 show_default=True, help="Cutouts per batch (a resume must keep it: CPU kernels sum by it)."),
+    click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=D.SEED, show_default=True,
+                 help="Run seed of the MC-dropout masks."),
     click.option("--precision", type=click.Choice(PRECISIONS), default=None,
                  help="CNN precision (default: fp16 on a GPU, fp32 on the CPU)."),
     click.option("--region", default=None, help=REGION_HELP),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
+from galspec_batch import defaults as D
 from galspec_batch.cli.common import out_option, overwrite_option, quiet_option
+from galspec_batch.store.format import DTYPES
 
 
 def _echo_report(report) -> None:
@@ -28,16 +30,22 @@ def _image_size(ctx, param, text: str | None) -> tuple[int, int] | None:
 @click.command("simulate")
 @out_option("Cutout store (Zarr) to write.")
 @click.option("--out-spectra", required=True, type=click.Path(), help="Spectra table (Parquet) to write.")
-@click.option("-n", "n", default=1000, show_default=True, help="Number of galaxies.")
-@click.option("--image-size", default=64, show_default=True, help="Cutout size in pixels (paper: 224).")
-@click.option("--pixel-scale", default=0.25, show_default=True, help="Arcsec per pixel.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--field", nargs=3, type=float, default=(150.0, 2.2, 1.0), show_default=True,
+@click.option("-n", "n", type=click.IntRange(min=1), default=D.SIM_GALAXIES, show_default=True,
+              help="Number of galaxies.")
+@click.option("--image-size", type=click.IntRange(min=8, max=4096), default=D.SIM_IMAGE_SIZE,
+              show_default=True,
+              help="Cutout size in pixels (paper: 224).")
+@click.option("--pixel-scale", type=click.FloatRange(min=0, min_open=True), default=D.PIXEL_SCALE,
+              show_default=True, help="Arcsec per pixel.")
+@click.option("--seed", type=click.IntRange(min=0), default=D.SEED, show_default=True)
+@click.option("--field", nargs=3, type=(click.FloatRange(0, 360), click.FloatRange(-90, 90),
+                                        click.FloatRange(0, 180, min_open=True)),
+              default=D.SIM_FIELD, show_default=True,
               help="RA DEC RADIUS (degrees) of the sky cap the galaxies lie in.")
-@click.option("--anomaly-rate", default=0.01, show_default=True,
+@click.option("--anomaly-rate", type=click.FloatRange(0, 1), default=D.SIM_ANOMALY_RATE, show_default=True,
               help="Share of spectra that do not fit their image.")
-@click.option("--batch-size", default=256, show_default=True)
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=D.SIM_BATCH, show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPES), default=D.STORE_DTYPE, show_default=True)
 @click.option("--plot", type=click.Path(), default=None, help="Also plot a few galaxies (PNG) to this file.")
 @overwrite_option("--out and --out-spectra")
 @quiet_option
@@ -65,11 +73,14 @@ def simulate_cmd(out, out_spectra, n, image_size, pixel_scale, seed, field, anom
 @click.option("--catalog", type=click.Path(), help="CSV: object_id, ra, dec, file_g..file_y.")
 @click.option("--bands", "cube_bands", help="Plane order of band cubes without band headers, e.g. grizy.")
 @click.option("--image-size", callback=_image_size, help="Centre-crop/pad every cutout to N or HxW pixels.")
-@click.option("--pixel-scale", type=float, help="Arcsec per pixel, for files without a WCS.")
-@click.option("--survey", default="unknown", show_default=True, help="Survey name stored in the store.")
+@click.option("--pixel-scale", type=click.FloatRange(min=0, min_open=True),
+              help="Arcsec per pixel, for files without a WCS.")
+@click.option("--survey", default=D.INGEST_SURVEY, show_default=True, help="Survey name stored in the store.")
 @click.option("--flux-unit", help="Pixel unit (default: the header BUNIT, else 'unknown').")
-@click.option("--zero-point", type=float, help="AB zero point of the pixels, all bands (HSC: 27).")
-@click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True)
+@click.option("--zero-point", type=click.FloatRange(-100, 100),
+              help="AB zero point of the pixels, all bands (HSC: 27; default: 22.5 for nanomaggies, "
+                   "else unknown).")
+@click.option("--dtype", type=click.Choice(DTYPES), default=D.INGEST_DTYPE, show_default=True)
 @overwrite_option("store")
 @click.option("--strict", is_flag=True, help="Stop at the first bad object instead of quarantining it.")
 @quiet_option
@@ -90,9 +101,9 @@ def ingest_cmd(inputs, out, catalog, cube_bands, image_size, pixel_scale, survey
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
 @out_option("Spectra table to write.")
 @click.option("--id-from", type=click.Choice(["specobjid", "bestobjid", "plate-mjd-fiber"]),
-              default="specobjid", show_default=True, help="Where object ids come from.")
+              default=D.SPECTRA_ID_FROM, show_default=True, help="Where object ids come from.")
 @click.option("--allow-zwarning", is_flag=True, help="Keep spectra whose ZWARNING is set.")
-@click.option("--min-coverage", type=float, default=0.5, show_default=True,
+@click.option("--min-coverage", type=click.FloatRange(0, 1), default=D.MIN_GRID_COVERAGE, show_default=True,
               help="Least fraction of the rest-frame grid a spectrum must cover.")
 @overwrite_option("table")
 @click.option("--strict", is_flag=True, help="Stop at the first bad spectrum instead of quarantining it.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from galspec_batch import defaults as D
 from galspec_batch.cli.common import quiet_option
 from galspec_batch.demo import DemoSettings
 
@@ -11,11 +12,11 @@ DEFAULTS = DemoSettings()
 
 
 @click.command("demo")
-@click.option("-o", "--out", default="galspec-demo", show_default=True, type=click.Path(),
+@click.option("-o", "--out", default=D.DEMO_OUT, show_default=True, type=click.Path(),
               help="Output directory.")
 @click.option("-n", "n_galaxies", default=DEFAULTS.n_galaxies, show_default=True, help="Mock galaxies.")
 @click.option("--image-size", default=DEFAULTS.image_size, show_default=True, help="Cutout size in pixels.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=D.SEED, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace an earlier demo in --out.")
 @quiet_option
 def demo_cmd(out, n_galaxies, image_size, seed, overwrite, quiet) -> None:

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import click
 
+from galspec_batch import defaults as D
 from galspec_batch.cli.common import out_option, predict_options, quiet_option
 from galspec_batch.errors import IncompleteOutputError
 from galspec_batch.options import CLUSTERS, default_device
 
 
 @click.command("predict")
-@click.option("--store", required=True, type=click.Path(exists=True), help="Cutout store (Zarr).")
-@click.option("--checkpoint", required=True, type=click.Path(exists=True), help="Trained model directory.")
+@click.option("--store", required=True, type=click.Path(), help="Cutout store (Zarr).")
+@click.option("--checkpoint", required=True, type=click.Path(), help="Trained model directory.")
 @out_option("Output HATS catalog directory.")
 @predict_options
-@click.option("--cluster", default="local", show_default=True,
+@click.option("--cluster", default=D.CLUSTER, show_default=True,
               help=f"{' | '.join(CLUSTERS)} (in-process) | a Dask scheduler address.")
 @click.option("--device", default=None, help="cpu | cuda (default: cuda with --cluster cuda, else cpu).")
-@click.option("--workers", "n_workers", type=int, default=None, help="Dask workers (default: 2 CPU, 1/GPU).")
-@click.option("--tasks-file", type=click.Path(exists=True), default=None,
+@click.option("--workers", "n_workers", type=click.IntRange(min=1), default=None,
+              help="Dask workers (default: 2 CPU, 1/GPU).")
+@click.option("--tasks-file", type=click.Path(), default=None,
               help="A SLURM submission's tasks.json (with --task-index).")
-@click.option("--task-index", type=int, default=None, help="Which task of --tasks-file to run.")
+@click.option("--task-index", type=click.IntRange(min=0), default=None,
+              help="Which task of --tasks-file to run.")
 @click.option("--no-finalize", is_flag=True, help="Leave the catalog for `galspec finalize`.")
 @click.option("--overwrite", is_flag=True, help="Replace a complete catalog.")
 @quiet_option
@@ -48,7 +51,7 @@ def predict_cmd(store, checkpoint, out, make_options, cluster, device, n_workers
 
 
 @click.command("finalize")
-@click.argument("catalog", type=click.Path(exists=True))
+@click.argument("catalog", type=click.Path())
 def finalize_cmd(catalog) -> None:
     """Check every partition of CATALOG and write its HATS metadata."""
     from galspec_batch.predict import finalize_catalog
@@ -58,7 +61,7 @@ def finalize_cmd(catalog) -> None:
 
 
 @click.command("status")
-@click.argument("catalog", type=click.Path(exists=True))
+@click.argument("catalog", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
 def status_cmd(catalog, as_json) -> None:
     """Partitions done, pending and failed of CATALOG, from its own state (no store needed); for a
@@ -80,7 +83,7 @@ def status_cmd(catalog, as_json) -> None:
 
 
 @click.command("verify")
-@click.argument("catalog", type=click.Path(exists=True))
+@click.argument("catalog", type=click.Path())
 def verify_cmd(catalog) -> None:
     """Re-hash every partition of CATALOG against its done marker and report each one that is
     missing, unfinished or damaged; exit 1 unless the catalog is whole. A rerun of `galspec predict`

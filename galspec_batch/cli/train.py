@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from galspec_batch import defaults as D
 from galspec_batch.cli.common import out_option, overwrite_option, quiet_option
 
 
@@ -11,16 +12,19 @@ from galspec_batch.cli.common import out_option, overwrite_option, quiet_option
 @click.option("--model", default=None, help="Model name, e.g. xresnet18-hybrid; optional with --init.")
 @click.option("--store", required=True, type=click.Path(), help="Cutout store (Zarr).")
 @click.option("--labels", required=True, type=click.Path(), help="Labels table: object_id, latent_1..N.")
-@click.option("--epochs", default=10, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=D.TRAIN_EPOCHS, show_default=True)
 @out_option("Run directory (checkpoints, metrics).")
 @click.option("--init", type=click.Path(), help="Fine-tune from this checkpoint.")
-@click.option("--lr", type=float, help="Max one-cycle lr (default: the model's, /10 with --init).")
-@click.option("--batch-size", default=128, show_default=True)
-@click.option("--dropout", default=0.2, show_default=True, help="Head dropout (0 as in the paper).")
-@click.option("--val-fraction", default=0.2, show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True),
+              help="Max one-cycle lr (default: the model's, /10 with --init).")
+@click.option("--batch-size", type=click.IntRange(min=2), default=D.TRAIN_BATCH_SIZE, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=D.HEAD_DROPOUT,
+              show_default=True, help="Head dropout (0 as in the paper; MC uncertainties need > 0).")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=D.VAL_FRACTION, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0), default=D.SEED, show_default=True)
 @click.option("--no-augment", is_flag=True, help="Turn off random D4 flips and rotations.")
-@click.option("--threads", type=int, help="Torch CPU threads.")
+@click.option("--threads", type=click.IntRange(min=1), help="Torch CPU threads.")
 @click.option("--overwrite", is_flag=True, help="Start again instead of resuming a run in --out.")
 @quiet_option
 def train_cmd(model, store, labels, epochs, out, init, lr, batch_size, dropout, val_fraction, seed,
@@ -37,12 +41,14 @@ def train_cmd(model, store, labels, epochs, out, init, lr, batch_size, dropout, 
 
 
 @click.command("export")
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, file_okay=False),
+@click.option("--checkpoint", required=True, type=click.Path(file_okay=False),
               help="Checkpoint directory (model.safetensors + config.json).")
-@click.option("--format", "fmt", required=True, type=click.Choice(["onnx", "tensorrt"]))
+@click.option("--format", "fmt", required=True, type=click.Choice(D.EXPORT_FORMATS))
 @out_option("File to write.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
-@click.option("--max-batch", type=int, default=1024, show_default=True, help="Largest TensorRT batch.")
+@click.option("--precision", type=click.Choice(D.EXPORT_PRECISIONS), default=D.EXPORT_PRECISION,
+              show_default=True)
+@click.option("--max-batch", type=click.IntRange(min=1), default=D.EXPORT_MAX_BATCH, show_default=True,
+              help="Largest TensorRT batch.")
 @overwrite_option()
 def export_cmd(checkpoint, fmt, out, precision, max_batch, overwrite) -> None:
     """Export a checkpoint's body (preprocessing + CNN, deconvolution folded) as ONNX or a TensorRT

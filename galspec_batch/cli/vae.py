@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from galspec_batch import defaults as D
 from galspec_batch.cli.common import out_option, overwrite_option, quiet_option
 
 
@@ -15,9 +16,11 @@ def vae_group() -> None:
 @vae_group.command("train")
 @click.option("--spectra", required=True, type=click.Path(), help="Spectra table (Parquet).")
 @out_option("VAE directory to write.")
-@click.option("--latents", default=6, show_default=True, help="Number of latent variables.")
-@click.option("--epochs", default=100, show_default=True, help="Most epochs (early stopping may end sooner).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--latents", type=click.IntRange(1, 256), default=D.N_LATENTS, show_default=True,
+              help="Number of latent variables.")
+@click.option("--epochs", type=click.IntRange(min=1), default=D.VAE_EPOCHS, show_default=True,
+              help="Most epochs (early stopping may end sooner).")
+@click.option("--seed", type=click.IntRange(min=0), default=D.SEED, show_default=True)
 @overwrite_option("VAE directory")
 @quiet_option
 def vae_train(spectra, out, latents, epochs, seed, overwrite, quiet) -> None:

@@ -123,8 +123,8 @@ def choose_engine(net: nn.Module, *, device: str | torch.device = "cpu", precisi
     versions), so that every run of a model on a machine makes the same choice."""
     device = resolve_device(device)
     if device.type == "cuda":
-        name = "tensorrt" if unavailable_reason("tensorrt", device) is None and precision != "bf16" else "compile"
-        return name
+        trt = unavailable_reason("tensorrt", device) is None and precision != "bf16"
+        return "tensorrt" if trt else "compile"
     names = ["eager"] + (["onnxruntime"] if unavailable_reason("onnxruntime") is None
                          and precision != "bf16" else [])
     if len(names) == 1:

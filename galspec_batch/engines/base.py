@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from galspec_batch.errors import InputError, did_you_mean
+from galspec_batch.options import PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 INPUT_NAME = "images"
 OUTPUT_NAME = "features"

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import torch
 
+from galspec_batch import defaults as D
 from galspec_batch.atomic import atomic_path
 from galspec_batch.errors import UsageError, did_you_mean
 
 from .base import INPUT_NAME, OUTPUT_NAME, random_flux
 from .eager import EagerEngine
 from .onnx import export_onnx
-
-FORMATS = ("onnx", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -32,8 +31,8 @@ def export_checkpoint(
     format: str,
     out: str | os.PathLike,
     *,
-    precision: str = "fp32",
-    max_batch: int = 1024,
+    precision: str = D.EXPORT_PRECISION,
+    max_batch: int = D.EXPORT_MAX_BATCH,
     n_check: int = 8,
     overwrite: bool = False,
 ) -> ExportResult:
@@ -45,9 +44,9 @@ def export_checkpoint(
     """
     from galspec_batch.checkpoint import load_checkpoint
 
-    if format not in FORMATS:
-        raise UsageError(f"unknown export format {format!r}; expected one of {', '.join(FORMATS)}."
-                         + did_you_mean(format, FORMATS))
+    if format not in D.EXPORT_FORMATS:
+        raise UsageError(f"unknown export format {format!r}; expected one of {', '.join(D.EXPORT_FORMATS)}."
+                         + did_you_mean(format, D.EXPORT_FORMATS))
     ck = load_checkpoint(checkpoint)
     input_shape = (len(ck.bands), *ck.image_size)
     x = random_flux(n_check, input_shape)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from galspec_batch import defaults as D
 from galspec_batch.atomic import atomic_path
 from galspec_batch.errors import InputError
 
@@ -42,7 +43,7 @@ def export_onnx(
     """
     import onnx
 
-    if precision not in ("fp32", "fp16"):
+    if precision not in D.EXPORT_PRECISIONS:
         raise InputError(f"ONNX export supports precision fp32 or fp16, got {precision!r}")
     graph = FeatureGraph(net, check_precision(precision)).cpu()
     example = torch.zeros((2, *input_shape), dtype=torch.float32)
@@ -78,7 +79,7 @@ class OnnxRuntimeEngine(Engine):
         if self.device.type != "cpu":
             raise InputError(f"the onnxruntime engine runs on the CPU, not {self.device}; "
                              f"use 'tensorrt' or 'compile' on a GPU")
-        if precision not in ("fp32", "fp16"):
+        if precision not in D.EXPORT_PRECISIONS:
             raise InputError(f"the onnxruntime engine supports fp32 or fp16, got {precision!r}")
         self.precision = precision
         self.max_batch = int(max_batch)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from galspec_batch import defaults as D
 from galspec_batch.atomic import atomic_path
 from galspec_batch.errors import FormatError, GalspecError, UsageError
 
@@ -100,7 +101,7 @@ class TensorRTEngine(Engine):
         reason = unavailable_reason(device)
         if reason is not None:
             raise UsageError(f"the tensorrt engine cannot run here: {reason}")
-        if precision not in ("fp32", "fp16"):
+        if precision not in D.EXPORT_PRECISIONS:
             raise UsageError(f"the tensorrt engine supports fp32 or fp16, got {precision!r}")
         self.device = resolve_device(device)
         self.precision = precision

@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from galspec_batch import defaults as D
 from galspec_batch.catalog import paths
 from galspec_batch.catalog.lock import catalog_lock
 from galspec_batch.catalog.state import check_partition
@@ -40,12 +41,12 @@ class Submission:
     finalize_job_id: str | None = None
     estimate_s: list[float] = field(default_factory=list)
 
-    def describe(self) -> str:
+    def describe(self, unit: str = "array tasks") -> str:
         """The partition plan, one line per task."""
         total = sum(self.counts.values())
         lines = [
             f"# plan: {total} objects in {len(self.counts)} partitions (order {self.partition_order}) "
-            f"-> {len(self.tasks)} array tasks"
+            f"-> {len(self.tasks)} {unit}"
         ]
         for i, pixels in enumerate(self.tasks):
             n = sum(self.counts[p] for p in pixels)
@@ -110,7 +111,7 @@ def _prepare(plan: SubmissionPlan, pixels: dict[int, int], jobs: int | None, job
     )
 
 
-def _submit(plan: SubmissionPlan, sub: Submission, mode: str = "array") -> Submission:
+def _submit(plan: SubmissionPlan, sub: Submission) -> Submission:
     """Write the submission's files, sbatch the array and the finalize job, record the job ids.
 
     On any failure the jobs already submitted are cancelled and the submission's files removed.
@@ -134,7 +135,7 @@ def _submit(plan: SubmissionPlan, sub: Submission, mode: str = "array") -> Submi
             dependency = (f"--dependency=afterany:{sub.array_job_id}", "--kill-on-invalid-dep=yes")
         sub.finalize_job_id = sbatch(finalize, *dependency)
         submitted.append(sub.finalize_job_id)
-        record = SubmissionRecord(sub.number, mode, now(), tuple(tuple(t) for t in sub.tasks),
+        record = SubmissionRecord(sub.number, now(), tuple(tuple(t) for t in sub.tasks),
                                   sub.array_job_id, sub.finalize_job_id)
         plan.with_submission(record).write(paths.submission_plan_file(sub.catalog))
     except BaseException:
@@ -146,7 +147,7 @@ def _submit(plan: SubmissionPlan, sub: Submission, mode: str = "array") -> Submi
 
 def submit_array(store: str | Path, checkpoint: str | Path, out: str | Path,
                  options: PredictOptions | None = None, *, jobs: int | None = None,
-                 site: SiteConfig | None = None, job_name: str = "galspec",
+                 site: SiteConfig | None = None, job_name: str = D.JOB_NAME,
                  dry_run: bool = False) -> Submission:
     """Predict the partitions of ``store`` that ``options`` select with a SLURM job array.
 
@@ -175,10 +176,10 @@ def submit_array(store: str | Path, checkpoint: str | Path, out: str | Path,
 
 
 def describe_plan(store: str | Path, checkpoint: str | Path, out: str | Path, options: PredictOptions,
-                  site: SiteConfig, jobs: int | None = None) -> str:
+                  site: SiteConfig, jobs: int | None = None, unit: str = "array tasks") -> str:
     """The partition plan of a submission, one line per task (nothing written)."""
     plan = plan_submission(store, checkpoint, out, options, site)
-    return _prepare(plan, plan.partitions, jobs, "galspec").describe()
+    return _prepare(plan, plan.partitions, jobs, D.JOB_NAME).describe(unit)
 
 
 def pending_partitions(catalog: str | Path, plan: SubmissionPlan) -> dict[int, int]:
@@ -188,7 +189,7 @@ def pending_partitions(catalog: str | Path, plan: SubmissionPlan) -> dict[int, i
 
 
 def resume_array(catalog: str | Path, *, jobs: int | None = None, site_file: str | Path | None = None,
-                 overrides: dict | None = None, job_name: str = "galspec",
+                 overrides: dict | None = None, job_name: str = D.JOB_NAME,
                  dry_run: bool = False) -> Submission | None:
     """Submit what is left of a half-done catalog (a new array and finalize job) with the site
     settings it was first submitted with (or ``site_file``'s), plus ``overrides``; None when the

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from galspec_batch import defaults as D
+from galspec_batch.catalog import paths
 from galspec_batch.hpc.site import SiteConfig, check_walltime, load_site
 from galspec_batch.options import PredictOptions
 
@@ -35,7 +37,7 @@ def dask_cluster_kwargs(site: SiteConfig, job_name: str, log_dir: Path | None) -
     return kwargs
 
 
-def dask_job_script(site: SiteConfig, job_name: str = "galspec-dask", log_dir: Path | None = None) -> str:
+def dask_job_script(site: SiteConfig, job_name: str = D.DASK_JOB_NAME, log_dir: Path | None = None) -> str:
     """The worker job script dask-jobqueue would submit (scheduler address left symbolic)."""
     from dask_jobqueue.slurm import SLURMJob
 
@@ -44,15 +46,9 @@ def dask_job_script(site: SiteConfig, job_name: str = "galspec-dask", log_dir: P
     return job.job_script()
 
 
-def dask_log_dir(out: str | Path) -> Path:
-    """Where the worker jobs' logs go: beside the catalog (a worker may start before it exists)."""
-    catalog = Path(out).resolve()
-    return catalog.parent / f"{catalog.name}.dask-logs"
-
-
 def submit_dask(store: str | Path, checkpoint: str | Path, out: str | Path,
                 options: PredictOptions | None = None, *, jobs: int = 1, site: SiteConfig | None = None,
-                job_name: str = "galspec-dask", progress: bool = True):
+                job_name: str = D.DASK_JOB_NAME, progress: bool = True):
     """Predict with an elastic Dask cluster of ``jobs`` SLURM jobs driven from this host; returns
     the runner's summary. The catalog is finalized when every partition is done."""
     from dask_jobqueue import SLURMCluster
@@ -67,7 +63,7 @@ def submit_dask(store: str | Path, checkpoint: str | Path, out: str | Path,
     opened = open_store(store)
     counts = {p.pixel: n for p, n in select_partitions(opened, options.region, options.partitions)}
     check_walltime(counts, site, opened.partition_order)
-    log_dir = dask_log_dir(out)
+    log_dir = paths.dask_log_dir(out)  # beside the catalog: a worker may start before it exists
     log_dir.mkdir(parents=True, exist_ok=True)
     with SLURMCluster(**dask_cluster_kwargs(site, job_name, log_dir)) as cluster:
         cluster.scale(jobs=jobs)
@@ -76,8 +72,10 @@ def submit_dask(store: str | Path, checkpoint: str | Path, out: str | Path,
 
 
 def describe_dask(store: str | Path, checkpoint: str | Path, out: str | Path, options: PredictOptions,
-                  site: SiteConfig, job_name: str = "galspec-dask") -> str:
-    """What ``--mode dask`` would submit: the worker job script and the partition plan."""
+                  site: SiteConfig, job_name: str = D.DASK_JOB_NAME, jobs: int = 1) -> str:
+    """What ``--mode dask`` would submit: the worker job script and the partitions, as ``jobs``
+    worker jobs would share them (Dask balances them as they finish)."""
     from galspec_batch.hpc.array import describe_plan
 
-    return dask_job_script(site, job_name) + "\n" + describe_plan(store, checkpoint, out, options, site)
+    return (dask_job_script(site, job_name) + "\n"
+            + describe_plan(store, checkpoint, out, options, site, jobs, unit="Dask worker jobs"))

@@ -26,7 +26,6 @@ class SubmissionRecord:
     """One ``sbatch`` of an array (or none, when nothing was left) and its finalize job."""
 
     number: int
-    mode: str
     submitted: str
     tasks: tuple[tuple[int, ...], ...]
     array_job_id: str | None

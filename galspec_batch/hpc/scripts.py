@@ -9,6 +9,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from galspec_batch import defaults as D
 from galspec_batch.catalog import paths
 from galspec_batch.errors import InputError, MissingFileError
 from galspec_batch.hpc.site import SiteConfig
@@ -35,7 +36,7 @@ class JobSpec:
     n_tasks: int
     tasks_file: Path
     options: PredictOptions = field(default_factory=PredictOptions)
-    job_name: str = "galspec"
+    job_name: str = D.JOB_NAME
     site: SiteConfig = field(default_factory=SiteConfig)
 
 

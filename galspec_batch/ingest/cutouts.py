@@ -38,6 +38,7 @@ import pandas as pd
 from astropy.wcs import WCS, FITSFixedWarning
 from astropy.wcs.utils import proj_plane_pixel_scales
 
+from galspec_batch import defaults as D
 from galspec_batch.columns import OBJECT_ID
 from galspec_batch.errors import FormatError, GalspecError, InputError, MissingFileError
 from galspec_batch.ingest.fitsio import first_image_hdu, fits_stem, is_fits_name, read_fits
@@ -327,10 +328,10 @@ def ingest_cutouts(
     bands: tuple[str, ...] = DEFAULT_BANDS,
     image_size: tuple[int, int] | None = None,
     pixel_scale: float | None = None,
-    survey: str = "unknown",
+    survey: str = D.INGEST_SURVEY,
     flux_unit: str | None = None,
     zero_point: float | None = None,
-    dtype: str = "float32",
+    dtype: str = D.INGEST_DTYPE,
     partition_order: int = 6,
     overwrite: bool = False,
     strict: bool = False,

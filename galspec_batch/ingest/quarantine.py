@@ -7,7 +7,7 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from galspec_batch.atomic import atomic_path
+from galspec_batch.atomic import atomic_path, refuse_existing
 from galspec_batch.columns import OBJECT_ID
 from galspec_batch.errors import InputError
 
@@ -61,8 +61,7 @@ def write_quarantine(output: str | Path, rows: list[Quarantined]) -> Path | None
 
 def check_output_free(output: Path, overwrite: bool) -> None:
     """Refuse before any work when the output exists and may not be replaced."""
-    if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} already exists (pass --overwrite to replace it)")
+    refuse_existing(output, overwrite)
 
 
 def finish(output: Path, n_ingested: int, quarantined: list[Quarantined], n_inputs: int) -> IngestReport:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from galspec_batch import defaults as D
 from galspec_batch.errors import FormatError, GalspecError, InputError
 from galspec_batch.ingest.fitsio import read_fits
 from galspec_batch.ingest.quarantine import IngestReport, Quarantined, check_output_free, finish
@@ -148,9 +149,9 @@ def ingest_spectra(
     inputs: Iterable[str | Path],
     output: str | Path,
     *,
-    id_from: str = "specobjid",
+    id_from: str = D.SPECTRA_ID_FROM,
     allow_zwarning: bool = False,
-    min_grid_coverage: float = 0.5,
+    min_grid_coverage: float = D.MIN_GRID_COVERAGE,
     overwrite: bool = False,
     strict: bool = False,
     progress: bool = False,

@@ -16,7 +16,6 @@ from .registry import (
     SpectrumNet,
     create_model,
     list_models,
-    model_config,
     model_entry,
     register_model,
 )
@@ -37,7 +36,6 @@ __all__ = [
     "isqrt_newton_schulz",
     "list_models",
     "mmd_rbf",
-    "model_config",
     "model_entry",
     "normalize_images",
     "register_model",

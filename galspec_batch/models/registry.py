@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
+
+from galspec_batch import defaults as D
 
 from ..errors import InputError, UsageError, did_you_mean
 
@@ -92,7 +93,8 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, *, in_bands: int = 5, n_out: int = 6, dropout: float = 0.2) -> SpectrumNet:
+def create_model(name: str, *, in_bands: int = D.N_BANDS, n_out: int = D.N_LATENTS,
+                 dropout: float = D.HEAD_DROPOUT) -> SpectrumNet:
     """A freshly initialised model `name` for `in_bands` input bands and `n_out` outputs."""
     entry = model_entry(name)
     if not isinstance(in_bands, int) or in_bands < 1:
@@ -102,14 +104,3 @@ def create_model(name: str, *, in_bands: int = 5, n_out: int = 6, dropout: float
     if not 0.0 <= float(dropout) < 1.0:
         raise InputError(f"{name}: dropout must be in [0, 1), got {dropout!r}")
     return entry.builder(in_bands=in_bands, n_out=n_out, dropout=float(dropout))
-
-
-def model_config(model: SpectrumNet | str) -> dict[str, Any]:
-    """The settings that rebuild `model` (a model, or a name for its defaults) with
-    `create_model(**config)`: name, in_bands, n_out, dropout. JSON-serialisable."""
-    if isinstance(model, str):
-        model = create_model(model)
-    if not isinstance(model, SpectrumNet):
-        raise InputError(f"model_config: expected a model from create_model, got {type(model).__name__}")
-    return {"name": model.model_name, "in_bands": model.in_bands, "n_out": model.n_out,
-            "dropout": model.dropout}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from galspec_batch import defaults as D
+
 from .deconv import DeconvConv2d
 from .registry import SpectrumNet, register_model
 from .xresnet import init_cnn
@@ -36,10 +38,12 @@ def _create_simple(name: str, in_bands: int, n_out: int, dropout: float, *, deco
 
 
 @register_model("simple-cnn")
-def simple_cnn(in_bands: int = 5, n_out: int = 6, dropout: float = 0.2) -> SpectrumNet:
+def simple_cnn(in_bands: int = D.N_BANDS, n_out: int = D.N_LATENTS,
+               dropout: float = D.HEAD_DROPOUT) -> SpectrumNet:
     return _create_simple("simple-cnn", in_bands, n_out, dropout, deconv=False)
 
 
 @register_model("simple-deconv")
-def simple_deconv(in_bands: int = 5, n_out: int = 6, dropout: float = 0.2) -> SpectrumNet:
+def simple_deconv(in_bands: int = D.N_BANDS, n_out: int = D.N_LATENTS,
+                  dropout: float = D.HEAD_DROPOUT) -> SpectrumNet:
     return _create_simple("simple-deconv", in_bands, n_out, dropout, deconv=True)

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from galspec_batch import defaults as D
+
 from .deconv import DeconvConv2d
 from .registry import SpectrumNet, register_model
 
@@ -130,15 +132,18 @@ def _create_xresnet(name: str, in_bands: int, n_out: int, dropout: float, *, ste
 
 
 @register_model("xresnet18", fp32_layers=FP32_LAYERS)
-def xresnet18(in_bands: int = 5, n_out: int = 6, dropout: float = 0.2) -> SpectrumNet:
+def xresnet18(in_bands: int = D.N_BANDS, n_out: int = D.N_LATENTS,
+              dropout: float = D.HEAD_DROPOUT) -> SpectrumNet:
     return _create_xresnet("xresnet18", in_bands, n_out, dropout, stem_deconv=False, body_deconv=False)
 
 
 @register_model("xresnet18-hybrid", fp32_layers=FP32_LAYERS)
-def xresnet18_hybrid(in_bands: int = 5, n_out: int = 6, dropout: float = 0.2) -> SpectrumNet:
+def xresnet18_hybrid(in_bands: int = D.N_BANDS, n_out: int = D.N_LATENTS,
+                     dropout: float = D.HEAD_DROPOUT) -> SpectrumNet:
     return _create_xresnet("xresnet18-hybrid", in_bands, n_out, dropout, stem_deconv=True, body_deconv=False)
 
 
 @register_model("xresnet18-deconv", max_lr=0.003, fp32_layers=FP32_LAYERS)
-def xresnet18_deconv(in_bands: int = 5, n_out: int = 6, dropout: float = 0.2) -> SpectrumNet:
+def xresnet18_deconv(in_bands: int = D.N_BANDS, n_out: int = D.N_LATENTS,
+                     dropout: float = D.HEAD_DROPOUT) -> SpectrumNet:
     return _create_xresnet("xresnet18-deconv", in_bands, n_out, dropout, stem_deconv=True, body_deconv=True)

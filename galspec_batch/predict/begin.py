@@ -62,7 +62,8 @@ def value_settings(options: PredictOptions, identity: RunIdentity) -> dict[str, 
         return None if v is None else list(v)
 
     return {"mc_samples": options.mc_samples, "seed": options.seed, "precision": options.precision,
-            "engine": options.engine, "batch_size": options.batch_size, "device": options.device.split(":")[0],
+            "engine": options.engine, "batch_size": options.batch_size,
+            "device": options.device.split(":")[0],
             "calibration": listed(identity.std_scale), "flux_scale": listed(identity.flux_scale)}
 
 

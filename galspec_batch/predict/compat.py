@@ -24,7 +24,8 @@ def check_compatible(store: CutoutStore, config: CheckpointConfig, checkpoint: s
         raise InputError(f"{what} bands {''.join(config.bands)} but store {store.path} has "
                          f"{''.join(store.bands)}")
     if config.image_size != store.image_shape:
-        raise InputError(f"{what} {config.image_size} images but store {store.path} holds {store.image_shape}")
+        raise InputError(f"{what} {config.image_size} images but store {store.path} holds "
+                         f"{store.image_shape}")
     scale = config.pixel_scale
     if scale is not None and abs(scale - store.pixel_scale) > 1e-3 * scale:
         raise InputError(f"{what} {scale}\"/px but store {store.path} has {store.pixel_scale}\"/px")
@@ -47,7 +48,7 @@ def _flux_factors(store: CutoutStore, config: CheckpointConfig, what: str,
     described = (f"{what} {config.flux_unit} at AB zero point {_zps(mine)} but store {store.path} holds "
                  f"{store.attrs.flux_unit} at {_zps(theirs)}")
     if mine is None or None in theirs:
-        raise InputError(f"{described}: with a zero point unknown the pixels cannot be put on the same scale; "
+        raise InputError(f"{described}: with a zero point unknown the pixels cannot be put on one scale; "
                          "ingest with --zero-point")
     if not rescale:
         raise InputError(f"{described}; pass --rescale-flux to multiply the pixels by 10**(0.4 * (zp_model - "

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from galspec_batch import defaults as D
 from galspec_batch.catalog import CatalogWriter, mark_failed
 from galspec_batch.catalog.lock import catalog_lock
 from galspec_batch.errors import GalspecError, UsageError, first_line
@@ -53,7 +54,7 @@ def predict_catalog(
     options: PredictOptions | None = None,
     *,
     only: list[int] | None = None,
-    cluster: object = "local",
+    cluster: object = D.CLUSTER,
     n_workers: int | None = None,
     finalize: bool = True,
     overwrite: bool = False,
@@ -196,7 +197,8 @@ def _client(cluster: object, n_workers: int, spec: ModelSpec):
             from dask_cuda import LocalCUDACluster
         except ImportError as exc:
             raise UsageError("--cluster cuda needs dask-cuda: pip install 'galspec-batch[gpu]'") from exc
-        local = LocalCUDACluster(threads_per_worker=1, dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL)
+        local = LocalCUDACluster(threads_per_worker=1, dashboard_address="127.0.0.1:0",
+                                 silence_logs=logging.CRITICAL)
     elif isinstance(cluster, str) and "://" in cluster:
         local = None
     else:

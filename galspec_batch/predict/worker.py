@@ -59,8 +59,10 @@ class Predictor:
         self.latent_std = net.latent_std.detach().to(self.device, torch.float32)
         self.std_scale = (torch.ones_like(self.latent_std) if spec.std_scale is None
                           else torch.tensor(spec.std_scale, dtype=torch.float32, device=self.device))
-        self.flux_scale = (None if spec.flux_scale is None else
-                           torch.tensor(spec.flux_scale, dtype=torch.float32, device=self.device).view(1, -1, 1, 1))
+        self.flux_scale = None
+        if spec.flux_scale is not None:
+            factors = torch.tensor(spec.flux_scale, dtype=torch.float32, device=self.device)
+            self.flux_scale = factors.view(1, -1, 1, 1)
 
     @property
     def read_dtype(self) -> str | None:

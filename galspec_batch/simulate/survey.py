@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from galspec_batch.atomic import atomic_path
+from galspec_batch import defaults as D
+from galspec_batch.atomic import atomic_path, refuse_existing
 from galspec_batch.errors import InputError, UsageError
 from galspec_batch.simulate import fiber, images, population
 from galspec_batch.simulate.sed import BANDS
@@ -34,7 +35,6 @@ from galspec_batch.store import create_store
 
 SURVEY_NAME = "mock-ps1"
 ID_STRIDE = 10**12  # object_id = (seed % 10**6 + 1) * ID_STRIDE + draw index
-DEFAULT_FIELD = (150.0, 2.2, 1.0)  # ra0, dec0, radius (deg)
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def id_offset(seed: int) -> int:
     return (seed % 10**6 + 1) * ID_STRIDE
 
 
-def draw_positions(n: int, seed: int, field: tuple[float, float, float] = DEFAULT_FIELD):
+def draw_positions(n: int, seed: int, field: tuple[float, float, float] = D.SIM_FIELD):
     """RA, Dec (deg) uniform on a spherical cap of ``field = (ra0, dec0, radius_deg)``."""
     ra0, dec0, radius = (float(v) for v in field)
     if not (0 < radius <= 180 and -90 <= dec0 <= 90):
@@ -155,13 +155,13 @@ def simulate_survey(
     out_spectra: str | Path,
     n: int,
     *,
-    image_size: int | tuple[int, int] = 64,
-    pixel_scale: float = 0.25,
-    seed: int = 0,
-    field: tuple[float, float, float] = DEFAULT_FIELD,
-    anomaly_rate: float = 0.01,
-    batch_size: int = 256,
-    dtype: str = "float16",
+    image_size: int | tuple[int, int] = D.SIM_IMAGE_SIZE,
+    pixel_scale: float = D.PIXEL_SCALE,
+    seed: int = D.SEED,
+    field: tuple[float, float, float] = D.SIM_FIELD,
+    anomaly_rate: float = D.SIM_ANOMALY_RATE,
+    batch_size: int = D.SIM_BATCH,
+    dtype: str = D.STORE_DTYPE,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> SurveySummary:
@@ -180,10 +180,8 @@ def simulate_survey(
     if min(shape) < 8:
         raise UsageError(f"--image-size must be at least 8 pixels, got {image_size}")
     out_store, out_spectra = Path(out_store), Path(out_spectra)
-    if not overwrite:
-        for p in (out_store, out_spectra):
-            if p.exists():
-                raise FileExistsError(f"{p} already exists (pass --overwrite to replace it)")
+    for p in (out_store, out_spectra):
+        refuse_existing(p, overwrite)
     ra, dec = draw_positions(n, seed, field)
     order = np.argsort(healpix_29(ra, dec), kind="stable")
     stats = _Stats()

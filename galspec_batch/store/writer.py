@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from galspec_batch.atomic import atomic_path
+from galspec_batch.atomic import atomic_path, refuse_existing
 from galspec_batch.columns import DEC, HEALPIX, OBJECT_ID, RA, QualityFlag
 from galspec_batch.errors import InputError
 from galspec_batch.sky import healpix_29, pixel_at_order
@@ -45,8 +45,7 @@ def create_store(
     """
     bands = tuple(bands)
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} already exists (pass --overwrite to replace it)")
+    refuse_existing(path, overwrite)
     try:
         attrs = StoreAttrs(
             bands=bands, image_shape=(int(image_shape[0]), int(image_shape[1])),
@@ -178,10 +177,11 @@ def image_flags(images: np.ndarray, mask: np.ndarray, flags: np.ndarray, attrs: 
     flags[(mask & ~nan_band & (hi == lo)).any(axis=1)] |= np.uint16(QualityFlag.CONSTANT_BAND)
     zps = np.array([np.nan if attrs.zero_points[b] is None else attrs.zero_points[b] for b in attrs.bands])
     limit = np.where(np.isfinite(zps), 10 ** (0.4 * np.nan_to_num(zps)), np.inf)[None, :]
-    extreme = (np.maximum(np.abs(hi), np.abs(lo)) > limit) & np.isfinite(hi)
+    size = np.maximum(np.abs(np.where(np.isfinite(hi), hi, 0)), np.abs(np.where(np.isfinite(lo), lo, 0)))
+    extreme = size > limit
     if attrs.dtype == "float16":
         top = float(np.finfo(np.float16).max)
-        extreme |= np.maximum(np.abs(np.where(np.isfinite(hi), hi, 0)), np.abs(np.where(np.isfinite(lo), lo, 0))) > top
+        extreme |= size > top
         if extreme.any():
             images = np.where(finite, np.clip(images, -top, top), images)
     flags[extreme.any(axis=1)] |= np.uint16(QualityFlag.EXTREME_PIXELS)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from galspec_batch import defaults as D
 from galspec_batch.atomic import atomic_path, file_sha256, read_json
 from galspec_batch.catalog.joins import match_rows
 from galspec_batch.checkpoint import load_checkpoint, save_checkpoint, write_checkpoint_files
@@ -57,14 +58,14 @@ class TrainSettings:
     0, but MC-dropout uncertainties need p > 0 in the head)."""
 
     model: str | None = None  # None only when fine-tuning (taken from the checkpoint)
-    epochs: int = 10
-    batch_size: int = 128
+    epochs: int = D.TRAIN_EPOCHS
+    batch_size: int = D.TRAIN_BATCH_SIZE
     max_lr: float | None = None  # None: 0.03 (0.003 for xresnet18-deconv), a tenth when fine-tuning
     weight_decay: float = 0.01
     pct_start: float = 0.25
-    dropout: float = 0.2
-    val_fraction: float = 0.2
-    seed: int = 0
+    dropout: float = D.HEAD_DROPOUT
+    val_fraction: float = D.VAL_FRACTION
+    seed: int = D.SEED
     augment: bool = True
 
 

@@ -1,0 +1,52 @@
+"""Every default and set of choices a user meets on the command line, defined once: the library's
+functions and settings take them from here and the CLI shows them (a prediction run's own
+settings and their defaults are in :mod:`galspec_batch.options`). No imports, so the command line
+starts fast."""
+
+SEED = 0
+
+# the mock survey (galspec simulate)
+SIM_GALAXIES = 1000
+SIM_IMAGE_SIZE = 64
+PIXEL_SCALE = 0.25  # arcsec per pixel, as Pan-STARRS cutouts
+SIM_FIELD = (150.0, 2.2, 1.0)  # RA, Dec, radius (degrees) of the sky cap
+SIM_ANOMALY_RATE = 0.01
+SIM_BATCH = 256
+STORE_DTYPE = "float16"
+
+# ingest
+INGEST_SURVEY = "unknown"
+INGEST_DTYPE = "float32"
+SPECTRA_ID_FROM = "specobjid"
+MIN_GRID_COVERAGE = 0.5
+
+# the spectrum VAE and the CNN
+N_LATENTS = 6
+N_BANDS = 5
+VAE_EPOCHS = 100
+TRAIN_EPOCHS = 10
+TRAIN_BATCH_SIZE = 128
+HEAD_DROPOUT = 0.2  # the paper's is 0; MC-dropout uncertainties need p > 0 in the head
+VAL_FRACTION = 0.2
+
+# export
+EXPORT_FORMATS = ("onnx", "tensorrt")
+EXPORT_PRECISIONS = ("fp32", "fp16")  # the exported graphs' dtypes
+EXPORT_PRECISION = "fp32"
+EXPORT_MAX_BATCH = 1024
+
+# using a catalog
+CALIBRATION_FRACTION = 0.5
+CALIBRATION_METHODS = ("likelihood", "robust")
+CALIBRATION_METHOD = "robust"
+DECODE_DRAWS = 64
+ANOMALY_ALPHA = 1e-3
+OOD_THRESHOLD = 5.0
+NEIGHBOURS = 10
+MIN_PROB = 0.5
+
+# running
+CLUSTER = "local"
+JOB_NAME = "galspec"
+DASK_JOB_NAME = "galspec-dask"
+DEMO_OUT = "galspec-demo"
