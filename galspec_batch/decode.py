@@ -45,6 +45,8 @@ import pyarrow.parquet as pq
 from galspec_batch import defaults as D
 from galspec_batch.atomic import atomic_path, refuse_existing
 from galspec_batch.catalog import paths
+from galspec_batch.catalog.lock import catalog_lock
+from galspec_batch.catalog.state import check_derived, write_derived_marker
 from galspec_batch.catalog.view import CatalogView
 from galspec_batch.columns import (
     D4000,
@@ -61,7 +63,7 @@ from galspec_batch.columns import (
     latent_names,
     std_column,
 )
-from galspec_batch.errors import InputError, UsageError
+from galspec_batch.errors import IncompleteOutputError, InputError, UsageError
 from galspec_batch.progress import progress_bar
 from galspec_batch.regions import Region
 from galspec_batch.spectra import LOGLAM_MAX, LOGLAM_MIN, N_BINS, WAVE, WAVE_EDGES
@@ -238,7 +240,7 @@ def decode_catalog(
             raise InputError(f"{len(missing)} object ids are not in catalog {catalog}"
                              f"{' (or not selected)' if where or region else ''}: {missing[:10].tolist()}")
     if rows.num_rows == 0:
-        raise InputError(f"no object of catalog {catalog} is selected (where={where!r}, region={region})")
+        raise InputError(f"no object of catalog {catalog} is selected (--where {where!r}, --region {region})")
     provenance = {
         "catalog": str(catalog), "vae": str(vae_dir), "vae_weights_sha256": vae.meta.get("weights_sha256"),
         "n_draws": int(n_draws), "seed": int(seed), "quantiles": list(QUANTILES),
@@ -269,7 +271,8 @@ def decode_catalog(
             advance(b.num_rows)
     sidecar = None
     if write_back:
-        sidecar = write_derived(catalog, pa.concat_tables(derived_parts), provenance, replace=overwrite)
+        with catalog_lock(catalog, command="galspec decode --write-back"):
+            sidecar = write_derived(catalog, pa.concat_tables(derived_parts), provenance, replace=overwrite)
     return DecodeSummary(out, rows.num_rows, n_draws, sidecar)
 
 
@@ -278,7 +281,10 @@ def write_derived(catalog: str | Path, table: pa.Table, provenance: dict, *, rep
     made by another VAE is refused unless ``replace``, which starts it afresh."""
     path = paths.derived_file(catalog)
     table = table.select([OBJECT_ID, *DERIVED_COLUMNS])
-    if path.exists():
+    damage = check_derived(catalog)
+    if damage is not None and not replace:
+        raise IncompleteOutputError(f"{damage}; pass --overwrite to write the sidecar afresh from this run")
+    if path.exists() and damage is None:
         old = pq.read_table(path)
         old_meta = json.loads((old.schema.metadata or {}).get(DERIVED_METADATA_KEY, b"{}"))
         same = old_meta.get("vae_weights_sha256") == provenance.get("vae_weights_sha256")
@@ -295,6 +301,7 @@ def write_derived(catalog: str | Path, table: pa.Table, provenance: dict, *, rep
     table = table.replace_schema_metadata({DERIVED_METADATA_KEY: json.dumps(provenance)})
     with atomic_path(path, overwrite=True) as tmp:
         pq.write_table(table, tmp)
+    write_derived_marker(catalog)
     return path
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -473,3 +474,142 @@ def test_format_errors_are_one_line(tmp_path):
 
         (tmp_path / "c.json").write_text("{")
         CheckpointConfig.read(tmp_path / "c.json")
+
+
+# -- found by the fault campaign after the first round ---------------------------------------------
+
+
+def test_a_missing_store_chunk_file_is_an_error_not_zeros(tmp_path, tiny_checkpoint):
+    store = make_tiny_store(tmp_path / "s.zarr", n=240)
+    (store / "images" / "c" / "0" / "0" / "0" / "0").unlink()
+    with pytest.raises(FormatError, match=r"the cutouts of rows 0\.\.\d+ are missing on disk"):
+        open_store(store).read(slice(0, 10))
+    store2 = make_tiny_store(tmp_path / "s2.zarr", n=240)
+    (store2 / "flags" / "c" / "0").unlink()
+    with pytest.raises(FormatError, match="the 'flags' values of rows 0..239 are missing on disk"):
+        _ = open_store(store2).flags
+
+
+def test_a_store_rewritten_or_a_config_edited_since_the_run_began_is_refused(tmp_path):
+    store = make_tiny_store(tmp_path / "s.zarr", n=240)
+    ckpt = make_tiny_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "cat"
+    opts = PredictOptions(mc_samples=4, engine="eager")
+    predict_catalog(store, ckpt, out, opts, cluster="none", progress=False, finalize=False)
+    next(out.glob("dataset/**/*.parquet")).unlink()
+    # the same ids and positions, other pixels: the content hash (and so the fingerprint) differs
+    again = make_tiny_store(tmp_path / "s_again.zarr", n=240, seed=0)
+    images = open_store(again).read(slice(0, 240)).images * 1.5
+    shutil.rmtree(store)
+    with create_store(store, image_shape=(16, 16), partition_order=4) as w:
+        s = open_store(again)
+        w.append(s.object_id, s.ra, s.dec, images, s.mask)
+    with pytest.raises(InputError, match="changed since the catalog began"):
+        predict_catalog(store, ckpt, out, opts, cluster="none", progress=False)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    shutil.rmtree(store)
+    shutil.copytree(again, store)
+    # the original content is back (the fingerprint agrees again); now the config changes
+    (ckpt / "config.json").write_text(json.dumps({**cfg, "model": {**cfg["model"], "dropout": 0.5}}))
+    with pytest.raises(InputError, match="model_config="):
+        predict_catalog(store, ckpt, out, opts, cluster="none", progress=False)
+
+
+@pytest.mark.parametrize("damage", ["stale", "truncated", "deleted", "info", "unfinished"])
+def test_damaged_catalog_metadata_is_found_refused_and_rewritten(slow, tmp_path, damage):
+    out = _finished(slow, tmp_path)
+    meta = out / "dataset" / "_metadata"
+    if damage == "stale":  # the footers of all partitions but one
+        files = _partition_files(out)[1:]
+        collector = []
+        for f in files:
+            md = pq.read_metadata(f)
+            md.set_file_path(str(f.relative_to(out / "dataset")))
+            collector.append(md)
+        pq.write_metadata(pq.read_schema(meta), meta, metadata_collector=collector)
+    elif damage == "truncated":
+        meta.write_bytes(meta.read_bytes()[:100])
+    elif damage == "deleted":
+        meta.unlink()
+    elif damage == "info":
+        info = out / "partition_info.csv"
+        info.write_text("\n".join(info.read_text().splitlines()[:-1]) + "\n")
+    else:
+        cpaths.complete_file(out).unlink()
+    problems = verify_catalog(out)
+    assert problems and not catalog_status(out).complete, problems
+    res = CliRunner().invoke(main, ["verify", str(out)])
+    assert res.exit_code == 1
+    with pytest.raises(IncompleteOutputError):
+        read_catalog(out)
+    res = CliRunner().invoke(main, predict_args(slow, out))
+    assert res.exit_code == 0 and "its metadata written again" in res.output, res.output
+    assert verify_catalog(out) == [] and len(read_catalog(out)) == len(frame(slow[2]))
+    same(out, slow[2])
+
+
+def test_a_damaged_run_schema_is_written_again(slow, tmp_path):
+    out = _finished(slow, tmp_path)
+    schema = cpaths.schema_file(out)
+    schema.write_bytes(schema.read_bytes()[:10])
+    assert any("schema.parquet is damaged" in p for p in verify_catalog(out))
+    res = CliRunner().invoke(main, predict_args(slow, out))
+    assert res.exit_code == 0, res.output
+    assert verify_catalog(out) == []
+
+
+def test_a_changed_derived_sidecar_is_found_and_refused(tmp_path, tiny_store, tiny_checkpoint):
+    from galspec_batch.decode import write_derived
+
+    out = make_tiny_catalog(tiny_store, tiny_checkpoint, tmp_path / "cat", mc_samples=4)
+    ids = read_catalog(out)["object_id"]
+    from galspec_batch.columns import DERIVED_COLUMNS
+
+    ones = pa.array(np.ones(len(ids), np.float32))
+    table = pa.table({"object_id": ids, **dict.fromkeys(DERIVED_COLUMNS, ones)})
+    write_derived(out, table, {"vae_weights_sha256": "x"})
+    assert verify_catalog(out) == []
+    sidecar = cpaths.derived_file(out)
+    data = bytearray(sidecar.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    sidecar.write_bytes(bytes(data))
+    assert any("derived.parquet differs" in p for p in verify_catalog(out))
+    with pytest.raises(IncompleteOutputError, match="derived.parquet differs"):
+        select_targets(out, where="ew_oii > 0")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--engine", "tensorrt"], "--engine tensorrt cannot run on cpu"),
+    (["--cluster", "bogus"], "unknown --cluster 'bogus'"),
+])
+def test_a_command_line_that_cannot_run_writes_nothing(tmp_path, tiny_store, tiny_checkpoint, args, message):
+    out = tmp_path / "cat"
+    res = CliRunner().invoke(main, ["predict", "--store", str(tiny_store), "--checkpoint",
+                                    str(tiny_checkpoint), "-o", str(out), *args])
+    assert res.exit_code == 2 and message in res.output and res.output.count("\n") == 1, res.output
+    assert not out.exists()
+
+
+def test_finalize_of_an_empty_directory_keeps_it(tmp_path):
+    empty = tmp_path / "e"
+    empty.mkdir()
+    res = CliRunner().invoke(main, ["finalize", str(empty)])
+    assert res.exit_code == 1 and empty.is_dir()
+
+
+def test_ctrl_c_while_the_local_cluster_starts_is_one_line(slow, tmp_path):
+    store, ckpt, _ = slow
+    proc = galspec("predict", "--store", store, "--checkpoint", ckpt, "-o", tmp_path / "cat",
+                   "--cluster", "local", "--mc-samples", "8", "-q")
+    wait_for(cpaths.run_state_file(tmp_path / "cat"))
+    time.sleep(0.5)  # the workers are being spawned
+    os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(3)  # Ctrl-C is held while the cluster starts: press it again once it is up
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode in (0, 130)
+    if proc.returncode == 130:
+        assert one_line(err) == "galspec: error: interrupted; rerun the same command to resume"
+    else:
+        assert err.strip() == ""

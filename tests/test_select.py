@@ -14,7 +14,7 @@ from scipy.stats import norm
 from galspec_batch.catalog import read_catalog
 from galspec_batch.catalog.paths import derived_file
 from galspec_batch.cli import main
-from galspec_batch.errors import InputError, MissingFileError
+from galspec_batch.errors import IncompleteOutputError, InputError, MissingFileError
 from galspec_batch.regions import parse_region
 from galspec_batch.select import ProbCut, select_targets, write_targets
 
@@ -114,15 +114,21 @@ def test_outputs_in_three_formats(writable_catalog, df, tmp_path):
 
 
 def test_derived_sidecar_is_joined(writable_catalog, df):
+    import pyarrow.parquet as pq
+
+    from galspec_batch.catalog.paths import derived_marker
+    from galspec_batch.catalog.state import write_derived_marker
+
     path = derived_file(writable_catalog)
     ids = df.object_id.to_numpy()[:50]
     ew = np.linspace(0, 49, 50).astype(np.float32)
     side = pa.table({"object_id": ids, "ew_halpha": ew, "ew_halpha_std": np.full(50, 2.0, np.float32)})
     path.parent.mkdir(exist_ok=True)
-    import pyarrow.parquet as pq
-
     pq.write_table(side, path)
     try:
+        with pytest.raises(IncompleteOutputError, match="has no record of being written whole"):
+            select_targets(writable_catalog, where="ew_halpha > 40")  # not written by galspec
+        write_derived_marker(writable_catalog)
         t = select_targets(writable_catalog, where="ew_halpha > 40").to_pandas()
         assert sorted(t.object_id) == sorted(ids[ew > 40])
         p = select_targets(writable_catalog, prob="ew_halpha > 10", min_prob=0.5).to_pandas()
@@ -130,6 +136,7 @@ def test_derived_sidecar_is_joined(writable_catalog, df):
     finally:
         path.unlink()
         path.parent.rmdir()
+        derived_marker(writable_catalog).unlink(missing_ok=True)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -16,6 +16,7 @@ from galspec_batch.atomic import atomic_path
 from galspec_batch.catalog import paths
 from galspec_batch.catalog.state import DoneMarker, RunState
 from galspec_batch.columns import DEC, HEALPIX, RA
+from galspec_batch.errors import first_line
 from galspec_batch.sky import SPATIAL_INDEX_ORDER
 
 # The HATS spec release hats 0.11 stamps on the catalogs it writes (hats_release_date, hats_version).
@@ -35,9 +36,7 @@ def write_all(catalog: Path, schema: pa.Schema, markers: list[DoneMarker], run: 
         footers.append(md)
     with atomic_path(data / paths.PARQUET_METADATA_FILENAME, overwrite=True) as tmp:
         pq.write_metadata(schema, tmp, metadata_collector=footers)
-    header = f"{paths.PARTITION_ORDER},{paths.PARTITION_PIXEL}\n"
-    csv = header + "".join(f"{m.order},{m.pixel}\n" for m in markers)
-    _write_text(catalog / paths.PARTITION_INFO_FILENAME, csv)
+    _write_text(catalog / paths.PARTITION_INFO_FILENAME, _partition_info(markers))
     _write_text(catalog / paths.PROPERTIES_FILENAME, properties_text(catalog, markers, run, doc))
     _write_text(catalog / paths.PROVENANCE_FILENAME, json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
@@ -50,6 +49,35 @@ def remove_all(catalog: Path) -> None:
               data / paths.PARQUET_METADATA_FILENAME, data / paths.PARQUET_COMMON_METADATA_FILENAME,
               catalog / paths.PROVENANCE_FILENAME):
         f.unlink(missing_ok=True)
+
+
+def check_all(catalog: Path, markers: list[DoneMarker]) -> list[str]:
+    """What is wrong with the catalog-level files of a finished catalog, one line each: each must
+    be there and describe exactly the partitions of ``markers`` (``_metadata`` every partition's
+    row groups and rows)."""
+    data = paths.dataset_dir(catalog)
+    problems = []
+    for f in (catalog / paths.PROPERTIES_FILENAME, catalog / paths.PROVENANCE_FILENAME):
+        if not f.is_file():
+            problems.append(f"missing {f}")
+    want = {paths.partition_relpath(m.order, m.pixel): m.n_rows for m in markers}
+    try:
+        pq.read_schema(data / paths.PARQUET_COMMON_METADATA_FILENAME)
+        md = pq.read_metadata(data / paths.PARQUET_METADATA_FILENAME)
+        found: dict[str, int] = {}
+        for i in range(md.num_row_groups):
+            rg = md.row_group(i)
+            found[rg.column(0).file_path] = found.get(rg.column(0).file_path, 0) + rg.num_rows
+        if found != want:
+            problems.append(f"{data / paths.PARQUET_METADATA_FILENAME} does not describe the partitions "
+                            f"({len(found)} files, {sum(found.values())} rows; the catalog has "
+                            f"{len(want)} and {sum(want.values())})")
+    except (OSError, pa.ArrowException) as exc:
+        problems.append(f"the Parquet metadata of {data} cannot be read ({first_line(exc)})")
+    info = catalog / paths.PARTITION_INFO_FILENAME
+    if not info.is_file() or info.read_text() != _partition_info(markers):
+        problems.append(f"{info} is missing or does not list the partitions")
+    return problems
 
 
 def properties_text(catalog: Path, markers: list[DoneMarker], run: RunState, doc: dict) -> str:
@@ -81,6 +109,12 @@ def properties_text(catalog: Path, markers: list[DoneMarker], run: RunState, doc
     }
     lines = [f"{k}={_value(v)}" for k, v in props.items()]
     return "#HATS catalog written by galspec-batch\n" + "\n".join(lines) + "\n"
+
+
+def _partition_info(markers: list[DoneMarker]) -> str:
+    """``partition_info.csv``: a header, then ``order,pixel`` of every partition, sorted."""
+    rows = sorted((m.order, m.pixel) for m in markers)
+    return f"{paths.PARTITION_ORDER},{paths.PARTITION_PIXEL}\n" + "".join(f"{o},{p}\n" for o, p in rows)
 
 
 def _value(v: object) -> str:

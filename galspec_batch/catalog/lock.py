@@ -38,6 +38,7 @@ def _holder(fd: int) -> str:
 def catalog_lock(catalog: str | Path, *, shared: bool = False, command: str | None = None) -> Iterator[None]:
     """Hold the catalog's lock for the ``with`` block; BusyError at once if another run holds it."""
     lock = paths.lock_file(catalog)
+    created = [d for d in (lock.parent.parent, lock.parent) if not d.exists()]  # to remove if unused
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -58,7 +59,7 @@ def catalog_lock(catalog: str | Path, *, shared: bool = False, command: str | No
                 os.ftruncate(fd, 0)
                 if not paths.run_state_file(catalog).exists():  # never began: leave no trace
                     lock.unlink(missing_ok=True)
-                    for d in (lock.parent, lock.parent.parent):
+                    for d in reversed(created):
                         with contextlib.suppress(OSError):
                             d.rmdir()
     finally:

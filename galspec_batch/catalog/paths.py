@@ -46,6 +46,7 @@ LOG_DIR = "logs"
 DASK_LOG_SUFFIX = ".dask-logs"  # beside the catalog: workers of `submit --mode dask` log there
 DERIVED_DIR = "derived"
 DERIVED_FILENAME = "derived.parquet"
+DERIVED_MARKER_FILENAME = "derived.json"  # in _state/: the sidecar's size and sha256
 
 
 def dataset_dir(catalog: str | Path) -> Path:
@@ -112,6 +113,10 @@ def derived_file(catalog: str | Path) -> Path:
 def dask_log_dir(catalog: str | Path) -> Path:
     catalog = Path(catalog).resolve()
     return catalog.parent / f"{catalog.name}{DASK_LOG_SUFFIX}"
+
+
+def derived_marker(catalog: str | Path) -> Path:
+    return state_dir(catalog) / DERIVED_MARKER_FILENAME
 
 
 def lock_file(catalog: str | Path) -> Path:

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.dataset as pds
 
 from galspec_batch.atomic import read_json
-from galspec_batch.catalog import paths, state
+from galspec_batch.catalog import hats_files, paths, state
 from galspec_batch.errors import IncompleteOutputError, MissingFileError
 
 
@@ -46,7 +46,8 @@ def require_whole(path: Path, partitions: list[tuple[int, int]] | None = None) -
     """Refuse to read a catalog that is not finished, or whose partitions (default: all) do not
     match their done markers byte for byte (sha256): every row served is a row written."""
     _require_complete(path)
-    if partitions is None:
+    whole = partitions is None
+    if whole:
         partitions = state.read_run_state(path).planned() or state.list_markers(path, paths.DONE_DIR)
     for order, pixel in partitions:
         why = state.check_partition(path, order, pixel, checksum=True)
@@ -55,3 +56,8 @@ def require_whole(path: Path, partitions: list[tuple[int, int]] | None = None) -
                 f"catalog {path}: partition Norder={order} Npix={pixel} is damaged ({why}); rerun "
                 "`galspec predict` with the same settings to repair it (`galspec verify` lists all)"
             )
+    if whole:
+        problems = hats_files.check_all(path, [state.read_done(path, o, p) for o, p in partitions])
+        if problems:
+            raise IncompleteOutputError(f"catalog {path}: {problems[0]}; rerun `galspec predict` with the "
+                                        "same settings to write it again")

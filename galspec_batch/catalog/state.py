@@ -99,8 +99,13 @@ def write_schema(catalog: str | Path, schema: pa.Schema) -> None:
 def read_schema(catalog: str | Path) -> pa.Schema:
     f = paths.schema_file(catalog)
     if not f.exists():
-        raise MissingFileError(f"{catalog} is not a galspec catalog: {f} is missing")
-    return pq.read_schema(f)
+        raise MissingFileError(f"catalog {catalog}: {f} is missing; rerun `galspec predict` with the same "
+                               "settings to write it again")
+    try:
+        return pq.read_schema(f)
+    except (OSError, pa.ArrowException) as exc:
+        raise FormatError(f"catalog {catalog}: {f} is damaged ({exc}); rerun `galspec predict` with the "
+                          "same settings to write it again") from None
 
 
 def write_done(catalog: str | Path, marker: DoneMarker) -> None:
@@ -141,6 +146,26 @@ def read_failed(catalog: str | Path) -> dict[Pixel, str]:
         except (OSError, FormatError, KeyError, TypeError):
             out[(o, p)] = "unreadable failure marker"
     return out
+
+
+def write_derived_marker(catalog: str | Path) -> None:
+    """Record the derived sidecar as written: its size and sha256."""
+    f = paths.derived_file(catalog)
+    write_json(paths.derived_marker(catalog), {"bytes": f.stat().st_size, "sha256": file_sha256(f)})
+
+
+def check_derived(catalog: str | Path) -> str | None:
+    """Why the derived sidecar cannot be trusted, or None when there is none or it is whole."""
+    f = paths.derived_file(catalog)
+    if not f.exists():
+        return None
+    try:
+        marker = read_json(paths.derived_marker(catalog))
+    except (OSError, FormatError):
+        return f"{f} has no record of being written whole"
+    if f.stat().st_size != marker.get("bytes") or file_sha256(f) != marker.get("sha256"):
+        return f"{f} differs from the record of its writing (size or sha256)"
+    return None
 
 
 def check_partition(catalog: str | Path, order: int, pixel: int, *, checksum: bool = False) -> str | None:

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from galspec_batch.catalog import paths, state
+from galspec_batch.catalog import hats_files, paths, state
+from galspec_batch.errors import GalspecError, first_line
 
 STATES = ("done", "running", "queued", "pending", "failed", "damaged")
 
@@ -87,7 +88,9 @@ class CatalogStatus:
             count = str(len(pix)) if kind != "pending" or self.planned is not None else "?"
             table.add_row(kind, count, str(self.objects.get(kind, 0)), shown)
         lines = [f"job {job}: {s}" for job, s in sorted(self.jobs.items())]
-        lines += [f"failed {pixel}: {error}" for pixel, error in self.failures.items()]
+        damaged = set(self.partitions.get("damaged", []))
+        lines += [f"{'damaged' if int(name.rsplit('=', 1)[1]) in damaged else 'failed'} {name}: {error}"
+                  for name, error in self.failures.items()]
         return table, lines
 
 
@@ -121,7 +124,8 @@ def catalog_status(path: str | Path) -> CatalogStatus:
     objects_planned = None
     if run.plan is not None and all(n >= 0 for *_, n in run.plan):
         objects_planned = sum(n for *_, n in run.plan)
-    complete = paths.complete_file(path).exists() and not any(parts.get(k) for k in STATES if k != "done")
+    complete = (paths.complete_file(path).exists() and not any(parts.get(k) for k in STATES if k != "done")
+                and not hats_files.check_all(path, [state.read_done(path, o, p) for o, p in pixels]))
     return CatalogStatus(path, complete, run.partition_order, parts, objs,
                          None if planned is None else len(planned), objects_planned, failures)
 
@@ -138,9 +142,18 @@ def verify_catalog(path: str | Path) -> list[str]:
         for pixel in sorted(st.partitions.get(kind, [])):
             why = st.failures.get(f"Norder={order} Npix={pixel}") or state.check_partition(path, order, pixel)
             problems.append(f"{kind} Norder={order} Npix={pixel}: {why}")
-    if st.complete:
-        for f in (path / paths.PROPERTIES_FILENAME,
-                  paths.dataset_dir(path) / paths.PARQUET_METADATA_FILENAME):
-            if not f.is_file():
-                problems.append(f"missing {f}")
+    if not problems:
+        planned = state.read_run_state(path).planned() or state.list_markers(path, paths.DONE_DIR)
+        if not paths.complete_file(path).exists():
+            problems.append(f"not finished: every partition is written, but {paths.complete_file(path)} is "
+                            "not (run `galspec finalize`, or rerun `galspec predict`)")
+        else:
+            problems += hats_files.check_all(path, [state.read_done(path, o, p) for o, p in planned])
+        try:
+            state.read_schema(path)
+        except GalspecError as exc:
+            problems.append(first_line(exc))
+    damage = state.check_derived(path)
+    if damage is not None:
+        problems.append(f"{damage} (rerun `galspec decode --write-back --overwrite`)")
     return problems

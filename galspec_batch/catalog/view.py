@@ -20,9 +20,10 @@ from scipy.special import ndtr
 
 from galspec_batch.catalog import paths
 from galspec_batch.catalog.reader import require_whole
-from galspec_batch.catalog.state import list_markers, read_run_state
+from galspec_batch.catalog.state import check_derived, list_markers, read_run_state
 from galspec_batch.columns import DEC, LATENT_RE, OBJECT_ID, RA, std_column
 from galspec_batch.errors import (
+    IncompleteOutputError,
     InputError,
     UsageError,
     did_you_mean,
@@ -69,6 +70,10 @@ class CatalogView:
         files, self.order = _partition_files(self.catalog, self.region)
         dirs = sorted({str(f.parent.resolve()) + "/" for f in files})
         sidecar = paths.derived_file(self.catalog)
+        damage = check_derived(self.catalog)
+        if damage is not None:
+            raise IncompleteOutputError(f"catalog {self.catalog}: {damage}; rerun `galspec decode "
+                                        "--write-back --overwrite` to write it again")
         if sidecar.exists():
             dirs.append(str(sidecar.parent.resolve()) + "/")
         con = duckdb.connect(":memory:")

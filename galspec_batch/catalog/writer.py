@@ -23,7 +23,7 @@ from galspec_batch.atomic import TMP_MARK, atomic_path, file_sha256, write_json
 from galspec_batch.catalog import hats_files, paths, state
 from galspec_batch.catalog.schema import catalog_schema, conform_table
 from galspec_batch.columns import HEALPIX, OBJECT_ID, QualityFlag
-from galspec_batch.errors import IncompleteOutputError, InputError, first_line
+from galspec_batch.errors import FormatError, IncompleteOutputError, InputError, MissingFileError, first_line
 
 PlanItem = tuple[int, int] | tuple[int, int, int]
 
@@ -46,6 +46,7 @@ class CatalogWriter:
         self.path = path
         self.state = run
         self.repairs: dict[tuple[int, int], str] = {}  # damaged partitions of a finished catalog
+        self.metadata_problems: list[str] = []  # its catalog-level files, when they were damaged
 
     @property
     def complete(self) -> bool:
@@ -53,12 +54,15 @@ class CatalogWriter:
         return paths.complete_file(self.path).exists()
 
     def _reopen_if_damaged(self) -> None:
-        """Verify a finished catalog; if a partition is damaged or missing, take back the finished
-        state (complete.json and the HATS metadata, which would describe the damaged files)."""
+        """Verify a finished catalog; if a partition is damaged or missing, or its HATS metadata no
+        longer describes the partitions, take back the finished state (complete.json and the
+        metadata), so that the damaged partitions are redone and the metadata written again."""
         planned = self.state.planned() or state.list_markers(self.path, paths.DONE_DIR)
         self.repairs = {(o, p): why for o, p in planned
                         if (why := state.check_partition(self.path, o, p, checksum=True)) is not None}
-        if self.repairs:
+        self.metadata_problems = [] if self.repairs else hats_files.check_all(
+            self.path, [state.read_done(self.path, o, p) for o, p in planned])
+        if self.repairs or self.metadata_problems:
             hats_files.remove_all(self.path)
             paths.complete_file(self.path).unlink(missing_ok=True)
 
@@ -136,7 +140,12 @@ class CatalogWriter:
             )
         if run.partition_order != order:
             raise InputError(f"{began} at partition order {run.partition_order}, not {order}")
-        if not state.read_schema(self.path).remove_metadata().equals(schema):
+        try:
+            existing = state.read_schema(self.path)
+        except (MissingFileError, FormatError):  # derived from the run state: written again
+            state.write_schema(self.path, schema.with_metadata({paths.SCHEMA_METADATA_KEY: _header(run)}))
+            existing = schema
+        if not existing.remove_metadata().equals(schema):
             raise InputError(f"{began} with other columns; n_latents and extra columns must not change")
         if run.model_id != model_id:
             raise InputError(f"{began} with model {run.model_id!r}, not {model_id!r}")

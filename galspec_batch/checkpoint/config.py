@@ -3,6 +3,8 @@ fits (bands, image size, pixel scale, flux scale), checked before anything is al
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -105,6 +107,12 @@ class CheckpointConfig(VersionedFormat):
         if self.zero_points is not None:
             object.__setattr__(self, "zero_points", check_floats("zero_points", self.zero_points,
                                                                  m.in_bands, limit=100.0))
+
+    def value_hash(self) -> str:
+        """A hash of everything here that changes predictions (not the free-form records)."""
+        records = ("training", "data", "init", "code_version")
+        doc = {k: v for k, v in self.to_dict().items() if k not in records}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
     @classmethod
     def _decode(cls, body: dict[str, Any]) -> dict[str, Any]:

@@ -43,7 +43,8 @@ def predict_cmd(store, checkpoint, out, make_options, cluster, device, n_workers
     s = predict_catalog(store, checkpoint, out, options, only=only, cluster=cluster, n_workers=n_workers,
                         finalize=not no_finalize, overwrite=overwrite, progress=not quiet)
     if s.partitions_done == 0:
-        click.echo(f"{s.catalog}: complete, {s.partitions_skipped} partitions verified; nothing to do")
+        done = "its metadata written again" if s.finalized else "nothing to do"
+        click.echo(f"{s.catalog}: complete, {s.partitions_skipped} partitions verified; {done}")
         return
     repaired = f", {s.repaired} of them repaired" if s.repaired else ""
     click.echo(f"{s.catalog}: {s.objects} galaxies in {s.partitions_done} partitions{repaired} "
@@ -94,8 +95,9 @@ def verify_cmd(catalog) -> None:
     for line in problems:
         click.echo(line)
     if problems:
-        raise IncompleteOutputError(f"catalog {catalog}: {len(problems)} problems (listed above); rerun "
-                                    "`galspec predict` with the same settings to repair them")
+        n = len(problems)
+        raise IncompleteOutputError(f"catalog {catalog}: {n} problem{'s' if n != 1 else ''} (listed above); "
+                                    "rerun `galspec predict` with the same settings to repair")
     click.echo(f"{catalog}: whole, every partition matches its done marker")
 
 

@@ -13,7 +13,7 @@ from galspec_batch.atomic import file_sha256
 from galspec_batch.catalog import CatalogWriter, paths
 from galspec_batch.catalog.state import RunState, read_run_state
 from galspec_batch.checkpoint import WEIGHTS_FILE, load_calibration, model_id, read_config
-from galspec_batch.errors import InputError
+from galspec_batch.errors import InputError, UsageError
 from galspec_batch.options import PredictOptions
 from galspec_batch.predict.compat import check_compatible
 from galspec_batch.regions import select_partitions
@@ -27,6 +27,7 @@ class RunIdentity:
     flux factors."""
 
     model_hash: str
+    config_hash: str
     model_id: str
     n_latents: int
     store_fingerprint: str
@@ -38,8 +39,9 @@ class RunIdentity:
         def floats(v):
             return None if v is None else tuple(float(x) for x in v)
 
-        return cls(run.provenance["model"]["hash"], run.model_id, run.n_latents, run.store_fingerprint,
-                   floats(run.settings.get("calibration")), floats(run.settings.get("flux_scale")))
+        return cls(run.provenance["model"]["hash"], run.settings["model_config"], run.model_id, run.n_latents,
+                   run.store_fingerprint, floats(run.settings.get("calibration")),
+                   floats(run.settings.get("flux_scale")))
 
 
 @dataclass
@@ -64,7 +66,8 @@ def value_settings(options: PredictOptions, identity: RunIdentity) -> dict[str, 
     return {"mc_samples": options.mc_samples, "seed": options.seed, "precision": options.precision,
             "engine": options.engine, "batch_size": options.batch_size,
             "device": options.device.split(":")[0],
-            "calibration": listed(identity.std_scale), "flux_scale": listed(identity.flux_scale)}
+            "calibration": listed(identity.std_scale), "flux_scale": listed(identity.flux_scale),
+            "model_config": identity.config_hash}
 
 
 def _recorded(out: str | Path, overwrite: bool) -> RunState | None:
@@ -86,8 +89,9 @@ def begin_catalog(store: str | Path, checkpoint: str | Path, out: str | Path, op
     plan = select_partitions(store_obj, options.region, options.partitions)
     mid = model_id(config, model_hash)
     fingerprint = store_obj.fingerprint()
-    identity = RunIdentity(model_hash, mid, config.model.n_out, fingerprint,
+    identity = RunIdentity(model_hash, config.value_hash(), mid, config.model.n_out, fingerprint,
                            None if calibration is None else calibration.scale, flux_scale)
+    _check_engine(options)
     options = replace(options, engine=_resolve_engine(options, _recorded(out, overwrite), checkpoint,
                                                       store_obj.image_shape, threads))
     provenance = {
@@ -107,6 +111,17 @@ def begin_catalog(store: str | Path, checkpoint: str | Path, out: str | Path, op
         settings=value_settings(options, identity),
     )
     return Begun(writer, plan, identity, options)
+
+
+def _check_engine(options: PredictOptions) -> None:
+    """Refuse an engine that cannot run here before anything is written."""
+    from galspec_batch.engines import list_engines, unavailable_reason
+
+    if options.engine != "auto":
+        reason = unavailable_reason(options.engine, options.device)
+        if reason is not None:
+            raise UsageError(f"--engine {options.engine} cannot run on {options.device}: {reason}; engines "
+                             f"that can: {', '.join(list_engines(options.device))}")
 
 
 def _resolve_engine(options: PredictOptions, recorded: RunState | None, checkpoint: str | Path,

@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ class PredictSummary:
     seconds: float
     failed: dict[str, str] = field(default_factory=dict)
     repaired: int = 0  # damaged or missing partitions of a finished catalog, written again
+    finalized: bool = False  # this run wrote the catalog's HATS metadata
 
     @property
     def rate(self) -> float:
@@ -71,6 +74,7 @@ def predict_catalog(
     """
     t0 = time.perf_counter()
     options = options or PredictOptions()
+    _check_cluster(cluster)  # a command line that cannot run is refused before the catalog begins
     workers = n_workers or _default_workers(cluster)
     threads = max(1, (os.cpu_count() or 1) // workers) if options.device == "cpu" else 0
     # a coordinator holds the catalog alone; the array tasks of one submission share it
@@ -86,22 +90,25 @@ def predict_catalog(
         by_key = {(p.order, p.pixel): (p, n) for p, n in begun.plan}
         pending = [by_key[k] for k in begun.writer.pending(todo)]
         ident = begun.identity
-        spec = ModelSpec(str(checkpoint), ident.model_hash, begun.options, threads, ident.std_scale,
-                         ident.flux_scale)
+        spec = ModelSpec(str(checkpoint), ident.model_hash, ident.config_hash, begun.options, threads,
+                         ident.std_scale, ident.flux_scale)
         jobs = [PartitionJob(str(store), str(out), p, ident.model_id) for p, _ in pending]
         failed = _run(jobs, spec, cluster, workers, retries, out, sum(n for _, n in pending), progress,
                       note=_resume_note(out, begun.writer.repairs, len(todo) - len(pending), len(todo)))
         if failed:
             first = next(iter(failed.items()))
+            written = len(jobs) - len(failed)
             raise PartitionsFailed(
-                f"{len(failed)} of {len(todo)} partitions of {out} failed (e.g. {first[0]}: {first[1]}); "
-                "the others are written: rerun the same command to retry the failed ones"
+                f"{len(failed)} of {len(jobs)} partitions of {out} failed (e.g. {first[0]}: {first[1]}); "
+                f"{written} were written now and {len(todo) - len(pending)} before: rerun the same command "
+                "to retry the failed ones"
             )
         if finalize:
             begun.writer.finalize()
     done_rows = sum(n for _, n in pending)
     return PredictSummary(Path(out), len(jobs), len(todo) - len(pending), done_rows,
-                          time.perf_counter() - t0, failed, repaired=len(begun.writer.repairs))
+                          time.perf_counter() - t0, failed, repaired=len(begun.writer.repairs),
+                          finalized=finalize)
 
 
 def _resume_note(out, repairs: dict, n_done: int, n_todo: int) -> str | None:
@@ -143,6 +150,12 @@ def finalize_catalog(out: str | Path) -> dict:
         return CatalogWriter(Path(out), read_run_state(out)).finalize()
 
 
+def _check_cluster(cluster: object) -> None:
+    if isinstance(cluster, str) and cluster not in CLUSTERS and "://" not in cluster:
+        raise UsageError(f"unknown --cluster {cluster!r}; use one of {', '.join(CLUSTERS)} or a scheduler "
+                         "address (tcp://host:port)")
+
+
 def _default_workers(cluster: object) -> int:
     if cluster == "none":
         return 1
@@ -178,6 +191,27 @@ def _run_dask(client, jobs: list[PartitionJob], spec: ModelSpec, retries: int):
 
 
 @contextlib.contextmanager
+def _signals_held():
+    """Start worker processes that ignore SIGINT (a terminal's Ctrl-C reaches its whole process
+    group, and only the coordinator should act on it: it stops the workers), and hold a SIGTERM
+    until the cluster is up, so that no half-started cluster is left to print tracebacks."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # ignored at exec: the workers inherit it
+    old_term = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, lambda signum, frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+        if held:
+            os.kill(os.getpid(), held[0])
+
+
+@contextlib.contextmanager
 def _client(cluster: object, n_workers: int, spec: ModelSpec):
     """A Dask client for ``cluster`` with the model plugin registered (None: run in-process)."""
     if cluster == "none":
@@ -190,20 +224,19 @@ def _client(cluster: object, n_workers: int, spec: ModelSpec):
         yield cluster
         return
     if cluster == "local":
-        local = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                             dashboard_address="127.0.0.1:0", memory_limit=0, silence_logs=logging.CRITICAL)
+        with _signals_held():
+            local = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, memory_limit=0,
+                                 dashboard_address="127.0.0.1:0", silence_logs=logging.CRITICAL)
     elif cluster == "cuda":
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError as exc:
             raise UsageError("--cluster cuda needs dask-cuda: pip install 'galspec-batch[gpu]'") from exc
-        local = LocalCUDACluster(threads_per_worker=1, dashboard_address="127.0.0.1:0",
-                                 silence_logs=logging.CRITICAL)
-    elif isinstance(cluster, str) and "://" in cluster:
-        local = None
+        with _signals_held():
+            local = LocalCUDACluster(threads_per_worker=1, dashboard_address="127.0.0.1:0",
+                                     silence_logs=logging.CRITICAL)
     else:
-        raise UsageError(f"unknown --cluster {cluster!r}; use one of {', '.join(CLUSTERS)} or a scheduler "
-                         "address (tcp://host:port)")
+        local = None  # a scheduler address (checked by _check_cluster)
     client = Client(local if local is not None else cluster)
     try:
         client.register_plugin(ModelPlugin(spec), name=ModelPlugin.name)

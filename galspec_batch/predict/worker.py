@@ -30,6 +30,7 @@ class ModelSpec:
 
     checkpoint: str
     model_hash: str
+    config_hash: str
     options: PredictOptions
     torch_threads: int = 0  # 0: leave torch's default
     std_scale: tuple[float, ...] | None = None  # per-latent calibration of the spread
@@ -46,9 +47,10 @@ class Predictor:
             torch.set_num_threads(spec.torch_threads)
         self.spec = spec
         self.checkpoint = load_checkpoint(spec.checkpoint, device="cpu")
-        if self.checkpoint.model_hash != spec.model_hash:
-            raise InputError(f"checkpoint {spec.checkpoint} changed since this run began (weights "
-                             f"{self.checkpoint.model_hash[:12]}, the run's {spec.model_hash[:12]})")
+        found = (self.checkpoint.model_hash, self.checkpoint.config.value_hash())
+        if found != (spec.model_hash, spec.config_hash):
+            raise InputError(f"checkpoint {spec.checkpoint} changed since this run began (its weights or "
+                             "config.json differ from the run's)")
         net = self.checkpoint.net
         opts = spec.options
         self.device = torch.device(opts.device)

@@ -42,6 +42,9 @@ IMAGES, MASK, FLAGS = "images", "mask", "flags"
 PARTITIONS = "partitions"
 PER_OBJECT = (MASK, FLAGS, OBJECT_ID, RA, DEC, HEALPIX)
 PER_OBJECT_CHUNK = 65536
+# zarr leaves out a chunk of fill values unless told; a store must hold every chunk, so that a
+# missing chunk file is damage, never "all fill value" (a runtime setting: every writer sets it)
+WRITE_EVERY_CHUNK = {"array.write_empty_chunks": True}
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,7 @@ class StoreAttrs(VersionedFormat):
     partition_order: int
     n_objects: int = 0
     n_partition_rows: int = 0
+    content_hash: str = ""  # chained over every append (version 2; "" in version 1 stores)
 
     def validate(self) -> None:
         object.__setattr__(self, "bands", tuple(check_str("bands", b, 32) for b in self.bands))
@@ -83,6 +87,7 @@ class StoreAttrs(VersionedFormat):
         check_int("partition_order", self.partition_order, 0, 29)
         check_int("n_objects", self.n_objects, 0, 2**62)
         check_int("n_partition_rows", self.n_partition_rows, 0, 2**62)
+        check_str("content_hash", self.content_hash, 64)
 
     @classmethod
     def _decode(cls, body: dict[str, Any]) -> dict[str, Any]:
@@ -92,8 +97,9 @@ class StoreAttrs(VersionedFormat):
     def itemsize(self) -> int:
         return 2 if self.dtype == "float16" else 4
 
-    def committed(self, n_objects: int, n_partition_rows: int) -> StoreAttrs:
-        return replace(self, n_objects=n_objects, n_partition_rows=n_partition_rows)
+    def committed(self, n_objects: int, n_partition_rows: int, content_hash: str) -> StoreAttrs:
+        return replace(self, n_objects=n_objects, n_partition_rows=n_partition_rows,
+                       content_hash=content_hash)
 
 
 def chunking(image_shape: tuple[int, int], bands: int, itemsize: int) -> tuple[int, int]:

@@ -67,7 +67,9 @@ class CutoutStore:
             self._root = zarr.open_group(str(self.path), mode="r+" if _writable else "r", zarr_format=3)
         except Exception as exc:  # zarr raises several kinds for a non-store directory
             raise FormatError(f"{self.path} is not a galspec cutout store ({exc})") from exc
-        self.attrs = StoreAttrs.from_dict(dict(self._root.attrs), f"cutout store {self.path}")
+        raw = dict(self._root.attrs)
+        self.attrs = StoreAttrs.from_dict(raw, f"cutout store {self.path}")
+        self._every_chunk_written = raw["format_version"] >= 2  # version 1 skipped chunks of zeros
         self._cache: dict[str, np.ndarray] = {}
         self._id_set: set[int] | None = None  # built by the first append, for O(batch) id checks
 
@@ -110,8 +112,23 @@ class CutoutStore:
             f"image_shape={self.image_shape}, survey={self.survey!r})"
         )
 
+    def _require_chunks(self, name: str, start: int, stop: int, what: str) -> None:
+        """Refuse rows whose chunk files are gone: zarr would read them as the fill value (zeros)."""
+        if not self._every_chunk_written or stop <= start:
+            return
+        arr = self._root[name]
+        step = (arr.shards or arr.chunks)[0]
+        tail = ["0"] * (arr.ndim - 1)
+        for i in range(start // step, (stop - 1) // step + 1):
+            f = self.path.joinpath(*name.split("/"), "c", str(i), *tail)
+            if not f.is_file():
+                lo, hi = max(start, i * step), min(stop, (i + 1) * step) - 1
+                raise FormatError(f"cutout store {self.path}: {what} of rows {lo}..{hi} are missing on disk "
+                                  f"({f.relative_to(self.path)} is gone); restore or rewrite the store")
+
     def _column(self, name: str) -> np.ndarray:
         if name not in self._cache:
+            self._require_chunks(name, 0, self.n_objects, f"the {name!r} values")
             try:
                 self._cache[name] = np.asarray(self._root[name][: self.n_objects])
             except Exception as exc:  # zarr and its codecs raise assorted errors for damaged chunks
@@ -146,6 +163,8 @@ class CutoutStore:
     # -- partitions --------------------------------------------------------------------------
     def _index_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         n = self.attrs.n_partition_rows
+        for name in ("pixel", "start", "stop"):
+            self._require_chunks(f"{PARTITIONS}/{name}", 0, n, "the partition index")
         g = self._root[PARTITIONS]
         return (np.asarray(g["pixel"][:n]), np.asarray(g["start"][:n]), np.asarray(g["stop"][:n]))
 
@@ -195,6 +214,8 @@ class CutoutStore:
         )
 
     def _images(self, idx: np.ndarray, read) -> np.ndarray:
+        if idx.size:
+            self._require_chunks(IMAGES, int(idx.min()), int(idx.max()) + 1, "the cutouts")
         try:
             return np.asarray(read())
         except Exception as exc:  # zarr and its codecs raise assorted errors for damaged chunks

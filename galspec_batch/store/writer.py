@@ -4,9 +4,11 @@ writing the counts last."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
+import zarr
 
 from galspec_batch.atomic import atomic_path, refuse_existing
 from galspec_batch.columns import DEC, HEALPIX, OBJECT_ID, RA, QualityFlag
@@ -19,6 +21,7 @@ from galspec_batch.store.format import (
     MASK,
     NANOMAGGY_ZERO_POINT,
     PARTITIONS,
+    WRITE_EVERY_CHUNK,
     StoreAttrs,
     init_group,
 )
@@ -127,7 +130,7 @@ def append_objects(store: CutoutStore, object_id, ra, dec, images, mask=None, fl
     order = np.argsort(hp, kind="stable")
     n0 = store.n_objects
     new = {
-        IMAGES: images[order].astype(store.attrs.dtype, copy=False),
+        IMAGES: images[order],
         MASK: mask[order],
         FLAGS: flags[order],
         OBJECT_ID: object_id[order],
@@ -135,19 +138,21 @@ def append_objects(store: CutoutStore, object_id, ra, dec, images, mask=None, fl
         DEC: dec[order],
         HEALPIX: hp[order],
     }
-    for name, values in new.items():
-        arr = root[name]
-        arr.resize((n0 + n, *arr.shape[1:]))
-        arr[n0 : n0 + n] = values
     pix, start, stop = ranges(pixel_at_order(hp[order], store.partition_order), n0)
     p0 = store.attrs.n_partition_rows
-    g = root[PARTITIONS]
-    for name, values in (("pixel", pix), ("start", start), ("stop", stop)):
-        g[name].resize((p0 + len(values),))
-        g[name][p0:] = values
+    with zarr.config.set(WRITE_EVERY_CHUNK):
+        for name, values in new.items():
+            arr = root[name]
+            arr.resize((n0 + n, *arr.shape[1:]))
+            arr[n0 : n0 + n] = values
+        g = root[PARTITIONS]
+        for name, values in (("pixel", pix), ("start", start), ("stop", stop)):
+            g[name].resize((p0 + len(values),))
+            g[name][p0:] = values
     # commit point: the counts are written last and in one metadata write
-    root.attrs.update({"n_objects": n0 + n, "n_partition_rows": p0 + len(pix)})
-    store.attrs = store.attrs.committed(n0 + n, p0 + len(pix))
+    digest = content_hash(store.attrs.content_hash, new)
+    root.attrs.update({"n_objects": n0 + n, "n_partition_rows": p0 + len(pix), "content_hash": digest})
+    store.attrs = store.attrs.committed(n0 + n, p0 + len(pix), digest)
     store._id_set.update(object_id.tolist())
     for name in list(store._cache):
         store._cache[name] = np.concatenate([store._cache[name], new[name]])
@@ -155,37 +160,50 @@ def append_objects(store: CutoutStore, object_id, ra, dec, images, mask=None, fl
 
 def image_flags(images: np.ndarray, mask: np.ndarray, flags: np.ndarray, attrs: StoreAttrs
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The quality bits every cutout gets as it enters a store, and the pixels as stored.
+    """The pixels as the store will hold them, and the quality bits they earn there.
 
-    A band that is all NaN is not observed (mask False, MISSING_BAND). NaN and inf pixels are kept
-    and flagged (NAN_PIXELS, INF_PIXELS); an observed band of one value everywhere is
-    CONSTANT_BAND; a pixel brighter than AB magnitude 0 in size (10**(0.4 * zero point) in the
-    store's units; no galaxy pixel comes near) is EXTREME_PIXELS, and so is a value that a float16
-    store cannot hold, which is clipped to +-65504 rather than turned into inf.
+    The flags describe the stored pixels (after the cast to the store's dtype, so a float16 store's
+    underflow to zero is seen). A band that is all NaN is not observed (mask False, MISSING_BAND).
+    NaN and inf pixels are kept and flagged (NAN_PIXELS, INF_PIXELS); an observed band of one value
+    everywhere is CONSTANT_BAND; a pixel larger in size than AB magnitude 0 (10**(0.4 * zero point)
+    in the store's units; no galaxy pixel comes near) is EXTREME_PIXELS, and so is a value that a
+    float16 store cannot hold, which is clipped to +-65504 rather than turned into inf.
     """
     images = np.asarray(images)
     finite = np.isfinite(images)
+    flags = flags.copy()
+    if attrs.dtype == "float16":
+        top = float(np.finfo(np.float16).max)
+        clipped = (finite & (np.abs(images) > top)).any(axis=(1, 2, 3))
+        flags[clipped] |= np.uint16(QualityFlag.EXTREME_PIXELS)
+        images = np.where(finite, np.clip(images, -top, top), images).astype(np.float16)
+    else:
+        images = images.astype(attrs.dtype, copy=False)
+    finite = np.isfinite(images)
     nan_band = np.isnan(images).all(axis=(2, 3))
     mask = mask & ~nan_band
-    flags = flags.copy()
     flags[~mask.all(axis=1)] |= np.uint16(QualityFlag.MISSING_BAND)
     flags[np.isnan(images).any(axis=(1, 2, 3))] |= np.uint16(QualityFlag.NAN_PIXELS)
     flags[np.isinf(images).any(axis=(1, 2, 3))] |= np.uint16(QualityFlag.INF_PIXELS)
     with np.errstate(invalid="ignore"):
-        hi = np.where(finite, images, -np.inf).max(axis=(2, 3))
-        lo = np.where(finite, images, np.inf).min(axis=(2, 3))
-    flags[(mask & ~nan_band & (hi == lo)).any(axis=1)] |= np.uint16(QualityFlag.CONSTANT_BAND)
+        hi = np.where(finite, images, -np.inf).max(axis=(2, 3)).astype(np.float64)
+        lo = np.where(finite, images, np.inf).min(axis=(2, 3)).astype(np.float64)
+    flags[(mask & (hi == lo)).any(axis=1)] |= np.uint16(QualityFlag.CONSTANT_BAND)
     zps = np.array([np.nan if attrs.zero_points[b] is None else attrs.zero_points[b] for b in attrs.bands])
     limit = np.where(np.isfinite(zps), 10 ** (0.4 * np.nan_to_num(zps)), np.inf)[None, :]
     size = np.maximum(np.abs(np.where(np.isfinite(hi), hi, 0)), np.abs(np.where(np.isfinite(lo), lo, 0)))
-    extreme = size > limit
-    if attrs.dtype == "float16":
-        top = float(np.finfo(np.float16).max)
-        extreme |= size > top
-        if extreme.any():
-            images = np.where(finite, np.clip(images, -top, top), images)
-    flags[extreme.any(axis=1)] |= np.uint16(QualityFlag.EXTREME_PIXELS)
+    flags[(size > limit).any(axis=1)] |= np.uint16(QualityFlag.EXTREME_PIXELS)
     return images, mask, flags
+
+
+def content_hash(previous: str, arrays: dict[str, np.ndarray]) -> str:
+    """The store's running content hash: ``previous`` chained with every array of an append, so
+    that the fingerprint changes whenever any pixel, flag or mask written through galspec does."""
+    h = hashlib.blake2b(previous.encode(), digest_size=16)
+    for name in sorted(arrays):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return h.hexdigest()
 
 
 def _check_unique(new_ids: np.ndarray, existing: set[int], path: Path) -> None:
