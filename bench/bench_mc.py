@@ -68,8 +68,8 @@ def main() -> None:
         eager = create_engine("eager", net)
         weight, bias, p = head_parameters(net.head)
 
-        def head_only(eager=eager, x=x, ids=ids, weight=weight, bias=bias, p=p):
-            return mc_predict(eager.features(x), ids, weight, bias, p, T=args.T, seed=0)
+        def head_only(eager=eager, x=x, ids=ids, weight=weight, bias=bias, p=p, head=net.head_kind):
+            return mc_predict(eager.features(x), ids, weight, bias, p, T=args.T, seed=0, head=head)
 
         naive = rate(lambda net=net, x=x: mc_naive(net, x, args.T), args.n, args.iters, clock)
         ours = rate(head_only, args.n, args.iters, clock)

@@ -51,7 +51,7 @@ def forward_rates(ckpt_path: Path, store_path: Path, engine: str, batch: int, T:
     def forward_mc():
         with torch.inference_mode():
             for a in range(0, n, batch):
-                mc_predict(eng.features(x[a:a + batch]), ids[a:a + batch], w, b, p, T=T)
+                mc_predict(eng.features(x[a:a + batch]), ids[a:a + batch], w, b, p, T=T, head=net.head_kind)
 
     def forward_single():
         with torch.inference_mode():

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from galspec_batch import defaults as D  # noqa: E402
 from galspec_batch.engines import create_engine  # noqa: E402
 from galspec_batch.mc import head_parameters, mc_naive, mc_predict  # noqa: E402
 from galspec_batch.models import create_model  # noqa: E402
@@ -67,7 +68,7 @@ def record(name: str, batch: int, rate: float, **extra) -> None:
 def headonly(engine, weight, bias, p, T):
     def run(x, ids):
         feats = engine.features(x)
-        out = mc_predict(feats, ids, weight, bias, p, T=T, seed=0)
+        out = mc_predict(feats, ids, weight, bias, p, T=T, seed=0, head=D.HEAD)
         return out["mean"], out["std"]
     return run
 
@@ -80,7 +81,8 @@ def batch_rows(b, gpu_net, eager32, engines, head, T):
         record("naive_fp32_eager_mc", b, timed(lambda: mc_naive(gpu_net, x, T), b, max_iters=2), T=T)
         record("fp32_eager_single", b, timed(lambda: gpu_net.forward_head(eager32.features(x)), b))
         feats = eager32.features(x)
-        record("mc_head_only", b, timed(lambda: mc_predict(feats, ids, weight, bias, p, T=T), b), T=T)
+        mc = lambda: mc_predict(feats, ids, weight, bias, p, T=T, head=D.HEAD)  # noqa: E731
+        record("mc_head_only", b, timed(mc, b), T=T)
         for name, engine in engines.items():
             record(name, b, timed(lambda e=engine: headonly(e, weight, bias, p, T)(x, ids), b), T=T)
 
@@ -156,7 +158,7 @@ def end_to_end(store_path: Path, engine, net, batch, T, readers=8):
                 if a is not None:
                     ahead.append(pool.submit(read, a))
                 feats = engine.features(images.to(DEV, non_blocking=True))
-                out = mc_predict(feats, ids.to(DEV), weight, bias, p, T=T)
+                out = mc_predict(feats, ids.to(DEV), weight, bias, p, T=T, head=D.HEAD)
                 out["mean"].cpu(), out["std"].cpu()
 
     record("end_to_end_zarr", batch, timed(run, store.n_objects, min_seconds=0, max_iters=1),

@@ -2,16 +2,24 @@
 
 Two scores, both in the flagged table that :func:`find_anomalies` writes:
 
-(a) where observed latents exist (a labels table from ``galspec vae encode``), the squared
-    Mahalanobis distance ``d2`` of the observed latents from the predicted distribution, whose
-    covariance is ``diag(std_i^2) + S``: the object's MC-dropout spread (epistemic) plus a population
-    residual covariance ``S`` (the CNN's typical error, which the MC spread does not capture). ``S``
-    is estimated robustly from the residuals ``obs - pred`` of the joined sample itself (a
-    concentration-step minimum covariance determinant, Rousseeuw & Van Driessen 1999, then one
-    reweighting step), so the anomalies do not inflate it; the mean MC variance of the inliers is
-    subtracted (the residuals already contain it) and the result clipped to positive semi-definite.
-    The robust residual centre (a population bias of the CNN) is subtracted too. Under the model
-    ``d2 ~ chi2(N latents)``: ``anomaly_pvalue = chi2.sf(d2, N)``, flagged below ``alpha``.
+(a) where observed latents exist (a labels table from ``galspec vae encode``), ``anomaly_score``:
+    the squared Mahalanobis distance ``d2`` of the observed latents from the predicted ones, in
+    units of each object's calibrated 1-sigma, with the robust centre and covariance of those
+    standardised residuals on the calibration objects (a concentration-step minimum covariance
+    determinant, Rousseeuw & Van Driessen 1999, then one reweighting step): the latents' errors
+    are correlated. ``anomaly_pvalue`` is the chance that a normal galaxy scores at least ``d2``,
+    read from the *null distribution* of ``d2`` on the calibration objects (galaxies the network
+    did not train on; :class:`NullModel`): their empirical quantiles below the 90th percentile, and
+    beyond it the tail of a scaled F distribution, ``d2 / s ~ F(L, nu)``, the law of ``d2`` for
+    residuals with a multivariate t shape, with ``s`` and ``nu`` matched to the null's median and
+    90th percentile. So a p-value far below 1 / n stays defined, and the few anomalies among the
+    calibration objects (a survey has its own), which lie beyond the 90th percentile, do not widen
+    the tail (a tail fitted to the largest values, as a generalised Pareto, follows them: tried,
+    its shape varied from 0.35 to 2 between samples of one population). Flagged below ``alpha``:
+    about a fraction ``alpha`` of normal galaxies are, whatever the shape of the CNN's errors.
+    The null model comes with the calibration (``galspec train``, ``galspec calibrate``) and is
+    recorded in the catalog's provenance; a catalog predicted without one gets no p-values (an
+    error says so).
 (b) without observed latents, ``ood_score``: an out-of-distribution score from the predicted means
     and spreads alone. Two log-ratios to the catalog median, each turned into a robust z-score
     (median 0, MAD-scaled 1) and summed over sqrt(2):
@@ -31,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from scipy import stats
+from scipy import optimize, stats
 from scipy.spatial import cKDTree
 
 from galspec_batch import defaults as D
@@ -40,19 +48,11 @@ from galspec_batch.catalog.joins import catalog_latents, match_ids
 from galspec_batch.columns import DEC, OBJECT_ID, QUALITY_FLAGS, RA, QualityFlag
 from galspec_batch.errors import FormatError, InputError
 from galspec_batch.labels import read_labels
+from galspec_batch.uncertainty import standardized
 
 OUT_COLUMNS = (OBJECT_ID, RA, DEC, "anomaly_score", "anomaly_pvalue", "ood_score", "flag",
                QUALITY_FLAGS)
 _MAD_TO_SIGMA = 1.4826
-
-
-@dataclass(frozen=True)
-class ResidualModel:
-    """The robust centre and covariance ``S`` of the residuals obs - pred (see module docstring)."""
-
-    center: np.ndarray
-    cov: np.ndarray
-    inliers: np.ndarray  # bool [N]: rows of the reweighted support
 
 
 @dataclass(frozen=True)
@@ -118,31 +118,88 @@ def robust_covariance(x: np.ndarray, support_fraction: float = 0.75, max_steps: 
     return center, cov, inliers
 
 
-def residual_model(observed: np.ndarray, mean: np.ndarray, std: np.ndarray,
-                   support_fraction: float = 0.75) -> ResidualModel:
-    """The population residual model ``S`` of observed latents around the predicted means."""
-    resid = np.asarray(observed, np.float64) - np.asarray(mean, np.float64)
-    center, cov, inliers = robust_covariance(resid, support_fraction)
-    cov = cov - np.diag((np.asarray(std, np.float64)[inliers] ** 2).mean(axis=0))
-    w, v = np.linalg.eigh((cov + cov.T) / 2)
-    return ResidualModel(center, (v * np.clip(w, 0, None)) @ v.T, inliers)
+NULL_TAIL = 0.1  # beyond the null's 90th percentile, a scaled F tail (see the module docstring)
+NULL_LEVELS = np.linspace(0.0, 1.0 - NULL_TAIL, 181)
+F_NU_RANGE = (1.0, 1e4)
+MIN_NULL_OBJECTS = 50
 
 
-def mahalanobis_scores(observed: np.ndarray, mean: np.ndarray, std: np.ndarray,
-                       model: ResidualModel | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(d2, p-value) of each object's observed latents under N(mean + centre, diag(std^2) + S);
-    ``model`` is estimated from these objects when not given."""
-    observed, mean, std = (np.asarray(a, np.float64) for a in (observed, mean, std))
-    if not observed.shape == mean.shape == std.shape or observed.ndim != 2:
-        raise InputError(f"observed {observed.shape}, mean {mean.shape} and std {std.shape} must all be "
-                         "[N, L]")
-    model = model or residual_model(observed, mean, std)
-    p = observed.shape[1]
-    floor = 1e-12 * max(float(np.trace(model.cov)) / p, 1e-12)
-    covs = model.cov[None] + np.einsum("ij,jk->ijk", np.maximum(std**2, floor), np.eye(p))
-    d = observed - mean - model.center
-    d2 = np.einsum("ij,ij->i", d, np.linalg.solve(covs, d[..., None])[..., 0])
-    return d2, stats.chi2.sf(d2, p)
+@dataclass(frozen=True)
+class NullModel:
+    """The anomaly score of normal galaxies (see the module docstring): the robust ``center`` and
+    ``cov`` of their standardised latent residuals, the quantiles of ``d2`` at ``NULL_LEVELS``
+    and the scaled F tail (``d2 / tail_scale ~ F(L, tail_nu)``) beyond the last one."""
+
+    center: np.ndarray
+    cov: np.ndarray
+    quantiles: np.ndarray
+    tail_nu: float
+    tail_scale: float
+    n: int
+
+    def _f_sf(self, d2: np.ndarray) -> np.ndarray:
+        return stats.f.sf(d2 / self.tail_scale, len(self.center), self.tail_nu)
+
+    def scores(self, r: np.ndarray) -> np.ndarray:
+        """``d2`` of standardised residuals ``r`` [N, L] (NaN rows give NaN)."""
+        return _mahalanobis2(np.asarray(r, np.float64), self.center, self.cov)
+
+    def pvalues(self, d2: np.ndarray) -> np.ndarray:
+        """P(a normal galaxy scores >= d2)."""
+        d2 = np.asarray(d2, np.float64)
+        u = self.quantiles[-1]
+        body = 1.0 - np.interp(d2, self.quantiles, NULL_LEVELS)
+        tail = NULL_TAIL * self._f_sf(np.maximum(d2, u)) / self._f_sf(u)
+        return np.where(np.isnan(d2), np.nan, np.where(d2 > u, tail, body))
+
+    def to_dict(self) -> dict:
+        return {"center": self.center.tolist(), "cov": self.cov.tolist(), "levels": NULL_LEVELS.tolist(),
+                "quantiles": self.quantiles.tolist(), "tail_fraction": NULL_TAIL, "tail": "scaled F",
+                "tail_nu": self.tail_nu, "tail_scale": self.tail_scale, "n": self.n}
+
+    @classmethod
+    def from_dict(cls, doc: dict, where: str) -> NullModel:
+        try:
+            model = cls(np.asarray(doc["center"], np.float64), np.asarray(doc["cov"], np.float64),
+                        np.asarray(doc["quantiles"], np.float64), float(doc["tail_nu"]),
+                        float(doc["tail_scale"]), int(doc["n"]))
+            ok = (np.allclose(doc["levels"], NULL_LEVELS) and model.cov.shape == (len(model.center),) * 2
+                  and model.quantiles.shape == NULL_LEVELS.shape and np.all(np.diff(model.quantiles) >= 0)
+                  and model.tail_scale > 0 and model.tail_nu > 0 and all(np.isfinite(v).all() for v in
+                                                   (model.center, model.cov, model.quantiles)))
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise FormatError(f"{where}: the anomaly null model is damaged or of another version")
+        return model
+
+
+def fit_null(r: np.ndarray) -> NullModel:
+    """The null model of standardised latent residuals ``r`` [N, L] of normal galaxies."""
+    r = np.asarray(r, np.float64)
+    r = r[np.isfinite(r).all(axis=1)]
+    if len(r) < MIN_NULL_OBJECTS:
+        raise InputError(f"an anomaly null distribution needs at least {MIN_NULL_OBJECTS} objects, "
+                         f"got {len(r)}")
+    center, cov, _ = robust_covariance(r)
+    d2 = _mahalanobis2(r, center, cov)
+    q = np.maximum.accumulate(np.quantile(d2, NULL_LEVELS))
+    nu, scale = _f_tail(q[NULL_LEVELS.searchsorted(0.5)], q[-1], r.shape[1])
+    return NullModel(center, cov, q, nu, scale, len(r))
+
+
+def _f_tail(median: float, q90: float, dof: int) -> tuple[float, float]:
+    """(nu, scale) of ``d2 / scale ~ F(dof, nu)`` with this median and 90th percentile."""
+    ratio = lambda nu: stats.f.ppf(0.9, dof, nu) / stats.f.ppf(0.5, dof, nu)  # noqa: E731
+    lo, hi = F_NU_RANGE
+    target = q90 / median
+    if target <= ratio(hi):
+        nu = hi  # no heavier than chi2
+    elif target >= ratio(lo):
+        nu = lo
+    else:
+        nu = float(np.exp(optimize.brentq(lambda x: ratio(np.exp(x)) - target, np.log(lo), np.log(hi))))
+    return nu, float(median / stats.f.ppf(0.5, dof, nu))
 
 
 def _robust_z(x: np.ndarray) -> np.ndarray:
@@ -176,9 +233,10 @@ def _observed(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def flag_anomalies(catalog: pa.Table, labels: tuple[np.ndarray, np.ndarray] | None = None, *,
-                   alpha: float = D.ANOMALY_ALPHA, ood_threshold: float = D.OOD_THRESHOLD,
-                   k: int = D.NEIGHBOURS) -> pa.Table:
-    """The flagged table (``OUT_COLUMNS``) of a catalog table and optional (object_id, latents)."""
+                   null: NullModel | None = None, alpha: float = D.ANOMALY_ALPHA,
+                   ood_threshold: float = D.OOD_THRESHOLD, k: int = D.NEIGHBOURS) -> pa.Table:
+    """The flagged table (``OUT_COLUMNS``) of a catalog table with calibrated spreads and optional
+    (object_id, observed latents); p-values need the calibration's ``null`` model."""
     if not 0 < alpha < 1:
         raise InputError(f"alpha must be in (0, 1), got {alpha}")
     mean, std = catalog_latents(catalog)
@@ -191,13 +249,16 @@ def flag_anomalies(catalog: pa.Table, labels: tuple[np.ndarray, np.ndarray] | No
         lab_ids, lab_z = labels
         if lab_z.shape[1] != p:
             raise InputError(f"labels have {lab_z.shape[1]} latents but the catalog has {p}")
+        if null is None or null.center.shape != (p,):
+            raise InputError("anomaly p-values need the calibration's null model for these latents")
         rows = match_ids(ids, lab_ids)
         hit = rows >= 0
         if not hit.any():
             raise InputError(f"none of the {len(lab_ids)} labelled object ids (e.g. {lab_ids[:3].tolist()}) "
                              f"is in the catalog (ids {ids.min()}..{ids.max()})")
         rows = rows[hit]
-        d2[rows], pval[rows] = mahalanobis_scores(lab_z[hit], mean[rows], std[rows])
+        d2[rows] = null.scores(standardized(lab_z[hit], mean[rows], std[rows]))
+        pval[rows] = null.pvalues(d2[rows])
     labelled = np.isfinite(pval)
     flag = np.where(labelled, pval < alpha, ood > ood_threshold)
     qf = catalog[QUALITY_FLAGS].to_numpy().astype(np.uint16) if QUALITY_FLAGS in catalog.column_names \
@@ -249,16 +310,38 @@ def truth_auc(flagged: pa.Table, truth: tuple[np.ndarray, np.ndarray]) -> tuple[
     return (None if np.isnan(auc_a) else auc_a), (None if np.isnan(auc_b) else auc_b)
 
 
+def catalog_null_model(catalog: str | Path) -> NullModel | None:
+    """The anomaly null model of a catalog's calibration (its provenance), None without one."""
+    from galspec_batch.catalog import read_provenance
+
+    doc = read_provenance(catalog)
+    calibration = doc.get("provenance", doc).get("calibration") or {}
+    null = calibration.get("anomaly")
+    return None if null is None else NullModel.from_dict(null, f"catalog {catalog}")
+
+
 def find_anomalies(catalog: str | Path, out: str | Path, *, labels: str | Path | None = None,
                    truth: str | Path | None = None, alpha: float = D.ANOMALY_ALPHA,
                    ood_threshold: float = D.OOD_THRESHOLD, k: int = D.NEIGHBOURS,
                    overwrite: bool = False) -> AnomalyReport:
     """Score and flag every object of ``catalog``; write the flagged Parquet table ``out`` atomically."""
+    import json
+
     from galspec_batch.catalog import read_catalog
 
+    null = catalog_null_model(catalog) if labels is not None else None
+    if labels is not None and null is None:
+        raise InputError(f"catalog {catalog} was predicted without a calibrated anomaly null model (an "
+                         "uncalibrated checkpoint, --no-calibration, or a calibration on too few objects), "
+                         "so its p-values would not mean what they say; predict it with a calibrated "
+                         "checkpoint")
     table = read_catalog(catalog)
     lab = _observed(labels) if labels is not None else None
-    flagged = flag_anomalies(table, lab, alpha=alpha, ood_threshold=ood_threshold, k=k)
+    flagged = flag_anomalies(table, lab, null=null, alpha=alpha, ood_threshold=ood_threshold, k=k)
+    meta = {"catalog": str(catalog), "labels": None if labels is None else str(labels), "alpha": alpha,
+            "ood_threshold": ood_threshold, "neighbours": k,
+            "null_model_objects": None if null is None else null.n}
+    flagged = flagged.replace_schema_metadata({"galspec-anomalies": json.dumps(meta)})
     with atomic_path(out, overwrite=overwrite) as tmp:
         pq.write_table(flagged, tmp)
     auc_a = auc_b = None

@@ -1,15 +1,12 @@
-"""Calibration of the MC-dropout uncertainties against observed latents.
+"""Calibration of the predictive distributions against observed values.
 
-The MC spread measures only the model's epistemic uncertainty; against the latents of observed
-spectra it is usually too small. :func:`fit_scale` fits one factor per latent by maximum Gaussian
-likelihood, ``s^2 = mean(((true - mean) / std)^2)`` (``method="likelihood"``), or robustly from the
-median absolute z-score, ``s = median(|z|) / 0.6745`` (``method="robust"``, the default:
-insensitive to the few objects whose spectrum disagrees with their image, and to the heavy tails
-of the CNN's errors, which make the likelihood scale overshoot 68% coverage).
-:func:`calibrate_catalog` fits the scales on one part of a catalog joined with its labels, measures
-the 1-sigma coverage on the other part before and after, and writes them into the checkpoint
-(:mod:`galspec_batch.checkpoint.calibration`); a run that finds them multiplies the catalog's
-``latent_i_std`` by ``scale[i]``.
+:func:`fit_calibration` fits, on one part of the objects with observed values (labels the network
+did not train on), each target's scale and Student-t shape (:mod:`galspec_batch.uncertainty`)
+and the anomaly score's null model (:func:`galspec_batch.anomalies.fit_null`), and assesses the
+result on the other part: coverage at 1, 2 and 3 sigma, PIT and Spearman(|error|, std), before
+and after. ``galspec train`` runs it on its own validation split; :func:`calibrate_catalog`
+(``galspec calibrate``) on a catalog joined with new labels, and writes the result into the
+checkpoint (:mod:`galspec_batch.checkpoint.calibration`), which every later ``predict`` applies.
 """
 
 from __future__ import annotations
@@ -18,74 +15,74 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import special
 
 from galspec_batch import defaults as D
+from galspec_batch.anomalies import MIN_NULL_OBJECTS, fit_null
+from galspec_batch.checkpoint import Calibration
+from galspec_batch.columns import REDSHIFT
 from galspec_batch.errors import InputError, MissingFileError, UsageError
+from galspec_batch.uncertainty import Assessment, assess, fit_t, standardized
 
-ONE_SIGMA = float(special.erf(1 / np.sqrt(2)))  # 0.6827
-
-
-def expected_coverage(k: float | np.ndarray) -> float | np.ndarray:
-    """Fraction of a Gaussian within ``k`` sigma of its mean."""
-    return special.erf(np.asarray(k, np.float64) / np.sqrt(2))
-
-
-def _z(true: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    true, mean, std = (np.asarray(a, np.float64) for a in (true, mean, std))
-    if not true.shape == mean.shape == std.shape:
-        raise InputError(f"true {true.shape}, mean {mean.shape} and std {std.shape} must have one shape")
-    if true.ndim == 1:
-        true, mean, std = true[:, None], mean[:, None], std[:, None]
-    bad = ~(np.isfinite(true) & np.isfinite(mean) & np.isfinite(std) & (std > 0))
-    if bad.all(axis=0).any():
-        raise InputError("a latent has no object with finite values and std > 0")
-    return np.where(bad, np.nan, (true - mean) / np.where(bad, 1.0, std))
-
-
-def coverage(true: np.ndarray, mean: np.ndarray, std: np.ndarray, k: float = 1.0) -> tuple[np.ndarray, float]:
-    """(per-latent fraction of ``|true - mean| <= k * std``, the Gaussian expectation)."""
-    z = np.abs(_z(true, mean, std))
-    return np.nanmean(np.where(np.isnan(z), np.nan, z <= k), axis=0), float(expected_coverage(k))
-
-
-def fit_scale(true: np.ndarray, mean: np.ndarray, std: np.ndarray, method: str = D.CALIBRATION_METHOD
-              ) -> np.ndarray:
-    """Per-latent factor ``s`` such that ``s * std`` is calibrated (see the module docstring)."""
-    z = _z(true, mean, std)
-    if method == "likelihood":
-        return np.sqrt(np.nanmean(z**2, axis=0))
-    if method == "robust":
-        return np.nanmedian(np.abs(z), axis=0) / np.sqrt(2) / special.erfinv(0.5)
-    raise InputError(f"unknown calibration method {method!r}; expected one of {D.CALIBRATION_METHODS}")
+MIN_SPLIT = 10  # objects on each side of a calibration's split
 
 
 @dataclass(frozen=True)
-class CalibrationReport:
-    latent_names: list[str]
+class CalibrationFit:
+    """A calibration fitted on some objects and assessed on others."""
+
+    targets: list[str]
     scale: np.ndarray
-    coverage_before: np.ndarray  # on the held-out objects
-    coverage_after: np.ndarray
-    n_fit: int
-    n_test: int
-    path: Path | None  # the calibration.json written, if any
-    held_out: tuple[np.ndarray, np.ndarray, np.ndarray]  # (observed, mean, std) of the test objects
+    nu: np.ndarray
+    null: dict | None  # the anomaly null model (NullModel.to_dict), None with too few objects
+    before: Assessment  # the held-out objects, the network's own spread as a Gaussian
+    after: Assessment  # the same objects, calibrated on the others
+    n_fit: int  # the objects the calibration (scale, nu, null) was fitted on
 
     def table(self) -> str:
-        """The per-latent table, plain text."""
-        lines = [f"{'latent':<10} {'scale':>8} {'cov. before':>12} {'cov. after':>11}"
-                 f"   (expected {ONE_SIGMA:.3f}; fit on {self.n_fit},"
-                 f" measured on {self.n_test} held-out objects)"]
-        for name, s, b, a in zip(self.latent_names, self.scale, self.coverage_before, self.coverage_after,
-                                 strict=True):
-            lines.append(f"{name:<10} {s:8.3f} {b:12.3f} {a:11.3f}")
-        return "\n".join(lines)
+        refit = (f"; the calibration kept is fitted again on all {self.n_fit}"
+                 if self.n_fit > self.after.n + 1 else "")
+        return (f"before (the network's own spread, as a Gaussian):\n{self.before.table()}\n"
+                f"after (calibrated on the other objects{refit}):\n{self.after.table()}")
+
+    def calibration(self, model_hash: str, mc_samples: int, seed: int, fitted_on: dict) -> Calibration:
+        return Calibration(
+            model_hash=model_hash, targets=tuple(self.targets), scale=tuple(map(float, self.scale)),
+            nu=tuple(map(float, self.nu)), mc_samples=mc_samples, seed=seed,
+            fitted_on={**fitted_on, "n_fit": self.n_fit, "n_assessed": self.after.n},
+            assessment={"before": self.before.record(), "after": self.after.record()}, anomaly=self.null)
+
+
+def _fit(targets: list[str], true: np.ndarray, mean: np.ndarray, std: np.ndarray
+         ) -> tuple[np.ndarray, np.ndarray, dict | None]:
+    """(scale, nu, anomaly null model or None) of these objects; the null uses the latents."""
+    r = standardized(true, mean, std)
+    fits = [fit_t(r[:, i]) for i in range(r.shape[1])]
+    scale, nu = np.array([f[0] for f in fits]), np.array([f[1] for f in fits])
+    r_cal = (r / scale)[:, [i for i, t in enumerate(targets) if t != REDSHIFT]]
+    null = fit_null(r_cal).to_dict() if np.isfinite(r_cal).all(axis=1).sum() >= MIN_NULL_OBJECTS else None
+    return scale, nu, null
+
+
+def fit_calibration(targets: list[str], true: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                    fit: np.ndarray, refit_all: bool = False) -> CalibrationFit:
+    """Fit on the rows ``fit`` of (true, mean, std) [N, T] and assess on the others; with
+    ``refit_all`` the calibration kept is then fitted again on every row (the assessment is that
+    of the procedure, on objects its fit did not see)."""
+    true, mean, std = (np.asarray(a, np.float64) for a in (true, mean, std))
+    scale, nu, null = _fit(targets, true[fit], mean[fit], std[fit])
+    test = ~fit
+    before = assess(targets, true[test], mean[test], std[test])
+    after = assess(targets, true[test], mean[test], std[test] * scale, nu)
+    if refit_all:
+        scale, nu, null = _fit(targets, true, mean, std)
+    n_fit = len(fit) if refit_all else int(fit.sum())
+    return CalibrationFit(list(targets), scale, nu, null, before, after, n_fit)
 
 
 def split_objects(ids: np.ndarray, fraction: float = D.CALIBRATION_FRACTION,
                   split_file: str | Path | None = None, seed: int = D.SEED) -> np.ndarray:
     """Boolean mask of the objects to fit on: the ids listed in ``split_file`` (one per line), or
-    a random ``fraction`` (fixed by ``seed``); the rest are held out to measure coverage."""
+    a random ``fraction`` (fixed by ``seed``); the rest are held out to assess the fit."""
     if split_file is not None:
         try:
             listed = np.loadtxt(split_file, dtype=np.int64, ndmin=1, comments="#")
@@ -97,66 +94,82 @@ def split_objects(ids: np.ndarray, fraction: float = D.CALIBRATION_FRACTION,
             raise UsageError(f"--fraction must be in (0, 1), got {fraction}")
         fit = np.zeros(len(ids), bool)
         fit[np.random.default_rng(seed).permutation(len(ids))[: int(round(fraction * len(ids)))]] = True
-    if fit.sum() < 2 or (~fit).sum() < 2:
+    if fit.sum() < MIN_SPLIT or (~fit).sum() < MIN_SPLIT:
         raise InputError(f"the split leaves {int(fit.sum())} objects to fit on and {int((~fit).sum())} "
-                         "to test on; need at least 2 of each")
+                         f"to test on; need at least {MIN_SPLIT} of each")
     return fit
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    fit: CalibrationFit
+    n_labelled: int  # labelled objects in the catalog
+    n_trained: int  # of them in the network's training split (left out with --exclude-trained)
+    n_validation: int  # of them in its validation split (used, and counted here)
+    path: Path | None  # the calibration.json written, if any
+    held_out: tuple[np.ndarray, np.ndarray, np.ndarray]  # (observed, mean, raw std) of the test objects
+
+    def table(self) -> str:
+        note = (f"{self.n_labelled} labelled objects in the catalog; {self.n_trained} from the network's "
+                f"training split left out, {self.n_validation} from its validation split used")
+        return f"{note}\n{self.fit.table()}"
 
 
 def calibrate_catalog(catalog: str | Path, labels: str | Path, checkpoint: str | Path, *,
                       fraction: float = D.CALIBRATION_FRACTION, split_file: str | Path | None = None,
-                      seed: int = D.SEED, method: str = D.CALIBRATION_METHOD,
-                      write: bool = True) -> CalibrationReport:
-    """Fit per-latent scales on part of ``catalog`` joined with ``labels``, measure coverage on the
-    rest before and after, and (``write``) save ``calibration.json`` into ``checkpoint``."""
+                      seed: int = D.SEED, exclude_trained: bool = False, write: bool = True
+                      ) -> CalibrationReport:
+    """Fit the calibration on part of ``catalog`` joined with ``labels``, assess it on the rest and
+    (``write``) save it as the checkpoint's ``calibration.json``. A catalog predicted with a
+    calibration is first put back on the network's own spread. Objects the network trained on are
+    refused (``exclude_trained`` leaves them out): their errors are smaller than a new galaxy's."""
     from galspec_batch.atomic import file_sha256
     from galspec_batch.catalog import read_catalog, read_provenance
-    from galspec_batch.catalog.joins import catalog_latents, match_ids
-    from galspec_batch.checkpoint import WEIGHTS_FILE, Calibration, save_calibration
-    from galspec_batch.columns import OBJECT_ID, latent_names
-    from galspec_batch.labels import read_labels
+    from galspec_batch.catalog.joins import catalog_targets, match_ids
+    from galspec_batch.checkpoint import WEIGHTS_FILE, read_split, save_calibration
+    from galspec_batch.labels import read_labels, show_ids
 
     doc = read_provenance(catalog)
-    prov = doc.get("provenance", doc)  # the run's record sits under "provenance"
-    if prov.get("calibration"):
-        raise InputError(f"catalog {catalog} already carries calibrated uncertainties; calibrate on a "
-                         "catalog predicted with --no-calibration")
+    prov = doc.get("provenance", doc)
     weights = Path(checkpoint) / WEIGHTS_FILE
     if not weights.is_file():
         raise MissingFileError(f"{checkpoint} is not a galspec checkpoint (no {WEIGHTS_FILE})")
     model_hash = file_sha256(weights)
-    made_by = prov.get("model", {}).get("hash")
-    if made_by != model_hash:
-        raise InputError(f"catalog {catalog} was predicted by model {made_by}, not by checkpoint "
-                         f"{checkpoint}")
+    if prov.get("model", {}).get("hash") != model_hash:
+        raise InputError(f"catalog {catalog} was predicted by model {prov.get('model', {}).get('hash')}, "
+                         f"not by checkpoint {checkpoint}")
     table = read_catalog(catalog)
-    mean, std = catalog_latents(table)
-    lab = read_labels(labels)
-    lab_ids, lab_z = lab.object_id, lab.values.astype(np.float64)
-    if lab_z.shape[1] != mean.shape[1]:
-        raise InputError(f"labels {labels} have {lab_z.shape[1]} latents but the catalog has {mean.shape[1]}")
-    rows = match_ids(table[OBJECT_ID].to_numpy(), lab_ids)
-    if (rows >= 0).sum() < 4:
-        raise InputError(f"only {int((rows >= 0).sum())} labelled objects are in catalog {catalog}; "
-                         "need 4 or more")
-    lab_ids, lab_z, rows = lab_ids[rows >= 0], lab_z[rows >= 0], rows[rows >= 0]
-    mean, std = mean[rows], std[rows]
-    fit = split_objects(lab_ids, fraction, split_file, seed)
-    scale = fit_scale(lab_z[fit], mean[fit], std[fit], method)
-    before, _ = coverage(lab_z[~fit], mean[~fit], std[~fit])
-    after, _ = coverage(lab_z[~fit], mean[~fit], std[~fit] * scale)
-    names = latent_names(mean.shape[1])
+    targets, mean, std = catalog_targets(table)
+    applied = prov.get("calibration")
+    if applied:  # back to the network's own spread
+        std = std / np.asarray([applied["scale"][applied["targets"].index(t)] for t in targets])
+    lab = read_labels(labels, n_latent=sum(t != REDSHIFT for t in targets))
+    if REDSHIFT in targets and lab.z is None:
+        raise InputError(f"catalog {catalog} has z_phot but labels {labels} have no z column; a calibration "
+                         "covers every predicted quantity (galspec vae encode writes z)")
+    _, observed = lab.targets(REDSHIFT in targets)
+    rows = match_ids(table["object_id"].to_numpy(), lab.object_id)
+    ids, observed, rows = lab.object_id[rows >= 0], observed[rows >= 0].astype(np.float64), rows[rows >= 0]
+    split = read_split(checkpoint)
+    trained = np.isin(ids, split[0]) if split is not None else np.zeros(len(ids), bool)
+    n_val = int(np.isin(ids, split[1]).sum()) if split is not None else 0
+    if trained.any() and not exclude_trained:
+        raise InputError(f"{int(trained.sum())} of the {len(ids)} labelled objects in catalog {catalog} were "
+                         f"in the network's training split (object_id {show_ids(ids[trained])}); their "
+                         "errors are smaller than a new galaxy's. Pass --exclude-trained to leave them out")
+    keep = ~trained
+    ids, observed, rows = ids[keep], observed[keep], rows[keep]
+    fit_mask = split_objects(ids, fraction, split_file, seed)
+    result = fit_calibration(targets, observed, mean[rows], std[rows], fit_mask)
     path = None
     if write:
-        cal = Calibration(
-            model_hash=model_hash, latent_names=tuple(names), scale=tuple(float(s) for s in scale),
-            method=method, coverage_1sigma_before=tuple(before.tolist()),
-            coverage_1sigma_after=tuple(after.tolist()),
-            data={"catalog": str(Path(catalog).resolve()), "labels": str(Path(labels).resolve()),
-                  "split_file": str(split_file) if split_file else None,
-                  "fraction": None if split_file else fraction, "seed": seed,
-                  "n_fit": int(fit.sum()), "n_test": int((~fit).sum())},
-        )
+        run = prov.get("run", {})
+        cal = result.calibration(model_hash, int(run.get("mc_samples", 0)), int(run.get("seed", 0)), {
+            "source": "galspec calibrate", "catalog": str(Path(catalog).resolve()),
+            "labels": str(Path(labels).resolve()), "labels_sha256": file_sha256(labels),
+            "split_file": str(split_file) if split_file else None,
+            "fraction": None if split_file else fraction, "seed": seed})
         path = save_calibration(checkpoint, cal)
-    held_out = (lab_z[~fit], mean[~fit], std[~fit])
-    return CalibrationReport(names, scale, before, after, int(fit.sum()), int((~fit).sum()), path, held_out)
+    test = ~fit_mask
+    return CalibrationReport(result, len(trained), int(trained.sum()), n_val, path,
+                             (observed[test], mean[rows][test], std[rows][test]))

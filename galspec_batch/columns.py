@@ -23,6 +23,10 @@ MODEL_ID = "model_id"
 
 LATENT_PREFIX = "latent_"
 STD_SUFFIX = "_std"
+ALEATORIC_SUFFIX = "_std_aleatoric"  # the two parts of a predictive std: total^2 = ale^2 + epi^2
+EPISTEMIC_SUFFIX = "_std_epistemic"
+REDSHIFT = "z"  # the spectroscopic redshift: a spectra table's and a labels table's column, a target
+Z_PHOT = "z_phot"  # the predicted (photometric) redshift in a catalog
 LATENT_RE = re.compile(rf"^{LATENT_PREFIX}([1-9]\d*)$")  # latent_1, not latent_01
 
 SPECTRUM_TYPE = pa.list_(pa.float32(), N_BINS)  # one rest-frame spectrum on the 1000-bin grid
@@ -41,6 +45,21 @@ def std_column(name: str) -> str:
 def latent_std_column(i: int) -> str:
     """Name of the predictive spread of latent ``i`` (1-based), e.g. ``latent_3_std``."""
     return std_column(latent_column(i))
+
+
+def aleatoric_column(name: str) -> str:
+    """The aleatoric part of the spread of ``name`` (the head's predicted variance)."""
+    return f"{name}{ALEATORIC_SUFFIX}"
+
+
+def epistemic_column(name: str) -> str:
+    """The epistemic part of the spread of ``name`` (the spread of the MC-dropout means)."""
+    return f"{name}{EPISTEMIC_SUFFIX}"
+
+
+def catalog_column(target: str) -> str:
+    """The catalog column of a checkpoint's target: ``latent_i`` as it is, ``z`` as ``z_phot``."""
+    return Z_PHOT if target == REDSHIFT else target
 
 
 def latent_names(n: int) -> list[str]:

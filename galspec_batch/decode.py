@@ -1,8 +1,9 @@
 """Decoded spectra: a catalog's predicted latents, with their MC-dropout spread, turned into
 rest-frame spectra through the VAE decoder, with 16-84% bands and derived line measurements.
 
-For each object, ``n_draws`` latent vectors are drawn from a Gaussian with the catalog's mean
-and std (``latent_i``, ``latent_i_std``; seeded by ``(seed, object_id)``, so an object decodes the
+For each object, ``n_draws`` latent vectors are drawn from its predictive distribution, centred
+on ``latent_i`` with the 1-sigma ``latent_i_std`` and, in a calibrated catalog, each latent's
+Student-t shape (Gaussian otherwise; seeded by ``(seed, object_id)``, so an object decodes the
 same whatever else is selected) and decoded. Per pixel the draws give the median spectrum and the
 16th and 84th percentiles; per draw the derived quantities below give an MC median and std.
 
@@ -46,6 +47,7 @@ from galspec_batch import defaults as D
 from galspec_batch.atomic import atomic_path, refuse_existing
 from galspec_batch.catalog import paths
 from galspec_batch.catalog.lock import catalog_lock
+from galspec_batch.catalog.reader import read_provenance
 from galspec_batch.catalog.state import check_derived, write_derived_marker
 from galspec_batch.catalog.view import CatalogView
 from galspec_batch.columns import (
@@ -67,6 +69,7 @@ from galspec_batch.errors import IncompleteOutputError, InputError, UsageError
 from galspec_batch.progress import progress_bar
 from galspec_batch.regions import Region
 from galspec_batch.spectra import LOGLAM_MAX, LOGLAM_MIN, N_BINS, WAVE, WAVE_EDGES
+from galspec_batch.uncertainty import NU_MAX, one_sigma
 
 FLUX_MEDIAN = "flux_median"
 FLUX_LO = "flux_lo"
@@ -122,12 +125,22 @@ def derived_quantities(flux: np.ndarray, edges: np.ndarray = WAVE_EDGES) -> dict
 
 
 def sample_latents(mean: np.ndarray, std: np.ndarray, object_id: np.ndarray, n_draws: int,
-                   seed: int = 0) -> np.ndarray:
-    """Draws [N, n_draws, L] from N(mean, std) per object, seeded by ``(seed, object_id)``."""
-    eps = np.stack([
-        np.random.default_rng([int(seed), int(oid) % 2**64]).standard_normal((n_draws, mean.shape[1]))
-        for oid in object_id
-    ]) if len(object_id) else np.zeros((0, n_draws, mean.shape[1]))
+                   seed: int = 0, nu: np.ndarray | None = None) -> np.ndarray:
+    """Draws [N, n_draws, L] per object, seeded by ``(seed, object_id)``: ``mean + std * eps`` with
+    eps Gaussian, or (``nu``, per latent) Student-t scaled so that +-1 holds 68.27% (std is the
+    1-sigma of :mod:`galspec_batch.uncertainty`)."""
+    L = mean.shape[1]
+    heavy = None if nu is None else np.asarray(nu, np.float64) < NU_MAX
+
+    def draw(oid: int) -> np.ndarray:
+        rng = np.random.default_rng([int(seed), int(oid) % 2**64])
+        eps = rng.standard_normal((n_draws, L))
+        if heavy is not None and heavy.any():
+            t = rng.standard_t(np.asarray(nu)[heavy], (n_draws, int(heavy.sum())))
+            eps[:, heavy] = t / one_sigma(np.asarray(nu)[heavy])
+        return eps
+
+    eps = np.stack([draw(oid) for oid in object_id]) if len(object_id) else np.zeros((0, n_draws, L))
     return (mean[:, None, :] + std[:, None, :] * eps).astype(np.float32)
 
 
@@ -143,8 +156,9 @@ class DecodedSpectra:
 
 
 def decode_latents(vae, mean, std, object_id, *, n_draws: int = D.DECODE_DRAWS,
-                   seed: int = D.SEED) -> DecodedSpectra:
-    """Decode the MC distribution of each object's latents (``vae`` a loaded TrainedVAE)."""
+                   seed: int = D.SEED, nu: np.ndarray | None = None) -> DecodedSpectra:
+    """Decode the predictive distribution of each object's latents (``vae`` a loaded TrainedVAE;
+    ``nu`` the latents' t shapes, Gaussian when None)."""
     from galspec_batch.spectral_vae import decode
 
     mean = np.asarray(mean, dtype=np.float32)
@@ -159,7 +173,7 @@ def decode_latents(vae, mean, std, object_id, *, n_draws: int = D.DECODE_DRAWS,
     if not (np.isfinite(std).all() and (std >= 0).all()):
         raise InputError("latent stds must be finite and >= 0")
     n, L = mean.shape
-    z = sample_latents(mean, std, object_id, n_draws, seed)
+    z = sample_latents(mean, std, object_id, n_draws, seed, nu)
     flux = decode(vae, z.reshape(n * n_draws, L)).reshape(n, n_draws, -1)
     lo, med, hi = np.percentile(flux, QUANTILES, axis=1).astype(np.float32)
     derived = {}
@@ -194,10 +208,13 @@ class DecodeSummary:
     n_objects: int
     n_draws: int
     derived: Path | None
+    calibrated: bool = True
 
     def __str__(self) -> str:
         back = f"; derived columns written back to {self.derived}" if self.derived else ""
-        return f"wrote {self.out}: {self.n_objects} spectra from {self.n_draws} latent draws each{back}"
+        note = "" if self.calibrated else (" (UNCALIBRATED: drawn from the network's own spread, which is "
+                                           "not calibrated; see galspec calibrate)")
+        return f"wrote {self.out}: {self.n_objects} spectra from {self.n_draws} latent draws each{back}{note}"
 
 
 def decode_catalog(
@@ -241,10 +258,13 @@ def decode_catalog(
                              f"{' (or not selected)' if where or region else ''}: {missing[:10].tolist()}")
     if rows.num_rows == 0:
         raise InputError(f"no object of catalog {catalog} is selected (--where {where!r}, --region {region})")
+    cal = read_provenance(catalog).get("provenance", {}).get("calibration")
+    nu = None if not cal else np.array([cal["nu"][cal["targets"].index(n)] for n in names])
     provenance = {
         "catalog": str(catalog), "vae": str(vae_dir), "vae_weights_sha256": vae.meta.get("weights_sha256"),
         "n_draws": int(n_draws), "seed": int(seed), "quantiles": list(QUANTILES),
         "where": where, "region": None if region is None else str(region),
+        "calibrated": bool(cal), "latent_nu": None if nu is None else nu.tolist(),
     }
     meta = {**provenance, "loglam": [LOGLAM_MIN, LOGLAM_MAX, N_BINS],
             "wave": [round(float(w), 4) for w in WAVE]}
@@ -261,7 +281,7 @@ def decode_catalog(
             b = rows.slice(start, batch_size)
             mean = np.stack([b[n].to_numpy() for n in names], axis=1)
             std = np.stack([b[std_column(n)].to_numpy() for n in names], axis=1)
-            d = decode_latents(vae, mean, std, b[OBJECT_ID].to_numpy(), n_draws=n_draws, seed=seed)
+            d = decode_latents(vae, mean, std, b[OBJECT_ID].to_numpy(), n_draws=n_draws, seed=seed, nu=nu)
             dt = derived_table(d)
             derived_parts.append(dt)
             arrays = [b[OBJECT_ID], b[RA], b[DEC], _spectra_column(d.median), _spectra_column(d.lo),
@@ -273,7 +293,7 @@ def decode_catalog(
     if write_back:
         with catalog_lock(catalog, command="galspec decode --write-back"):
             sidecar = write_derived(catalog, pa.concat_tables(derived_parts), provenance, replace=overwrite)
-    return DecodeSummary(out, rows.num_rows, n_draws, sidecar)
+    return DecodeSummary(out, rows.num_rows, n_draws, sidecar, calibrated=bool(cal))
 
 
 def write_derived(catalog: str | Path, table: pa.Table, provenance: dict, *, replace: bool = False) -> Path:

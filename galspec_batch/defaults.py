@@ -27,6 +27,10 @@ VAE_EPOCHS = 100
 TRAIN_EPOCHS = 10
 TRAIN_BATCH_SIZE = 128
 HEAD_DROPOUT = 0.2  # the paper's is 0; MC-dropout uncertainties need p > 0 in the head
+LOSSES = ("beta-nll", "rmse")  # a mean and variance per target; the paper's point predictions
+LOSS = "beta-nll"
+BETA_NLL = 0.5  # Seitzer et al. (2022): their recommended beta
+HEAD = "gaussian"
 VAL_FRACTION = 0.2
 
 # export

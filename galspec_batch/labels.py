@@ -1,5 +1,6 @@
-"""The labels table: observed latents per object (``object_id``, ``latent_1..latent_N``), as
-``galspec vae encode`` writes it; the CNN trains on it, anomalies and calibration compare with it."""
+"""The labels table: observed latents per object (``object_id``, ``latent_1..latent_N``) and,
+optionally, the spectroscopic redshift ``z``, as ``galspec vae encode`` writes it; the CNN trains
+on it, anomalies and calibration compare with it."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from galspec_batch.columns import OBJECT_ID, count_latents, latent_names
+from galspec_batch.columns import OBJECT_ID, REDSHIFT, count_latents, latent_names
 from galspec_batch.errors import FormatError, InputError, MissingFileError
 
 LATENT_LIMIT = 1e4
+Z_RANGE = (-0.01, 12.0)  # a spectroscopic redshift outside this is not a galaxy's
 
 
 @dataclass
@@ -22,6 +24,15 @@ class Labels:
     object_id: np.ndarray  # [N] int64, unique
     names: list[str]  # latent_1..latent_L
     values: np.ndarray  # [N, L] float32, finite
+    z: np.ndarray | None = None  # [N] float32, the spectroscopic redshift, where the table has it
+
+    def targets(self, redshift: bool) -> tuple[list[str], np.ndarray]:
+        """(names, values [N, T]) of the training targets: the latents, then ``z`` if asked for."""
+        if not redshift:
+            return list(self.names), self.values
+        if self.z is None:
+            raise InputError(f"the labels have no {REDSHIFT} column to train a redshift on")
+        return [*self.names, REDSHIFT], np.concatenate([self.values, self.z[:, None]], axis=1)
 
 
 def show_ids(ids: np.ndarray, n: int = 5) -> str:
@@ -78,4 +89,18 @@ def read_labels(path: str | os.PathLike, n_latent: int | None = None) -> Labels:
     if huge.any():
         raise InputError(f"{what} has latents beyond +-{LATENT_LIMIT:g} for {int(huge.sum())} objects: "
                          f"object_id {show_ids(ids[huge])} (a VAE latent is of order 1)")
-    return Labels(ids, names, values.astype(np.float32))
+    return Labels(ids, names, values.astype(np.float32), _redshift(table, ids, what))
+
+
+def _redshift(table: pa.Table, ids: np.ndarray, what: str) -> np.ndarray | None:
+    if REDSHIFT not in table.column_names:
+        return None
+    t = table[REDSHIFT].type
+    if not (pa.types.is_floating(t) or pa.types.is_integer(t)):
+        raise InputError(f"{what}: column {REDSHIFT} is {t}; a redshift is a number")
+    z = table[REDSHIFT].to_numpy(zero_copy_only=False).astype(np.float64)
+    bad = ~(np.isfinite(z) & (z >= Z_RANGE[0]) & (z <= Z_RANGE[1]))
+    if bad.any():
+        raise InputError(f"{what} has {int(bad.sum())} redshifts that are missing or outside "
+                         f"[{Z_RANGE[0]}, {Z_RANGE[1]}]: object_id {show_ids(ids[bad])}")
+    return z.astype(np.float32)

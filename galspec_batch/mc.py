@@ -1,5 +1,9 @@
 """MC-dropout uncertainty from the head alone: run the body once, the dropout head T times.
 
+For a gaussian head (:mod:`galspec_batch.models.heads`) each sample gives a mean and a variance:
+the predictive distribution is their mixture, whose variance is the epistemic part (the spread of
+the T means) plus the aleatoric part (the mean of the T variances).
+
 The head is Dropout(p) -> Linear, so T samples of it only need the body's features once:
 sample t of object n is ``W @ (f_n * keep[n, t] / (1 - p)) + b``. The dropout masks come from a
 counter-based hash of (run seed, object_id, t, feature), not from a random generator, so an
@@ -25,6 +29,7 @@ import torch
 from torch import nn
 
 from galspec_batch.errors import InputError
+from galspec_batch.models.heads import split_head
 from galspec_batch.options import DEFAULT_MC_SAMPLES
 
 M32 = 0xFFFFFFFF
@@ -140,13 +145,18 @@ def mc_predict(
     seed: int = 0,
     quantiles: tuple[float, ...] | list[float] | None = None,
     chunk_elements: int | None = None,
+    *,
+    head: str,
 ) -> dict[str, torch.Tensor]:
-    """Mean and standard deviation (and optional quantiles) over T dropout samples of the head.
+    """The predictive mean and spread of each target from T dropout samples of the head.
 
-    Returns float32 ``mean`` [N, n_out], ``std`` [N, n_out] (unbiased over the T samples) and, if
-    ``quantiles`` is given, ``quantiles`` [N, len(quantiles), n_out], on the features' device, in
-    the head's (z-scored) units. Objects are processed in chunks of about ``chunk_elements``
-    mask entries (N * T * F) to bound memory.
+    Returns float32 tensors [N, n_targets] on the features' device, in the head's (z-scored)
+    units: ``mean``; ``std_epistemic``, the unbiased spread of the T sampled means; for a gaussian
+    ``head`` also ``std_aleatoric``, the root of the mean sampled variance; ``std``, the total
+    (the root of the sum of their squares; the epistemic part alone for a point head); and, if
+    ``quantiles`` is given, ``quantiles`` [N, len(quantiles), n_targets] of the T sampled means.
+    Objects are processed in chunks of about ``chunk_elements`` mask entries (N * T * F) to bound
+    memory.
     """
     ids = torch.as_tensor(object_ids, dtype=torch.int64)
     _check(features, ids, head_weight, float(p), int(T))
@@ -157,23 +167,29 @@ def mc_predict(
                                                     device=features.device)
     if q is not None and (q.numel() == 0 or bool(((q < 0) | (q > 1)).any())):
         raise InputError(f"quantiles must be a non-empty list of numbers in [0, 1], got {quantiles}")
-    n, n_out = features.shape[0], head_weight.shape[0]
-    if n == 0:
-        empty = {"mean": torch.empty((0, n_out)), "std": torch.empty((0, n_out))}
-        if q is not None:
-            empty["quantiles"] = torch.empty((0, q.numel(), n_out))
-        return {k: v.to(features.device) for k, v in empty.items()}
-    out: dict[str, list[torch.Tensor]] = {"mean": [], "std": []}
-    if q is not None:
-        out["quantiles"] = []
-    for start in range(0, n, per_chunk):
+    width = head_weight.shape[0]
+    n_targets = width // 2 if head == "gaussian" else width
+    keys = ["mean", "std", "std_epistemic"] + (["std_aleatoric"] if head == "gaussian" else [])
+    out: dict[str, list[torch.Tensor]] = {k: [] for k in keys + (["quantiles"] if q is not None else [])}
+    for start in range(0, features.shape[0], per_chunk):
         s = mc_samples(features[start:start + per_chunk], ids[start:start + per_chunk], head_weight,
                        head_bias, float(p), int(T), seed)
-        out["mean"].append(s.mean(1).float())
+        mu, var = split_head(s, head, n_targets)
         # with p = 0 the samples are identical; a float64 sum of them need not be exact
-        out["std"].append(s.std(1, correction=1).float() if p > 0 else torch.zeros_like(s[:, 0]).float())
+        epi = mu.std(1, correction=1) if p > 0 else torch.zeros_like(mu[:, 0])
+        out["mean"].append(mu.mean(1).float())
+        out["std_epistemic"].append(epi.float())
+        if var is None:
+            out["std"].append(epi.float())
+        else:
+            ale2 = var.mean(1)
+            out["std_aleatoric"].append(ale2.sqrt().float())
+            out["std"].append((ale2 + epi**2).sqrt().float())
         if q is not None:
-            out["quantiles"].append(torch.quantile(s, q, dim=1).permute(1, 0, 2).float())
+            out["quantiles"].append(torch.quantile(mu, q, dim=1).permute(1, 0, 2).float())
+    if features.shape[0] == 0:
+        shapes = {k: (0, q.numel(), n_targets) if k == "quantiles" else (0, n_targets) for k in out}
+        return {k: torch.empty(shape, device=features.device) for k, shape in shapes.items()}
     return {k: torch.cat(v) for k, v in out.items()}
 
 

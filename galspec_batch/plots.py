@@ -138,36 +138,39 @@ def _pyplot(path):
 
 
 def plot_calibration(true: np.ndarray, mean: np.ndarray, std: np.ndarray, scale: np.ndarray | None = None,
-                     names: Sequence[str] | None = None, path: str | Path | None = None):
-    """Reliability curves: the observed fraction of true latents within k MC sigma against the
-    Gaussian expectation, k in [0, 3], one line per latent; a second panel after scaling by ``scale``."""
-    from galspec_batch.calibrate import ONE_SIGMA, coverage, expected_coverage
+                     nu: np.ndarray | None = None, names: Sequence[str] | None = None,
+                     path: str | Path | None = None):
+    """Reliability curves: the observed fraction of true values inside the central interval of each
+    probability, against that probability, one line per target; the network's own ``std`` as a
+    Gaussian, and (a second panel) calibrated by ``scale`` with t shapes ``nu``."""
+    from galspec_batch.uncertainty import NU_MAX, central_factor, gaussian_coverage, standardized
 
     plt = _pyplot(path)
-    true, mean, std = (np.asarray(a, np.float64) for a in (true, mean, std))
-    n_lat = true.shape[1]
-    names = list(names) if names is not None else latent_names(n_lat)
-    ks = np.linspace(0, 3, 61)
-    expected = expected_coverage(ks)
-    panels = [("MC-dropout std as predicted", std)]
+    r = standardized(true, mean, std)
+    n_t = r.shape[1]
+    names = list(names) if names is not None else latent_names(n_t)
+    qs = np.linspace(0.0, 0.999, 200)
+    panels = [("the network's own spread, as a Gaussian", r, np.full(n_t, NU_MAX))]
     if scale is not None:
-        panels.append(("after calibration (std x scale)", std * np.asarray(scale, np.float64)))
+        nus = np.full(n_t, NU_MAX) if nu is None else np.asarray(nu, np.float64)
+        panels.append(("calibrated (scale, Student-t shape)", r / np.asarray(scale, np.float64), nus))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5), squeeze=False)
     colors = plt.get_cmap("tab10")
-    for ax, (title, s) in zip(axes[0], panels, strict=True):
-        observed = np.array([coverage(true, mean, s, k)[0] for k in ks])  # [K, L]
+    one = float(gaussian_coverage(1.0))
+    for ax, (title, z, nus) in zip(axes[0], panels, strict=True):
         ax.plot([0, 1], [0, 1], color="0.5", ls="--", lw=1, label="perfect calibration")
-        for i in range(n_lat):
-            label = f"{names[i]}: {observed[20, i]:.0%} within 1$\\sigma$"
-            if s is not std:
-                label += f" (scale {scale[i]:.2f})"
-            ax.plot(expected, observed[:, i], color=colors(i % 10), lw=1.5, label=label)
-        ax.axvline(ONE_SIGMA, color="0.8", lw=0.8, zorder=0)
-        ax.axhline(ONE_SIGMA, color="0.8", lw=0.8, zorder=0)
-        ax.set(xlim=(0, 1), ylim=(0, 1), aspect="equal", title=f"{title}\n({len(true)} objects)",
-               xlabel="expected coverage of $\\pm k\\sigma$ (Gaussian), k = 0..3",
-               ylabel="observed fraction of true latents within $\\pm k\\sigma$")
-        ax.text(0.98, 0.03, "above the diagonal: std too large\nbelow: std too small", fontsize=7,
+        for i in range(n_t):
+            zi = np.abs(z[np.isfinite(z[:, i]), i])
+            observed = [np.mean(zi <= central_factor(nus[i], q)) for q in qs]
+            ax.plot(qs, observed, color=colors(i % 10), lw=1.5,
+                    label=f"{names[i]}: {np.mean(zi <= 1):.0%} within 1$\\sigma$")
+        for q in (one, float(gaussian_coverage(2.0))):
+            ax.axvline(q, color="0.8", lw=0.8, zorder=0)
+            ax.axhline(q, color="0.8", lw=0.8, zorder=0)
+        ax.set(xlim=(0, 1), ylim=(0, 1), aspect="equal", title=f"{title}\n({len(r)} objects)",
+               xlabel="probability of the central predictive interval",
+               ylabel="observed fraction of true values inside it")
+        ax.text(0.98, 0.03, "above the diagonal: too wide\nbelow: too narrow", fontsize=7,
                 ha="right", va="bottom", transform=ax.transAxes, color="0.4")
         ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()

@@ -6,10 +6,17 @@ every file but the catalog's own. The user's text only ever reaches DuckDB as on
 expression (parsed as an expression: a second statement is a syntax error); ``--order-by`` is
 checked against the column names.
 
-**Probability** (``prob="latent_2 > 0.5"``): the MC-dropout distribution of a quantity is taken
-as Gaussian with the catalog's mean and std (``latent_2``, ``latent_2_std``; for derived
-quantities the MC median and std), so ``P(x > t) = Phi((mean - t) / std)`` and
-``P(x < t) = Phi((t - mean) / std)``; a std of 0 gives 0 or 1.
+**Probability** (``prob="latent_2 > 0.5"``): from the quantity's predictive distribution, its
+value ``x`` and 1-sigma ``x_std``: in a calibrated catalog a predicted column (a latent, z_phot)
+has the Student-t shape of its calibration (:mod:`galspec_batch.uncertainty`), so
+``P(x > t) = T_nu((x - t) / x_std * q_nu)`` with ``q_nu`` the t's 68.27% half-width; otherwise (a
+derived quantity's MC median and std, an uncalibrated catalog) it is taken as Gaussian,
+``P(x > t) = Phi((x - t) / x_std)``; a std of 0 gives 0 or 1.
+
+**Missing values.** A column named in ``where`` or ``prob`` that is NULL for some rows (a derived
+quantity decoded for only some objects; a prediction flagged BAD_PREDICTION) would silently leave
+those rows out: the selection is refused, saying how many rows have no value, unless
+``allow_missing``; the output's metadata records how many were left out.
 
 **Uncertainty rank** (``rank="uncertainty"``): ``spread = sqrt(mean_i (latent_i_std / s_i)^2)``,
 the RMS MC spread of the latents in units of each latent's scatter ``s_i`` among the objects
@@ -45,6 +52,7 @@ from galspec_batch.catalog.view import VIEW, CatalogView
 from galspec_batch.columns import DEC, OBJECT_ID, RA, latent_names, std_column
 from galspec_batch.errors import InputError, UsageError, did_you_mean
 from galspec_batch.regions import Region
+from galspec_batch.uncertainty import NU_MAX, one_sigma
 
 PRIORITY = "priority"
 PROB = "prob"
@@ -52,6 +60,7 @@ SPREAD = "spread"
 RANKS = ("uncertainty",)
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".fits": "fits", ".fit": "fits"}
 SELECT_METADATA_KEY = b"galspec.select"
+SELECTION_KEY = b"galspec.selection"  # what select_targets records in its table's metadata
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -81,11 +90,14 @@ class ProbCut:
             raise UsageError(f"bad --prob {text!r}: the threshold must be a finite number")
         return cls(m.group(1), m.group(2), threshold)
 
-    def sql(self) -> str:
-        """The probability as a SQL expression over the (validated) column names."""
+    def sql(self, nu: float | None = None) -> str:
+        """The probability as a SQL expression over the (validated) column names, Gaussian or (with
+        ``nu``) Student-t."""
         x, s, t = _quote(self.column), _quote(std_column(self.column)), repr(self.threshold)
         z = f"({x} - {t}) / {s}" if self.op.startswith(">") else f"({t} - {x}) / {s}"
-        return f"CASE WHEN {s} > 0 THEN normal_cdf({z}) WHEN {x} {self.op} {t} THEN 1.0 ELSE 0.0 END"
+        cdf = (f"normal_cdf({z})" if nu is None or nu >= NU_MAX
+               else f"t_cdf({z} * {float(one_sigma(nu))!r}, {float(nu)!r})")
+        return f"CASE WHEN {s} > 0 THEN {cdf} WHEN {x} {self.op} {t} THEN 1.0 ELSE 0.0 END"
 
     def __str__(self) -> str:
         return f"{self.column} {self.op} {self.threshold:g}"
@@ -129,8 +141,10 @@ def select_targets(
     order_by: str | None = None,
     limit: int | None = None,
     columns: list[str] | tuple[str, ...] = (),
+    allow_missing: bool = False,
 ) -> pa.Table:
-    """Select targets from a catalog (see the module docstring for prob, rank and priority).
+    """Select targets from a catalog (see the module docstring for prob, rank, priority and
+    missing values; ``selection_record`` reads what was left out and whether it was calibrated).
 
     ``min_prob`` (default 0.5 with ``prob``) keeps rows with ``prob >= min_prob``; rows come in
     rank order, else ``order_by``, else decreasing ``prob``, ties by ``object_id``.
@@ -158,10 +172,20 @@ def select_targets(
         unknown = [c for c in columns if c not in cols]
         if unknown:
             raise UsageError(f"unknown column {unknown[0]!r} in --columns.{did_you_mean(unknown[0], cols)}")
+        needed = referenced_columns(where, cols)
+        if cut is not None:
+            needed += [cut.column, std_column(cut.column)]
+        missing, total = _count_missing(view, list(dict.fromkeys(needed)))
+        if missing and not allow_missing:
+            raise UsageError(
+                f"{missing} of {total} rows of catalog {catalog} have no value for "
+                f"{' or '.join(dict.fromkeys(needed))} and would be left out silently; pass --allow-missing "
+                f"to select among the {total - missing} that have one (for a derived quantity, "
+                "`galspec decode --write-back` computes it for more objects)")
         rel = view.relation(where)
         computed = {}
         if cut is not None:
-            computed[PROB] = cut.sql()
+            computed[PROB] = cut.sql(view.shapes.get(cut.column))
         if rank == "uncertainty":
             computed[SPREAD] = _spread_sql(view)
         terms = _order_terms(order_by, cols + list(computed)) if order_by else []
@@ -184,7 +208,26 @@ def select_targets(
         if limit is not None:
             rel = rel.limit(int(limit))
         table = view.run(lambda: pa.table(rel), where)
-    return _with_priority(table, cut, rank, bool(order_by))
+        record = {"rows_without_value": missing, "rows": total, "columns": list(dict.fromkeys(needed)),
+                  "calibrated": view.calibrated}
+    table = _with_priority(table, cut, rank, bool(order_by))
+    return table.replace_schema_metadata({SELECTION_KEY: json.dumps(record)})
+
+
+def selection_record(table: pa.Table) -> dict:
+    """What :func:`select_targets` recorded: rows left out for want of a value, and whether the
+    catalog's spreads were calibrated."""
+    return json.loads((table.schema.metadata or {}).get(SELECTION_KEY, b"{}"))
+
+
+def _count_missing(view: CatalogView, columns: list[str]) -> tuple[int, int]:
+    """(rows with NULL in any of ``columns``, rows) of the view."""
+    if not columns:
+        return 0, 0
+    any_null = " OR ".join(f"{_quote(c)} IS NULL" for c in columns)
+    missing, total = view.run(lambda: view.con.table(VIEW).aggregate(
+        f"count(*) FILTER (WHERE {any_null}), count(*)").fetchall()[0])
+    return int(missing), int(total)
 
 
 def _spread_sql(view: CatalogView) -> str:
@@ -223,7 +266,7 @@ def write_targets(
         )
     refuse_existing(path, overwrite)
     plain = pa.table({n: _plain(c) for n, c in zip(table.column_names, table.columns, strict=True)})
-    doc = json.dumps(meta or {}, sort_keys=True)
+    doc = json.dumps({**(meta or {}), **selection_record(table)}, sort_keys=True)
     with atomic_path(path, overwrite=overwrite) as tmp:
         if fmt == "parquet":
             pq.write_table(plain.replace_schema_metadata({SELECT_METADATA_KEY: doc}), tmp)

@@ -16,11 +16,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from galspec_batch.atomic import atomic_path
-from galspec_batch.columns import DEC, OBJECT_ID, RA, SPECTRUM_TYPE
+from galspec_batch.columns import DEC, OBJECT_ID, RA, REDSHIFT, SPECTRUM_TYPE
 from galspec_batch.errors import FormatError, InputError, MissingFileError
 from galspec_batch.spectra import N_BINS
 
-Z, FLUX, IVAR = "z", "flux", "ivar"
+Z, FLUX, IVAR = REDSHIFT, "flux", "ivar"
 TRUTH_PREFIX = "truth_"
 REQUIRED = (OBJECT_ID, RA, DEC, Z, FLUX, IVAR)
 

@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from galspec_batch import __version__
 from galspec_batch import defaults as D
 from galspec_batch.atomic import atomic_path, file_sha256, refuse_existing
-from galspec_batch.columns import OBJECT_ID, SPECTRUM_TYPE, latent_names
+from galspec_batch.columns import OBJECT_ID, REDSHIFT, SPECTRUM_TYPE, latent_names
 from galspec_batch.errors import FormatError, InputError, MissingFileError, UsageError
 from galspec_batch.formats import VersionedFormat, check_int, require
 from galspec_batch.labels import read_labels
@@ -335,12 +335,13 @@ def load_vae(vae_dir: str | os.PathLike) -> TrainedVAE:
                       settings=cfg.training, meta=meta, history=history)
 
 
-def _read_spectra(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _read_spectra(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(object_id, flux, ivar, z) of a spectra table, checked."""
     table = read_spectra_table(path)
     object_id = table[OBJECT_ID].to_numpy()
     flux, ivar = spectra_arrays(table)
     flux, ivar = validate_spectra(flux, ivar, object_id=object_id)
-    return object_id, flux, ivar
+    return object_id, flux, ivar, table[REDSHIFT].to_numpy()
 
 
 def train_vae(
@@ -354,7 +355,7 @@ def train_vae(
 ) -> TrainedVAE:
     """Train on a spectra table and write the VAE directory."""
     refuse_existing(out_dir, overwrite)
-    _, flux, ivar = _read_spectra(spectra_path)
+    _, flux, ivar, _ = _read_spectra(spectra_path)
     vae = fit_vae(flux, ivar, n_latent=n_latent, settings=settings, progress=progress)
     vae.meta["spectra"] = str(spectra_path)
     save_vae(vae, out_dir, overwrite=overwrite)
@@ -365,12 +366,14 @@ def encode_spectra_table(
     vae_dir: str | os.PathLike, spectra_path: str | os.PathLike, out_path: str | os.PathLike,
     overwrite: bool = False,
 ) -> pa.Table:
-    """Write the labels table: ``object_id`` and the latent means ``latent_1..latent_N`` (float32)."""
+    """Write the labels table: ``object_id``, the latent means ``latent_1..latent_N`` (float32) and
+    the spectra's redshift ``z`` (a target the CNN also learns)."""
     vae = load_vae(vae_dir)
-    object_id, flux, ivar = _read_spectra(spectra_path)
+    object_id, flux, ivar, redshift = _read_spectra(spectra_path)
     z = encode(vae, flux, ivar)
     cols = {OBJECT_ID: pa.array(object_id.astype(np.int64))}
     cols.update({name: pa.array(z[:, i]) for i, name in enumerate(latent_names(vae.n_latent))})
+    cols[REDSHIFT] = pa.array(np.asarray(redshift, np.float32))
     provenance = {
         "vae": str(vae_dir), "weights_sha256": vae.meta["weights_sha256"], "spectra": str(spectra_path)
     }

@@ -32,22 +32,25 @@ def make_tiny_store(path, n=240, seed=0, size=TINY_SIZE, ra0=150.0, width=6.0):
     return path
 
 
-def make_tiny_checkpoint(path, model="simple-cnn", size=TINY_SIZE, dropout=0.2, seed=0):
+def make_tiny_checkpoint(path, model="simple-cnn", size=TINY_SIZE, dropout=0.2, seed=0, head="gaussian",
+                         redshift=True):
+    """An untrained checkpoint of 6 latents (and the redshift, with ``redshift``)."""
     torch.manual_seed(seed)
-    cnn = create_model(model, in_bands=5, n_out=6, dropout=dropout)
+    n = 6 + redshift
+    cnn = create_model(model, in_bands=5, n_out=n, dropout=dropout, head=head)
     net = GalspecNet(
         cnn,
         softening=torch.ones(5),
         mean=torch.zeros(5),
         std=torch.ones(5),
-        latent_mean=torch.linspace(-1, 1, 6),
-        latent_std=torch.linspace(0.5, 2, 6),
+        target_mean=torch.tensor([*torch.linspace(-1, 1, 6).tolist(), 0.5][:n]),
+        target_std=torch.tensor([*torch.linspace(0.5, 2, 6).tolist(), 0.05][:n]),
     ).eval()
     config = {
         "bands": list("grizy"),
         "image_size": [size, size],
         "pixel_scale": 0.25,
-        "latent_names": [f"latent_{i}" for i in range(1, 7)],
+        "targets": [f"latent_{i}" for i in range(1, 7)] + ["z"] * redshift,
     }
     save_checkpoint(path, net, config)
     return path

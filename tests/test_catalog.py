@@ -15,6 +15,7 @@ import pytest
 
 from galspec_batch.catalog import (
     CatalogWriter,
+    Outputs,
     catalog_schema,
     catalog_status,
     mark_failed,
@@ -82,7 +83,7 @@ def finished(tmp_path_factory) -> tuple[Path, pa.Table, dict]:
 
 
 def test_schema_columns_types_and_flags():
-    schema = catalog_schema(6, [pa.field("latent_1_q16", pa.float32())])
+    schema = catalog_schema(Outputs(6), [pa.field("latent_1_q16", pa.float32())])
     assert schema.names[:4] == ["object_id", "ra", "dec", "_healpix_29"]
     assert schema.names[4:10] == [f"latent_{i}" for i in range(1, 7)]
     assert schema.names[10:16] == [f"latent_{i}_std" for i in range(1, 7)]
@@ -91,10 +92,18 @@ def test_schema_columns_types_and_flags():
     assert schema.field("mc_samples").type == pa.int16()
     assert pa.types.is_dictionary(schema.field("model_id").type)
     with pytest.raises(InputError, match="repeats"):
-        catalog_schema(6, [pa.field("ra", pa.float64())])
+        catalog_schema(Outputs(6), [pa.field("ra", pa.float64())])
     assert [int(f) for f in QualityFlag] == [1, 2, 4, 8, 16, 32, 64, 128]
-    # latents (and only they) may be null: in a row flagged BAD_PREDICTION
+    # predictions (and only they) may be null: in a row flagged BAD_PREDICTION
     assert [f.name for f in schema if f.nullable] == schema.names[4:16] + ["latent_1_q16"]
+    # a redshift and a gaussian head: z_phot after the latents, then every std, then their two parts
+    full = catalog_schema(Outputs(2, redshift=True, parts=True))
+    assert full.names[4:16] == ["latent_1", "latent_2", "z_phot",
+                                "latent_1_std", "latent_2_std", "z_phot_std",
+                                "latent_1_std_aleatoric", "latent_2_std_aleatoric", "z_phot_std_aleatoric",
+                                "latent_1_std_epistemic", "latent_2_std_epistemic", "z_phot_std_epistemic"]
+    with pytest.raises(InputError, match="n_latents must be an integer in"):
+        Outputs(0)
 
 
 def test_lsdb_cone_search_matches_brute_force(finished):
@@ -266,7 +275,7 @@ def test_write_partition_refuses_bad_rows(tmp_path):
     df["latent_1"] = df["latent_1"].astype(np.float64)
     out = write_partition(path, ORDER, p, df)
     back = pq.read_table(out)
-    assert back.schema.remove_metadata().equals(catalog_schema(6))
+    assert back.schema.remove_metadata().equals(catalog_schema(Outputs(6)))
     np.testing.assert_array_equal(
         back["_healpix_29"].to_numpy(), np.sort(healpix_29(t["ra"].to_numpy(), t["dec"].to_numpy()))
     )

@@ -16,19 +16,20 @@ from galspec_batch.models import GalspecNet, create_model, normalize_images
 
 BANDS = ["g", "r", "i", "z", "y"]
 NAMES = [f"latent_{i}" for i in range(1, 7)]
+TARGETS = [*NAMES, "z"]
 
 
 def make_net(name: str = "simple-cnn", dropout: float = 0.2, seed: int = 0) -> GalspecNet:
     torch.manual_seed(seed)
-    cnn = create_model(name, in_bands=5, n_out=6, dropout=dropout)
+    cnn = create_model(name, in_bands=5, n_out=7, dropout=dropout)
     g = torch.Generator().manual_seed(seed)
     net = GalspecNet(
         cnn,
         softening=torch.rand(5, generator=g) + 0.1,
         mean=torch.randn(5, generator=g),
         std=torch.rand(5, generator=g) + 0.5,
-        latent_mean=torch.randn(6, generator=g),
-        latent_std=torch.rand(6, generator=g) + 0.5,
+        target_mean=torch.randn(7, generator=g),
+        target_std=torch.rand(7, generator=g) + 0.5,
     )
     # move BN / deconv running statistics away from their initial values
     net.train()
@@ -38,7 +39,7 @@ def make_net(name: str = "simple-cnn", dropout: float = 0.2, seed: int = 0) -> G
 
 
 def config() -> dict:
-    return {"bands": BANDS, "image_size": [32, 32], "pixel_scale": 0.25, "latent_names": NAMES,
+    return {"bands": BANDS, "image_size": [32, 32], "pixel_scale": 0.25, "targets": TARGETS,
             "training": {"epochs_done": 3}, "data": {"store": "s.zarr"}}
 
 
@@ -67,19 +68,24 @@ def test_config_and_hash(tmp_path):
     path = save_checkpoint(tmp_path / "ck", net, config())
     assert sorted(p.name for p in path.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
     cfg = json.loads((path / CONFIG_FILE).read_text())
-    assert cfg["format"] == "galspec-checkpoint" and cfg["format_version"] == 2
-    assert cfg["model"] == {"name": "simple-cnn", "in_bands": 5, "n_out": 6, "dropout": 0.2}
+    assert cfg["format"] == "galspec-checkpoint" and cfg["format_version"] == 3
+    assert cfg["model"] == {"name": "simple-cnn", "in_bands": 5, "n_out": 7, "dropout": 0.2,
+                            "head": "gaussian"}
     assert cfg["bands"] == BANDS and cfg["image_size"] == [32, 32] and cfg["pixel_scale"] == 0.25
-    assert cfg["latent_std"] == pytest.approx(net.latent_std.tolist())
+    assert cfg["targets"] == TARGETS
+    assert cfg["target_std"] == pytest.approx(net.target_std.tolist())
     assert cfg["preprocess"]["softening"] == pytest.approx(net.softening.tolist())
     assert cfg["training"] == {"epochs_done": 3}
     assert cfg["code_version"].startswith(__version__)
     ck = load_checkpoint(path)
     assert ck.model_hash == hashlib.sha256((path / WEIGHTS_FILE).read_bytes()).hexdigest()
-    assert ck.bands == tuple(BANDS) and ck.latent_names == NAMES
+    assert ck.bands == tuple(BANDS) and ck.latent_names == NAMES and ck.targets == TARGETS
+    assert ck.config.redshift and ck.net.head_kind == "gaussian"
     assert ck.net.head is ck.net.cnn.head and ck.net.num_features == 64 and ck.net.dropout == 0.2
-    z = torch.zeros(2, 6)
-    assert torch.allclose(ck.net.to_physical(z), net.latent_mean.expand(2, 6))
+    z = torch.zeros(2, 7)
+    assert torch.allclose(ck.net.to_physical(z), net.target_mean.expand(2, 7))
+    mean, var = ck.net.predict(images())
+    assert mean.shape == var.shape == (4, 7) and (var > 0).all()
 
 
 def test_preprocessing_is_nan_safe_asinh_zscore():
@@ -144,6 +150,10 @@ def test_bad_checkpoints(tmp_path):
 def test_save_checks_config_against_network(tmp_path):
     with pytest.raises(InputError, match=r"bands \['g', 'r', 'i'\] must be 5 distinct names"):
         save_checkpoint(tmp_path / "ck", make_net(), {**config(), "bands": ["g", "r", "i"]})
+    with pytest.raises(InputError, match="targets must be latent_1..latent_L, then optionally 'z'"):
+        save_checkpoint(tmp_path / "ck", make_net(), {**config(), "targets": ["z", *NAMES]})
+    with pytest.raises(InputError, match="targets has 6 names; the model predicts 7"):
+        save_checkpoint(tmp_path / "ck", make_net(), {**config(), "targets": NAMES})
     with pytest.raises(InputError, match="lacks"):
         save_checkpoint(tmp_path / "ck", make_net(), {"bands": BANDS})
 

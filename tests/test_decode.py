@@ -177,7 +177,7 @@ def test_write_back_and_select(writable_catalog, vae_dir, tmp_path):
         decoded = pq.read_table(tmp_path / "a.parquet").to_pandas()
         assert sorted(decoded.object_id) == sorted(df[df.latent_2 > cut].object_id)
         thr = float(decoded.ew_halpha.median())
-        t = select_targets(writable_catalog, where=f"ew_halpha > {thr}").to_pandas()
+        t = select_targets(writable_catalog, where=f"ew_halpha > {thr}", allow_missing=True).to_pandas()
         assert sorted(t.object_id) == sorted(decoded[decoded.ew_halpha > thr].object_id)
         # a second decode merges by object_id
         decode_catalog(writable_catalog, vae_dir, tmp_path / "b.parquet", ids=[1000, 1001], n_draws=16,
@@ -207,3 +207,20 @@ def test_cli_decode_with_plot(writable_catalog, vae_dir, tmp_path):
                                     "--out", str(tmp_path / "t.parquet")])
     assert bad.exit_code == 2 and "unknown column 'latnt_2'" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_latent_draws_follow_the_calibrated_t_shape():
+    from scipy import stats
+
+    from galspec_batch.decode import sample_latents
+
+    mean, std = np.zeros((4000, 2), np.float32), np.full((4000, 2), 2.0, np.float32)
+    z = sample_latents(mean, std, np.arange(4000), 8, seed=1, nu=np.array([3.0, 1000.0])).reshape(-1, 2) / 2.0
+    within = (np.abs(z) <= 1).mean(axis=0)
+    np.testing.assert_allclose(within, 0.6827, atol=0.01)  # +-std holds 68.27% whatever the shape
+    far = stats.t.ppf(0.99865, 3) / stats.t.ppf(0.841345, 3)  # the t(3) 3-sigma half-width in 1-sigmas
+    assert (np.abs(z[:, 0]) > far).mean() == pytest.approx(0.0027, abs=0.001)
+    assert (np.abs(z[:, 1]) > 3).mean() == pytest.approx(0.0027, abs=0.001)
+    again = sample_latents(mean[:3], std[:3], np.arange(3), 8, seed=1, nu=np.array([3.0, 1000.0]))
+    np.testing.assert_array_equal(again, sample_latents(mean, std, np.arange(4000), 8, seed=1,
+                                                        nu=np.array([3.0, 1000.0]))[:3])

@@ -14,8 +14,13 @@ def test_demo_runs_the_whole_chain(tmp_path):
     n = summary.numbers
     assert n["catalog_rows"] == 400 and len(lsdb.read_hats(tmp_path / "demo" / "catalog").compute()) == 400
     assert 0 < n["val_rmse"] < 1.1 and len(n["val_rmse_latents"]) == 6
-    assert n["n_anomalies"] > 5 and 0.5 < n["auc_mahalanobis"] <= 1.0
-    assert all(0 <= c <= 1 for c in n["coverage_raw"] + n["coverage_calibrated"])
+    science = n["science"]
+    assert n["n_anomalies"] > 5 and 0.5 < science["auc"] <= 1.0
+    assert science["calibrated"]["targets"] == [f"latent_{i}" for i in range(1, 7)] + ["z"]
+    for k in ("1", "2", "3"):
+        assert all(0 <= c <= 1 for c in science["calibrated"]["coverage"][k] + science["raw"]["coverage"][k])
+    assert 0 < science["photoz"]["cnn"]["nmad"] < 0.2 and set(science["anomalies"]) == {"0.01", "0.001"}
+    assert "2-sigma" in str(summary) and "z_phot (cnn): NMAD" in str(summary)
     assert len(n["figures"]) == 7
     assert all((tmp_path / "demo" / f).stat().st_size > 10_000 for f in n["figures"])
     for name in ("targets-starforming.fits", "targets-uncertain.csv", "anomalies.parquet",

@@ -27,7 +27,7 @@ from galspec_batch.catalog import catalog_status, read_catalog, verify_catalog
 from galspec_batch.catalog import paths as cpaths
 from galspec_batch.cli import main
 from galspec_batch.columns import QualityFlag
-from galspec_batch.errors import BusyError, FormatError, IncompleteOutputError, InputError
+from galspec_batch.errors import BusyError, FormatError, IncompleteOutputError, InputError, UsageError
 from galspec_batch.options import PredictOptions
 from galspec_batch.predict import predict_catalog
 from galspec_batch.select import select_targets
@@ -298,12 +298,15 @@ def test_a_non_finite_prediction_is_null_and_flagged(tmp_path, tiny_store):
     net = GalspecNet(cnn, torch.ones(5), torch.zeros(5), torch.ones(5), torch.zeros(6),
                      torch.tensor([1.0, 1, 1e6, 1, 1, 1])).eval()
     ckpt = save_checkpoint(tmp_path / "ckpt", net, {"bands": list("grizy"), "image_size": [16, 16],
-                                                     "latent_names": [f"latent_{i}" for i in range(1, 7)]})
+                                                     "targets": [f"latent_{i}" for i in range(1, 7)]})
     out = make_tiny_catalog(tiny_store, ckpt, tmp_path / "cat", mc_samples=4)
     df = read_catalog(out).to_pandas()
     bad = (df.quality_flags & int(QualityFlag.BAD_PREDICTION)) != 0
     assert bad.all() and df.latent_3.isna().all() and df.latent_1_std.isna().all()
-    assert len(select_targets(out, where="latent_3 > 1000")) == 0  # NULL is never above a number
+    assert df.latent_1_std_aleatoric.isna().all() and df.latent_1_std_epistemic.isna().all()
+    with pytest.raises(UsageError, match="240 of 240 rows .* no value for latent_3"):
+        select_targets(out, where="latent_3 > 1000")  # a NULL would silently fail the cut
+    assert len(select_targets(out, where="latent_3 > 1000", allow_missing=True)) == 0
 
 
 def test_image_flags_for_inf_constant_nan_and_extreme_pixels(tmp_path):
@@ -346,7 +349,7 @@ def test_a_store_at_another_zero_point_is_refused_or_rescaled(tmp_path):
                      torch.ones(6)).eval()
     ckpt = save_checkpoint(tmp_path / "ck", net, {
         "bands": list("grizy"), "image_size": [16, 16], "pixel_scale": 0.25,
-        "latent_names": [f"latent_{i}" for i in range(1, 7)], "survey": "test", "flux_unit": "nanomaggy",
+        "targets": [f"latent_{i}" for i in range(1, 7)], "survey": "test", "flux_unit": "nanomaggy",
         "zero_points": [22.5] * 5})
     assert read_config(ckpt).zero_points == (22.5,) * 5
     ref = make_tiny_catalog(tmp_path / "ps1.zarr", ckpt, tmp_path / "ref", mc_samples=4)
@@ -377,12 +380,12 @@ def test_absurd_or_incomplete_checkpoint_configs_are_refused_before_anything_is_
 
 
 def test_duplicate_ids_inside_one_partition_are_named(tmp_path):
-    from galspec_batch.catalog import catalog_schema, conform_table
+    from galspec_batch.catalog import Outputs, catalog_schema, conform_table
 
     df = read_catalog_like(12)
     df.loc[5, "object_id"] = df.loc[2, "object_id"]
     with pytest.raises(InputError, match=f"object_id {df.loc[2, 'object_id']} appears more than once"):
-        conform_table(df, catalog_schema(6), 0, 4)
+        conform_table(df, catalog_schema(Outputs(6)), 0, 4)
 
 
 def read_catalog_like(n: int) -> pd.DataFrame:

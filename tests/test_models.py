@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from galspec_batch.errors import InputError
+from galspec_batch.errors import InputError, UsageError
 from galspec_batch.models import DeconvConv2d, create_model, fold_deconv, list_models
 from galspec_batch.models.xresnet import ResBlock, SimpleSelfAttention, SqueezeExcite
 
@@ -39,10 +39,13 @@ def test_registry_lists_the_published_models():
 
 @pytest.mark.parametrize("name", list_models())
 def test_parameter_counts_match_the_paper(name):
-    model = create_model(name, in_bands=5, n_out=6)
+    model = create_model(name, in_bands=5, n_out=6, head="point")  # the paper's head: 6 means
     assert n_params(model) == PUBLISHED_COUNTS[name]
     # dropout has no parameters, so the rate does not change the count
-    assert n_params(create_model(name, dropout=0.0)) == PUBLISHED_COUNTS[name]
+    assert n_params(create_model(name, dropout=0.0, head="point")) == PUBLISHED_COUNTS[name]
+    # a gaussian head adds one output (a variance) per target: num_features + 1 parameters each
+    gaussian = create_model(name, in_bands=5, n_out=6)
+    assert n_params(gaussian) == PUBLISHED_COUNTS[name] + 6 * (gaussian.num_features + 1)
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -52,24 +55,26 @@ def test_forward_shapes(name, size):
     x = images(2, 5, size)
     feats = model.train().forward_features(x)
     assert feats.shape == (2, model.num_features)
-    assert model(x).shape == (2, 6)
-    assert model.eval()(x).shape == (2, 6)
+    assert model(x).shape == (2, 12)  # a mean and a variance for each of 6 targets
+    assert model.eval()(x).shape == (2, 12)
 
 
 def test_forward_shape_at_full_resolution():
     model = create_model("xresnet18-hybrid").eval()
     with torch.no_grad():
-        assert model(images(1, 5, 224)).shape == (1, 6)
+        assert model(images(1, 5, 224)).shape == (1, 12)
 
 
 @pytest.mark.parametrize("name", list_models())
 def test_any_bands_and_outputs(name):
-    model = create_model(name, in_bands=3, n_out=10, dropout=0.1)
+    model = create_model(name, in_bands=3, n_out=10, dropout=0.1, head="point")
     assert (model.model_name, model.in_bands, model.n_out, model.dropout) == (name, 3, 10, 0.1)
     assert model(images(2, 3, 40)).shape == (2, 10)
     # only the first layer and the head depend on the bands and outputs
     first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, DeconvConv2d)))
     assert first.weight.shape[1] == 3 and model.head[-1].out_features == 10
+    with pytest.raises(UsageError, match="unknown head 'gausian'.*gaussian"):
+        create_model(name, head="gausian")
     with pytest.raises(InputError, match=r"expected \[N, 3, H, W\]"):
         model(images(1, 5, 32))
 

@@ -46,8 +46,20 @@ def test_plot_calibration_before_and_after(tmp_path):
     assert np.all(y[5:-5] > x[5:-5])
     x, y = after.lines[1].get_data()
     assert np.abs(y - x).max() < 0.07
-    assert "scale 3.00" in after.get_legend().get_texts()[3].get_text()
+    assert "latent_3: 69% within" in after.get_legend().get_texts()[3].get_text()
+    assert "latent_3: 25% within" in before.get_legend().get_texts()[3].get_text()  # P(|z| < 1/3) = 26%
     assert len(plot_calibration(true, mean, std).axes) == 1
+    # heavy tails: a Gaussian of the right 1-sigma is too narrow at 95%; the fitted t shape is right
+    heavy = mean + rng.standard_t(3, mean.shape) * 0.2
+    from galspec_batch.uncertainty import fit_t
+
+    fits = [fit_t((heavy - mean)[:, i] / 0.2) for i in range(3)]
+    scale, nu = np.array([f[0] for f in fits]), np.array([f[1] for f in fits])
+    fig = plot_calibration(heavy, mean, std, scale=scale, nu=nu)
+    x, y = fig.axes[1].lines[1].get_data()
+    assert np.abs(y - x).max() < 0.07
+    x, y = fig.axes[0].lines[1].get_data()
+    assert np.abs(y - x).max() > 0.1
 
 
 def test_plot_latent_corner_from_arrays_and_dataframe(tmp_path):

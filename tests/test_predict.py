@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import make_tiny_checkpoint, make_tiny_store
 
-from galspec_batch.catalog import read_catalog
+from galspec_batch.catalog import read_catalog, read_provenance
 from galspec_batch.catalog.paths import done_marker, partition_file
 from galspec_batch.cli import main
 from galspec_batch.columns import QualityFlag
@@ -25,8 +25,9 @@ from galspec_batch.options import PredictOptions
 from galspec_batch.predict import begin_catalog, predict_catalog
 from galspec_batch.store import append_objects, open_store
 
-LATENTS = [f"latent_{i}" for i in range(1, 7)]
-STDS = [f"latent_{i}_std" for i in range(1, 7)]
+LATENTS = [f"latent_{i}" for i in range(1, 7)] + ["z_phot"]  # every predicted column
+STDS = [f"{c}_std" for c in LATENTS]
+PARTS = [f"{c}_std_{part}" for part in ("aleatoric", "epistemic") for c in LATENTS]
 
 
 def _frame(path) -> pd.DataFrame:
@@ -38,6 +39,11 @@ def test_every_object_exactly_once_with_uncertainty(tiny_catalog, tiny_store):
     store = open_store(tiny_store)
     assert sorted(df.object_id) == sorted(store.object_id.tolist())
     assert df[STDS].gt(0).all().all()
+    # the total spread is the aleatoric (the head's variance) and epistemic (MC) parts in quadrature
+    ale, epi = df[PARTS[:7]].to_numpy(), df[PARTS[7:]].to_numpy()
+    np.testing.assert_allclose(df[STDS].to_numpy() ** 2, ale**2 + epi**2, rtol=1e-5)
+    assert (ale > 0).all() and (epi > 0).all()
+    assert read_provenance(tiny_catalog)["provenance"]["calibrated"] is False
     assert (df.mc_samples == 16).all()
     assert df.model_id.str.startswith("simple-cnn@").all()
     flags = df.set_index("object_id").quality_flags
@@ -192,20 +198,36 @@ def test_calibration_scales_the_mc_spread(tiny_catalog, tiny_store, tmp_path):
     from galspec_batch.checkpoint import WEIGHTS_FILE, Calibration, save_calibration
 
     ckpt = make_tiny_checkpoint(tmp_path / "calibrated")
-    scale = np.array([1.0, 2.0, 3.0, 0.5, 4.0, 1.5])
+    scale = np.array([1.0, 2.0, 3.0, 0.5, 4.0, 1.5, 0.7])
     model_hash = hashlib.sha256((ckpt / WEIGHTS_FILE).read_bytes()).hexdigest()
-    save_calibration(ckpt, Calibration(model_hash, tuple(LATENTS), tuple(scale), "robust"))
+    save_calibration(ckpt, Calibration(model_hash, tuple(f"latent_{i}" for i in range(1, 7)) + ("z",),
+                                       tuple(scale), (5.0,) * 7, 16, 0, {"source": "test"}))
     out = tmp_path / "cal"
     predict_catalog(tiny_store, ckpt, out, PredictOptions(mc_samples=16, engine="eager"), cluster="none",
                     progress=False)
     a, b = _frame(tiny_catalog), _frame(out)
     np.testing.assert_allclose(b[LATENTS].to_numpy(), a[LATENTS].to_numpy())
     np.testing.assert_allclose(b[STDS].to_numpy(), a[STDS].to_numpy() * scale, rtol=1e-6)
-    assert read_provenance(out)["provenance"]["calibration"]["scale"] == scale.tolist()
+    np.testing.assert_allclose(b[PARTS].to_numpy(), a[PARTS].to_numpy() * np.tile(scale, 2), rtol=1e-6)
+    prov = read_provenance(out)["provenance"]
+    assert prov["calibrated"] is True and prov["calibration"]["scale"] == scale.tolist()
+    assert prov["calibration"]["nu"] == [5.0] * 7
+    # t with 5 dof: 2-sigma half-width 2.6490 over the 1-sigma 1.1106
+    assert prov["calibration"]["interval_factors"]["2"][0] == pytest.approx(2.3851, abs=1e-3)
     raw = tmp_path / "raw"
     predict_catalog(tiny_store, ckpt, raw, PredictOptions(mc_samples=16, engine="eager", calibrate=False),
                     cluster="none", progress=False)
     np.testing.assert_allclose(_frame(raw)[STDS].to_numpy(), a[STDS].to_numpy())
+    assert read_provenance(raw)["provenance"]["calibrated"] is False
+
+
+def test_a_point_head_without_redshift_writes_latents_and_their_spread(tiny_store, tmp_path):
+    ckpt = make_tiny_checkpoint(tmp_path / "point", head="point", redshift=False)
+    out = tmp_path / "cat"
+    predict_catalog(tiny_store, ckpt, out, PredictOptions(mc_samples=16, engine="eager"), cluster="none",
+                    progress=False)
+    cols = read_catalog(out).column_names
+    assert [c for c in cols if c.startswith(("latent", "z_phot"))] == LATENTS[:6] + STDS[:6]
 
 
 def test_an_array_task_leaves_other_tasks_partitions_alone(tiny_store, tiny_checkpoint, tmp_path):

@@ -14,9 +14,9 @@ from scipy.stats import norm
 from galspec_batch.catalog import read_catalog
 from galspec_batch.catalog.paths import derived_file
 from galspec_batch.cli import main
-from galspec_batch.errors import IncompleteOutputError, InputError, MissingFileError
+from galspec_batch.errors import IncompleteOutputError, InputError, MissingFileError, UsageError
 from galspec_batch.regions import parse_region
-from galspec_batch.select import ProbCut, select_targets, write_targets
+from galspec_batch.select import ProbCut, select_targets, selection_record, write_targets
 
 
 @pytest.fixture(scope="module")
@@ -129,10 +129,23 @@ def test_derived_sidecar_is_joined(writable_catalog, df):
         with pytest.raises(IncompleteOutputError, match="has no record of being written whole"):
             select_targets(writable_catalog, where="ew_halpha > 40")  # not written by galspec
         write_derived_marker(writable_catalog)
-        t = select_targets(writable_catalog, where="ew_halpha > 40").to_pandas()
-        assert sorted(t.object_id) == sorted(ids[ew > 40])
-        p = select_targets(writable_catalog, prob="ew_halpha > 10", min_prob=0.5).to_pandas()
-        assert sorted(p.object_id) == sorted(ids[ew >= 10])  # P = 0.5 at ew = 10; undecoded rows drop
+        # 190 of the 240 rows have no ew_halpha: a cut on it is refused unless asked for
+        with pytest.raises(UsageError, match="190 of 240 rows .* no value for ew_halpha .* --allow-missing"):
+            select_targets(writable_catalog, where="ew_halpha > 40")
+        with pytest.raises(UsageError, match="no value for ew_halpha or ew_halpha_std"):
+            select_targets(writable_catalog, prob="ew_halpha > 10")
+        t = select_targets(writable_catalog, where="ew_halpha > 40", allow_missing=True)
+        assert sorted(t["object_id"].to_pylist()) == sorted(ids[ew > 40])
+        assert selection_record(t) == {"rows_without_value": 190, "rows": 240, "columns": ["ew_halpha"],
+                                       "calibrated": False}
+        p = select_targets(writable_catalog, prob="ew_halpha > 10", min_prob=0.5,
+                           allow_missing=True).to_pandas()
+        assert sorted(p.object_id) == sorted(ids[ew >= 10])  # P = 0.5 at ew = 10
+        res = CliRunner().invoke(main, ["select", str(writable_catalog), "--prob", "ew_halpha > 10",
+                                        "--allow-missing", "-o", str(writable_catalog.parent / "t.csv")])
+        assert res.exit_code == 0, res.output
+        assert "190 of 240 rows had no value for ew_halpha or ew_halpha_std and were left out" in res.output
+        assert "UNCALIBRATED" in res.output
     finally:
         path.unlink()
         path.parent.rmdir()
@@ -175,3 +188,26 @@ def test_cli_select_writes_targets(writable_catalog, df, tmp_path):
 def test_not_a_catalog(tmp_path):
     with pytest.raises(MissingFileError, match="not a galspec catalog"):
         select_targets(tmp_path)
+
+
+def test_probability_in_a_calibrated_catalog_uses_the_t_shape(tiny_store, tmp_path):
+    import hashlib
+
+    from conftest import make_tiny_catalog, make_tiny_checkpoint
+    from scipy import stats
+
+    from galspec_batch.checkpoint import WEIGHTS_FILE, Calibration, save_calibration
+
+    ckpt = make_tiny_checkpoint(tmp_path / "ck")
+    model_hash = hashlib.sha256((ckpt / WEIGHTS_FILE).read_bytes()).hexdigest()
+    targets = tuple(f"latent_{i}" for i in range(1, 7)) + ("z",)
+    save_calibration(ckpt, Calibration(model_hash, targets, (1.0,) * 7, (3.0,) * 6 + (1000.0,), 16, 0, {}))
+    cat = make_tiny_catalog(tiny_store, ckpt, tmp_path / "cat")
+    table = select_targets(cat, prob="latent_2 > 0.5", min_prob=0.0)
+    assert selection_record(table)["calibrated"] is True
+    t = table.to_pandas()
+    x, s = t.latent_2.to_numpy(np.float64), t.latent_2_std.to_numpy(np.float64)
+    want = stats.t.cdf((x - 0.5) / s * stats.t.ppf(0.841345, 3), 3)
+    np.testing.assert_allclose(t["prob"], want, rtol=1e-5, atol=1e-9)
+    z = select_targets(cat, prob="z_phot < 0.5", min_prob=0.0).to_pandas()  # nu = 1000: the Gaussian
+    np.testing.assert_allclose(z["prob"], norm.cdf((0.5 - z.z_phot) / z.z_phot_std), rtol=1e-5, atol=1e-9)

@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 from galspec_batch.catalog.joins import match_rows
-from galspec_batch.checkpoint import load_checkpoint
+from galspec_batch.checkpoint import load_calibration, load_checkpoint, read_split
 from galspec_batch.cli import main
 from galspec_batch.errors import InputError
 from galspec_batch.store import create_store, open_store
@@ -36,9 +36,11 @@ SIZE, N = 32, 200
 FAST = TrainSettings(model="simple-cnn", epochs=5, batch_size=32, seed=0)
 
 
-def write_labels(path, ids, values):
+def write_labels(path, ids, values, z=None):
     cols = {"object_id": np.asarray(ids, np.int64)}
     cols.update({f"latent_{i + 1}": values[:, i].astype(np.float32) for i in range(values.shape[1])})
+    if z is not None:
+        cols["z"] = np.asarray(z, np.float32)
     pq.write_table(pa.table(cols), path)
     return path
 
@@ -59,15 +61,18 @@ def make_store(path, n=N, bands=("g", "r", "i", "z", "y"), seed=0):
         w.append(ids, rng.uniform(150, 151, n), rng.uniform(2, 3, n), img)
     feats = np.column_stack([logamp[:, :5] if nb >= 5 else logamp, np.log(radius)])
     latents = feats @ rng.normal(0, 1, (feats.shape[1], 6)) + rng.normal(0, 0.1, (n, 6))
-    return path, ids, latents
+    # a redshift that the images tell: smaller and fainter is further
+    z = 0.1 * np.exp(0.5 * (np.log(5) - np.log(radius)) - 0.3 * logamp[:, 0]) + rng.normal(0, 0.005, n)
+    return path, ids, np.column_stack([latents, np.abs(z)])
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("train")
-    store, ids, latents = make_store(d / "s.zarr")
-    labels = write_labels(d / "labels.parquet", ids, latents)
-    return {"dir": d, "store": store, "labels": labels, "ids": ids, "latents": latents}
+    store, ids, values = make_store(d / "s.zarr")
+    labels = write_labels(d / "labels.parquet", ids, values[:, :6], values[:, 6])
+    return {"dir": d, "store": store, "labels": labels, "ids": ids, "latents": values[:, :6],
+            "z": values[:, 6]}
 
 
 @pytest.fixture(scope="module")
@@ -177,9 +182,18 @@ def test_fit_learns_and_writes_outputs(trained, data):
     with open(data["dir"] / "run" / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 5
-    assert {"train_rmse", "val_rmse", "val_rmse_latent_6", "lr", "img_per_s"} <= set(rows[0])
+    assert {"train_rmse", "train_loss", "val_rmse", "val_rmse_latent_6", "val_rmse_z", "val_nll",
+            "val_z_nmad", "val_z_outliers", "lr", "img_per_s"} <= set(rows[0])
+    assert float(rows[-1]["val_z_nmad"]) < 0.5 * float(rows[0]["val_z_nmad"])  # the redshift is learnt
     ck = load_checkpoint(trained.best)
     cfg = ck.config
+    assert cfg.redshift and cfg.model.head == "gaussian" and cfg.training["loss"] == "beta-nll"
+    assert ck.targets == [f"latent_{i}" for i in range(1, 7)] + ["z"]
+    # training ends calibrated: fitted on half the validation split, assessed on the other half
+    cal = load_calibration(trained.best)
+    assert cal.targets == tuple(ck.targets) and cal.fitted_on["n_fit"] == 40 and cal.mc_samples == 32
+    assert trained.calibration.after.n == 20 and cal.anomaly is None  # too few for a null model
+    assert [a.tolist() for a in read_split(trained.best)] == [a.tolist() for a in read_split(trained.last)]
     assert cfg.training["best_val_rmse"] == pytest.approx(trained.best_val_rmse)
     assert cfg.training["max_lr"] == 0.03 and cfg.training["weight_decay"] == 0.01
     assert cfg.data["n_train"] == 160 and cfg.data["n_val"] == 40
@@ -189,12 +203,13 @@ def test_fit_learns_and_writes_outputs(trained, data):
     tr, va = split_indices(lab.object_id, 0.2, 0)
     mean = lab.values[tr].mean(0)
     std = lab.values[tr].std(0)
-    assert ck.net.latent_mean.numpy() == pytest.approx(mean, rel=1e-5)
+    assert ck.net.target_mean.numpy()[:6] == pytest.approx(mean, rel=1e-5)
+    assert sorted(read_split(trained.best)[1].tolist()) == sorted(lab.object_id[va].tolist())
     rows = match_rows(store.object_id, lab.object_id[va], "the store")
     order = np.argsort(rows)
     x = torch.from_numpy(store.read(rows[order]).images)
     with torch.no_grad():
-        z = ck.net(x).numpy()
+        z = ck.net.predict(x)[0].numpy()[:, :6]
     target = (lab.values[va][order] - mean) / std
     assert np.sqrt(np.mean((z - target) ** 2)) == pytest.approx(trained.best_val_rmse, rel=1e-4)
 
@@ -229,7 +244,7 @@ def test_resume_after_kill_equals_uninterrupted(trained, data):
 
 def test_fine_tune_with_init_through_cli(trained, data, tmp_path):
     new = data["latents"][:150] + 0.5
-    labels = write_labels(tmp_path / "new.parquet", data["ids"][:150], new)
+    labels = write_labels(tmp_path / "new.parquet", data["ids"][:150], new, data["z"][:150])
     out = tmp_path / "ft"
     res = CliRunner().invoke(main, ["train", "--store", str(data["store"]), "--labels", str(labels),
                                     "--epochs", "2", "--batch-size", "32", "--out", str(out),
@@ -242,12 +257,28 @@ def test_fine_tune_with_init_through_cli(trained, data, tmp_path):
     assert tuned.config.init["model_hash"] == base.model_hash
     assert tuned.config.training["max_lr"] == pytest.approx(0.003)
     tr, _ = split_indices(data["ids"][:150], 0.2, 0)
-    assert tuned.net.latent_mean.numpy() == pytest.approx(new[tr].mean(0), rel=1e-5)  # from the new labels
+    assert tuned.net.target_mean.numpy()[:6] == pytest.approx(new[tr].mean(0), rel=1e-5)  # the new labels
     after = tuned.net.cnn.state_dict()
     changed = [k for k, v in base.net.cnn.state_dict().items() if not torch.equal(v, after[k])]
     assert any(k.startswith("head") for k in changed) and any(k.startswith("body") for k in changed)
     assert tuned.config.training["best_val_rmse"] < 0.8
+    # a checkpoint that predicts the redshift needs labels with z; its head fixes the loss
+    no_z = write_labels(tmp_path / "noz.parquet", data["ids"][:150], new)
+    init = ["--store", data["store"], "--init", trained.best]
+    res = _invoke(*init, "--labels", no_z, "--out", tmp_path / "ft2")
+    _one_line_error(res, "the labels have no z column to train the redshift on")
+    res = _invoke(*init, "--labels", labels, "--out", tmp_path / "ft3", "--loss", "rmse")
+    _one_line_error(res, "has a gaussian head, trained with --loss beta-nll")
 
+
+def test_the_papers_rmse_recipe_without_redshift(data, tmp_path):
+    torch.set_num_threads(1)
+    settings = TrainSettings(model="simple-cnn", epochs=5, batch_size=32, seed=0, loss="rmse", redshift=False)
+    result = fit(data["store"], data["labels"], tmp_path / "paper", settings, progress=False)
+    ck = load_checkpoint(result.best)
+    assert ck.net.head_kind == "point" and ck.targets == [f"latent_{i}" for i in range(1, 7)]
+    assert "val_nll" not in result.metrics[-1] and "val_z_nmad" not in result.metrics[-1]
+    assert result.best_val_rmse < 0.8 and result.calibration is not None
 
 def _invoke(*args):
     return CliRunner().invoke(main, ["train", *map(str, args)])

@@ -204,7 +204,8 @@ def test_cli_round_trip(tmp_path):
                    "--out", str(tmp_path / "labels.parquet")])
     assert r.exit_code == 0, r.output
     labels = pq.read_table(tmp_path / "labels.parquet")
-    assert labels.column_names == ["object_id", "latent_1", "latent_2", "latent_3", "latent_4"]
+    assert labels.column_names == ["object_id", "latent_1", "latent_2", "latent_3", "latent_4", "z"]
+    assert "4 latents and the redshift z" in r.output
     assert labels["object_id"].to_pylist() == list(range(100, 400))
     assert str(labels.schema.field("latent_1").type) == "float"
     r = run(main, ["vae", "decode", *vae_arg, "--labels", str(tmp_path / "labels.parquet"),

@@ -2,13 +2,14 @@
 partition at a time and resumable (format: catalogs/catalog-format.md)."""
 
 from galspec_batch.catalog.reader import read_catalog, read_provenance
-from galspec_batch.catalog.schema import catalog_schema, conform_table
+from galspec_batch.catalog.schema import Outputs, catalog_schema, conform_table
 from galspec_batch.catalog.status import CatalogStatus, catalog_status, verify_catalog
 from galspec_batch.catalog.writer import CatalogWriter, mark_failed, write_partition
 
 __all__ = [
     "CatalogStatus",
     "CatalogWriter",
+    "Outputs",
     "catalog_schema",
     "catalog_status",
     "conform_table",

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from galspec_batch.columns import count_latents, latent_column, latent_std_column
+from galspec_batch.columns import (
+    REDSHIFT,
+    Z_PHOT,
+    count_latents,
+    latent_column,
+    latent_names,
+    latent_std_column,
+    std_column,
+)
 from galspec_batch.errors import InputError
 from galspec_batch.labels import show_ids
 
@@ -17,9 +25,22 @@ def catalog_latents(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     missing = [c for c in stds if c not in table.column_names]
     if missing:
         raise InputError(f"catalog lacks columns {missing}; a galspec catalog has latent_i and latent_i_std")
-    mean = np.stack([table[latent_column(i)].to_numpy() for i in range(1, n + 1)], axis=1)
-    std = np.stack([table[latent_std_column(i)].to_numpy() for i in range(1, n + 1)], axis=1)
+    mean = np.stack([table[latent_column(i)].to_numpy(zero_copy_only=False) for i in range(1, n + 1)], axis=1)
+    std = np.stack([table[latent_std_column(i)].to_numpy(zero_copy_only=False) for i in range(1, n + 1)],
+                   axis=1)
     return mean.astype(np.float64), std.astype(np.float64)
+
+
+def catalog_targets(table: pa.Table) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(target names as a checkpoint has them, means [N, T], spreads [N, T]) of a catalog table: its
+    latents, then the redshift where it has ``z_phot``."""
+    mean, std = catalog_latents(table)
+    names = latent_names(mean.shape[1])
+    if Z_PHOT in table.column_names:
+        names.append(REDSHIFT)
+        mean = np.column_stack([mean, table[Z_PHOT].to_numpy(zero_copy_only=False)])
+        std = np.column_stack([std, table[std_column(Z_PHOT)].to_numpy(zero_copy_only=False)])
+    return names, mean.astype(np.float64), std.astype(np.float64)
 
 
 def match_ids(reference: np.ndarray, ids: np.ndarray) -> np.ndarray:

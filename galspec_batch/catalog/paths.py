@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 FORMAT_NAME = "galspec-catalog"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 # HATS (hats >= 0.5 layout, "v1.0" of the IVOA note)
 PROPERTIES_FILENAME = "hats.properties"

@@ -3,10 +3,13 @@ quality bits themselves are in :mod:`galspec_batch.columns`)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from galspec_batch import defaults as D
 from galspec_batch.columns import (
     DEC,
     HEALPIX,
@@ -16,19 +19,64 @@ from galspec_batch.columns import (
     OBJECT_ID,
     QUALITY_FLAGS,
     RA,
+    Z_PHOT,
     QualityFlag,
-    latent_column,
-    latent_std_column,
+    aleatoric_column,
+    epistemic_column,
+    latent_names,
     std_column,
 )
 from galspec_batch.errors import InputError, did_you_mean
 from galspec_batch.sky import healpix_29, pixel_at_order
 
+MAX_LATENTS = 256
 
-def catalog_schema(n_latents: int = 6, extra: list[pa.Field] | tuple[pa.Field, ...] = ()) -> pa.Schema:
-    """The Arrow schema of a catalog with ``n_latents`` latents; ``extra`` fields come last."""
-    if n_latents < 1:
-        raise InputError(f"n_latents must be >= 1, got {n_latents}")
+
+@dataclass(frozen=True)
+class Outputs:
+    """The predicted columns of a catalog: ``latent_1..latent_N``, then ``z_phot`` where the model
+    predicts the redshift; each with its calibrated 1-sigma ``_std`` and, for a model that predicts
+    its own variance (``parts``), the two parts of that std, ``_std_aleatoric`` and
+    ``_std_epistemic`` (``std^2 = aleatoric^2 + epistemic^2``)."""
+
+    n_latents: int = D.N_LATENTS
+    redshift: bool = False
+    parts: bool = False
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.n_latents, int) and 1 <= self.n_latents <= MAX_LATENTS):
+            raise InputError(f"n_latents must be an integer in [1, {MAX_LATENTS}], got {self.n_latents!r}")
+
+    @property
+    def values(self) -> list[str]:
+        """The predicted quantities' columns, in the checkpoint's target order."""
+        return latent_names(self.n_latents) + ([Z_PHOT] if self.redshift else [])
+
+    @property
+    def spreads(self) -> list[str]:
+        """Their spread columns: every ``_std``, then the aleatoric and epistemic parts."""
+        return [c for key, cols in self.by_part().items() if key != "mean" for c in cols]
+
+    def by_part(self) -> dict[str, list[str]]:
+        """The columns of each part of a prediction, keyed as :func:`galspec_batch.mc.mc_predict`
+        names them: ``mean``, ``std`` and, with ``parts``, ``std_aleatoric`` and ``std_epistemic``."""
+        v = self.values
+        out = {"mean": v, "std": [std_column(c) for c in v]}
+        if self.parts:
+            out["std_aleatoric"] = [aleatoric_column(c) for c in v]
+            out["std_epistemic"] = [epistemic_column(c) for c in v]
+        return out
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+DEFAULT_OUTPUTS = Outputs()
+
+
+def catalog_schema(outputs: Outputs = DEFAULT_OUTPUTS, extra: list[pa.Field] | tuple[pa.Field, ...] = ()
+                   ) -> pa.Schema:
+    """The Arrow schema of a catalog with ``outputs``; ``extra`` fields come last."""
     fields = [
         pa.field(OBJECT_ID, pa.int64(), nullable=False),
         pa.field(RA, pa.float64(), nullable=False),
@@ -36,8 +84,7 @@ def catalog_schema(n_latents: int = 6, extra: list[pa.Field] | tuple[pa.Field, .
         pa.field(HEALPIX, pa.int64(), nullable=False),
     ]
     # null exactly where QualityFlag.BAD_PREDICTION is set: a non-finite prediction is never a number
-    fields += [pa.field(latent_column(i), pa.float32(), nullable=True) for i in range(1, n_latents + 1)]
-    fields += [pa.field(latent_std_column(i), pa.float32(), nullable=True) for i in range(1, n_latents + 1)]
+    fields += [pa.field(c, pa.float32(), nullable=True) for c in outputs.values + outputs.spreads]
     fields += [
         pa.field(MC_SAMPLES, pa.int16(), nullable=False),
         pa.field(QUALITY_FLAGS, pa.uint16(), nullable=False),
@@ -49,6 +96,13 @@ def catalog_schema(n_latents: int = 6, extra: list[pa.Field] | tuple[pa.Field, .
             raise InputError(f"extra column {f.name!r} repeats a catalog column or another extra column")
         names.add(f.name)
     return pa.schema(fields + list(extra))
+
+
+def predicted_columns(names: list[str]) -> list[str]:
+    """The columns of ``names`` that hold predictions or their spreads."""
+    values = [c for c in names if LATENT_RE.match(c) or c == Z_PHOT]
+    spreads = [f(c) for c in values for f in (std_column, aleatoric_column, epistemic_column)]
+    return values + [c for c in spreads if c in names]
 
 
 def conform_table(
@@ -99,10 +153,9 @@ def conform_table(
 
 
 def _check_latents(table: pa.Table, ids: np.ndarray, where: str) -> None:
-    """Latents and spreads finite, and null exactly in the rows flagged BAD_PREDICTION."""
+    """Predictions and spreads finite, and null exactly in the rows flagged BAD_PREDICTION."""
     bad_rows = (table[QUALITY_FLAGS].to_numpy() & int(QualityFlag.BAD_PREDICTION)) != 0
-    latents = [m.group(0) for c in table.column_names if (m := LATENT_RE.match(c))]
-    for name in latents + [std_column(c) for c in latents]:
+    for name in predicted_columns(table.column_names):
         col = table[name].combine_chunks()
         values = col.to_numpy(zero_copy_only=False)
         null = col.is_null().to_numpy(zero_copy_only=False)
@@ -110,8 +163,8 @@ def _check_latents(table: pa.Table, ids: np.ndarray, where: str) -> None:
         if wrong.any():
             i = int(np.flatnonzero(wrong)[0])
             raise InputError(
-                f"{where}: object {ids[i]} has {name}={values[i]}; a latent is a finite number, or null "
-                "in a row flagged BAD_PREDICTION"
+                f"{where}: object {ids[i]} has {name}={values[i]}; a prediction is a finite number, or "
+                "null in a row flagged BAD_PREDICTION"
             )
 
 

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from galspec_batch.atomic import atomic_path, file_sha256, read_json, write_json
 from galspec_batch.catalog import paths
+from galspec_batch.catalog.schema import Outputs
 from galspec_batch.errors import FormatError, MissingFileError
 from galspec_batch.formats import VersionedFormat, check_int, check_str, require
 
@@ -33,7 +34,7 @@ class RunState(VersionedFormat):
 
     store_fingerprint: str
     partition_order: int
-    n_latents: int
+    outputs: Outputs
     created: str
     provenance: dict[str, Any]
     settings: dict[str, Any] = field(default_factory=dict)
@@ -44,13 +45,20 @@ class RunState(VersionedFormat):
     def validate(self) -> None:
         check_str("store_fingerprint", self.store_fingerprint, 64)
         check_int("partition_order", self.partition_order, 0, 29)
-        check_int("n_latents", self.n_latents, 1, 256)
+        require(isinstance(self.outputs, Outputs), "outputs must be an object")
         require(isinstance(self.provenance, dict) and isinstance(self.settings, dict),
                 "provenance and settings must be objects")
         if self.plan is not None:
             object.__setattr__(self, "plan", tuple(tuple(int(v) for v in row) for row in self.plan))
             require(all(len(row) == 3 for row in self.plan), "plan rows must be [order, pixel, rows]")
         object.__setattr__(self, "resumes", tuple(self.resumes))
+
+    @classmethod
+    def _decode(cls, body: dict[str, Any]) -> dict[str, Any]:
+        body = dict(body)
+        require(isinstance(body["outputs"], dict), "outputs must be an object")
+        body["outputs"] = Outputs(**body["outputs"])
+        return body
 
     def planned(self) -> list[Pixel] | None:
         return None if self.plan is None else [(o, p) for o, p, _ in self.plan]

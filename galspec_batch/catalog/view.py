@@ -16,12 +16,13 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from scipy import stats
 from scipy.special import ndtr
 
 from galspec_batch.catalog import paths
-from galspec_batch.catalog.reader import require_whole
+from galspec_batch.catalog.reader import read_provenance, require_whole
 from galspec_batch.catalog.state import check_derived, list_markers, read_run_state
-from galspec_batch.columns import DEC, LATENT_RE, OBJECT_ID, RA, std_column
+from galspec_batch.columns import DEC, LATENT_RE, OBJECT_ID, RA, catalog_column, std_column
 from galspec_batch.errors import (
     IncompleteOutputError,
     InputError,
@@ -37,6 +38,13 @@ VIEW = "catalog"
 def normal_cdf_arrow(x: pa.Array) -> pa.Array:
     """Phi(x) for DuckDB (a vectorised Arrow UDF); NULL and NaN give NULL."""
     v = ndtr(x.to_numpy(zero_copy_only=False).astype(np.float64))
+    return pa.array(v, mask=np.isnan(v))
+
+
+def t_cdf_arrow(x: pa.Array, nu: pa.Array) -> pa.Array:
+    """The Student-t CDF with ``nu`` dof for DuckDB (a vectorised Arrow UDF); NULL gives NULL."""
+    v = stats.t.cdf(x.to_numpy(zero_copy_only=False).astype(np.float64),
+                    nu.to_numpy(zero_copy_only=False).astype(np.float64))
     return pa.array(v, mask=np.isnan(v))
 
 
@@ -93,14 +101,20 @@ class CatalogView:
         for cond in keep:
             base = base.filter(cond)
         base.create_view(VIEW)
-        con.create_function("normal_cdf", normal_cdf_arrow, [duckdb.sqltypes.DOUBLE], duckdb.sqltypes.DOUBLE,
-                            type="arrow")
+        double = duckdb.sqltypes.DOUBLE
+        con.create_function("normal_cdf", normal_cdf_arrow, [double], double, type="arrow")
+        con.create_function("t_cdf", t_cdf_arrow, [double, double], double, type="arrow")
         con.execute("SET allowed_directories = $1", [dirs])
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
         self.columns: list[str] = list(con.table(VIEW).columns)
         self.n_latents = sum(1 for c in self.columns
                              if LATENT_RE.match(c) and std_column(c) in self.columns)
+        cal = read_provenance(self.catalog).get("provenance", {}).get("calibration")
+        self.calibrated = bool(cal)
+        # the Student-t shape of each predicted column's calibrated distribution
+        self.shapes: dict[str, float] = {} if not cal else {
+            catalog_column(t): float(nu) for t, nu in zip(cal["targets"], cal["nu"], strict=True)}
 
     def _region_ids(self, files: list[Path]) -> pa.Array:
         t = pa.concat_tables([pq.read_table(f, columns=[OBJECT_ID, RA, DEC]) for f in files])

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from galspec_batch import code_version
 from galspec_batch.atomic import TMP_MARK, atomic_path, file_sha256, write_json
 from galspec_batch.catalog import hats_files, paths, state
-from galspec_batch.catalog.schema import catalog_schema, conform_table
+from galspec_batch.catalog.schema import DEFAULT_OUTPUTS, Outputs, catalog_schema, conform_table
 from galspec_batch.columns import HEALPIX, OBJECT_ID, QualityFlag
 from galspec_batch.errors import FormatError, IncompleteOutputError, InputError, MissingFileError, first_line
 
@@ -71,7 +71,7 @@ class CatalogWriter:
         cls,
         path: str | Path,
         *,
-        n_latents: int = 6,
+        outputs: Outputs = DEFAULT_OUTPUTS,
         store_fingerprint: str,
         provenance: dict,
         partition_order: int,
@@ -98,7 +98,7 @@ class CatalogWriter:
             json.dumps([provenance, settings])
         except TypeError as exc:
             raise InputError(f"provenance for {path} must be JSON-serialisable: {exc}") from None
-        schema = catalog_schema(n_latents, tuple(extra_columns))
+        schema = catalog_schema(outputs, tuple(extra_columns))
         plan_rows = _plan_rows(plan, partition_order)
         settings = dict(settings or {})
         if paths.run_state_file(path).exists():
@@ -118,7 +118,7 @@ class CatalogWriter:
         run = state.RunState(
             store_fingerprint=store_fingerprint,
             partition_order=int(partition_order),
-            n_latents=int(n_latents),
+            outputs=outputs,
             provenance=provenance,
             settings=settings,
             created=_now(),
@@ -146,7 +146,7 @@ class CatalogWriter:
             state.write_schema(self.path, schema.with_metadata({paths.SCHEMA_METADATA_KEY: _header(run)}))
             existing = schema
         if not existing.remove_metadata().equals(schema):
-            raise InputError(f"{began} with other columns; n_latents and extra columns must not change")
+            raise InputError(f"{began} with other columns; the predicted and extra columns must not change")
         if run.model_id != model_id:
             raise InputError(f"{began} with model {run.model_id!r}, not {model_id!r}")
         if plan_rows is not None and run.plan is not None and tuple(map(tuple, plan_rows)) != run.plan:
@@ -323,7 +323,7 @@ def _provenance_doc(path: Path, run: state.RunState, markers: list[state.DoneMar
         "finalized": _now(),
         "resumes": list(run.resumes),
         "partition_order": run.partition_order,
-        "n_latents": run.n_latents,
+        "outputs": run.outputs.to_dict(),
         "n_partitions": len(markers),
         "n_objects": sum(m.n_rows for m in markers),
         "quality_flags": {f.name: int(f) for f in QualityFlag},

@@ -5,6 +5,7 @@ from galspec_batch.checkpoint.config import ArchConfig, CheckpointConfig, Prepro
 from galspec_batch.checkpoint.files import (
     CALIBRATION_FILE,
     CONFIG_FILE,
+    SPLIT_FILE,
     WEIGHTS_FILE,
     Checkpoint,
     build_net,
@@ -13,13 +14,16 @@ from galspec_batch.checkpoint.files import (
     load_checkpoint,
     model_id,
     read_config,
+    read_split,
     save_checkpoint,
     write_checkpoint_files,
+    write_split,
 )
 
 __all__ = [
     "CALIBRATION_FILE",
     "CONFIG_FILE",
+    "SPLIT_FILE",
     "WEIGHTS_FILE",
     "ArchConfig",
     "Calibration",
@@ -33,7 +37,9 @@ __all__ = [
     "load_checkpoint",
     "model_id",
     "read_config",
+    "read_split",
     "save_calibration",
     "save_checkpoint",
     "write_checkpoint_files",
+    "write_split",
 ]

@@ -1,5 +1,7 @@
-"""The checkpoint's ``calibration.json``: per-latent factors on the predictive spread, fitted by
-``galspec calibrate`` for one set of weights (its ``model_hash``) and applied by ``predict``."""
+"""The checkpoint's ``calibration.json``: the calibrated predictive distribution of each target
+and the anomaly score's null model, fitted for one set of weights (its ``model_hash``) by
+``galspec train`` on its validation split or by ``galspec calibrate`` on new labelled data, and
+applied by ``predict``."""
 
 from __future__ import annotations
 
@@ -11,40 +13,62 @@ from typing import Any, ClassVar
 from galspec_batch.atomic import file_sha256
 from galspec_batch.checkpoint.files import CALIBRATION_FILE, WEIGHTS_FILE
 from galspec_batch.errors import FormatError, MissingFileError
-from galspec_batch.formats import VersionedFormat, check_floats, check_str, require
+from galspec_batch.formats import VersionedFormat, check_floats, check_int, check_str, require
+from galspec_batch.options import MAX_MC_SAMPLES
+from galspec_batch.uncertainty import NU_MAX, SIGMAS, interval_factor
 
 
 @dataclass(frozen=True)
 class Calibration(VersionedFormat):
-    """Scales for ``latent_i_std`` and the record of how they were fitted."""
+    """The calibrated predictive distribution of each target (see :mod:`galspec_batch.uncertainty`)
+    and the null distribution of the anomaly score, fitted for one set of weights.
+
+    ``scale[i]`` multiplies target i's predicted std (both its parts) into the calibrated 1-sigma,
+    ``nu[i]`` is its Student-t shape; ``anomaly`` is the anomaly score's null model
+    (:class:`galspec_batch.anomalies.NullModel` as a dict), None where too few objects were given;
+    ``mc_samples`` and ``seed`` are those of the MC-dropout predictions it was fitted to;
+    ``fitted_on`` says which objects; ``assessment`` holds the held-out numbers before and after.
+    """
 
     FORMAT: ClassVar[str] = "galspec-calibration"
-    VERSION: ClassVar[int] = 1
+    VERSION: ClassVar[int] = 2
 
     model_hash: str
-    latent_names: tuple[str, ...]
+    targets: tuple[str, ...]
     scale: tuple[float, ...]
-    method: str
+    nu: tuple[float, ...]
+    mc_samples: int
+    seed: int
+    fitted_on: dict[str, Any]
+    method: str = "student-t, 68.27% and 95.45% quantiles"
     created: str = field(
         default_factory=lambda: datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"))
-    coverage_1sigma_before: tuple[float, ...] = ()
-    coverage_1sigma_after: tuple[float, ...] = ()
-    data: dict[str, Any] = field(default_factory=dict)
+    assessment: dict[str, Any] = field(default_factory=dict)
+    anomaly: dict[str, Any] | None = None
 
     def validate(self) -> None:
         check_str("model_hash", self.model_hash, 64)
-        object.__setattr__(self, "latent_names", tuple(self.latent_names))
-        object.__setattr__(self, "scale", check_floats("scale", self.scale, len(self.latent_names),
-                                                       positive=True, limit=1e6))
-        check_str("method", self.method, 64)
-        for name in ("coverage_1sigma_before", "coverage_1sigma_after"):
-            object.__setattr__(self, name, check_floats(name, getattr(self, name)))
-        require(isinstance(self.data, dict), "data must be an object")
+        object.__setattr__(self, "targets", tuple(check_str("targets", t, 64) for t in self.targets))
+        n = len(self.targets)
+        object.__setattr__(self, "scale", check_floats("scale", self.scale, n, positive=True, limit=1e6))
+        object.__setattr__(self, "nu", check_floats("nu", self.nu, n, positive=True, limit=NU_MAX))
+        check_int("mc_samples", self.mc_samples, 2, MAX_MC_SAMPLES)
+        check_int("seed", self.seed, 0, 2**63 - 1)
+        check_str("method", self.method, 128)
+        for name in ("fitted_on", "assessment"):
+            require(isinstance(getattr(self, name), dict), f"{name} must be an object")
+        require(self.anomaly is None or isinstance(self.anomaly, dict), "anomaly must be an object or null")
+
+    def interval_factors(self) -> dict[str, list[float]]:
+        """k -> per-target half-width of the k-sigma interval in units of the 1-sigma."""
+        return {str(k): [float(interval_factor(nu, k)) for nu in self.nu] for k in SIGMAS}
 
     def record(self) -> dict[str, Any]:
-        """What a catalog's provenance keeps of it."""
-        return {"scale": list(self.scale), "method": self.method, "created": self.created,
-                "model_hash": self.model_hash}
+        """What a catalog's provenance keeps of it: everything a reader of the catalog needs."""
+        return {"targets": list(self.targets), "scale": list(self.scale), "nu": list(self.nu),
+                "interval_factors": self.interval_factors(), "method": self.method,
+                "created": self.created, "model_hash": self.model_hash, "fitted_on": self.fitted_on,
+                "mc_samples": self.mc_samples, "anomaly": self.anomaly}
 
 
 def save_calibration(checkpoint: str | Path, calibration: Calibration) -> Path:

@@ -8,6 +8,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from galspec_batch.columns import REDSHIFT, latent_names
 from galspec_batch.formats import (
     VersionedFormat,
     check_float,
@@ -16,6 +17,7 @@ from galspec_batch.formats import (
     check_str,
     require,
 )
+from galspec_batch.models.heads import HEADS
 
 MAX_BANDS = 64
 MAX_OUTPUTS = 256
@@ -28,14 +30,16 @@ class ArchConfig:
 
     name: str
     in_bands: int
-    n_out: int
+    n_out: int  # targets (a gaussian head has two outputs per target)
     dropout: float
+    head: str
 
     def __post_init__(self) -> None:
         check_str("model.name", self.name, 128)
         check_int("model.in_bands", self.in_bands, 1, MAX_BANDS)
         check_int("model.n_out", self.n_out, 1, MAX_OUTPUTS)
         check_float("model.dropout", self.dropout, 0.0, 0.999)
+        require(self.head in HEADS, f"model.head must be one of {list(HEADS)}, got {self.head!r}")
 
 
 @dataclass(frozen=True)
@@ -56,19 +60,21 @@ class Preprocess:
 
 @dataclass(frozen=True)
 class CheckpointConfig(VersionedFormat):
-    """A checkpoint's config (``config.json``). ``training``, ``data`` and ``init`` are free-form
-    records of how it was made; the rest is checked."""
+    """A checkpoint's config (``config.json``). ``targets`` are what the network predicts: the VAE
+    latents ``latent_1..latent_L``, then ``z`` where it predicts the redshift; ``target_mean`` and
+    ``target_std`` z-score them. ``training``, ``data`` and ``init`` are free-form records of how
+    it was made; the rest is checked."""
 
     FORMAT: ClassVar[str] = "galspec-checkpoint"
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
     MAX_BYTES: ClassVar[int] = 1 << 20
 
     model: ArchConfig
     bands: tuple[str, ...]
     image_size: tuple[int, int]
-    latent_names: tuple[str, ...]
-    latent_mean: tuple[float, ...]
-    latent_std: tuple[float, ...]
+    targets: tuple[str, ...]
+    target_mean: tuple[float, ...]
+    target_std: tuple[float, ...]
     preprocess: Preprocess
     code_version: str
     pixel_scale: float | None = None
@@ -88,13 +94,15 @@ class CheckpointConfig(VersionedFormat):
         require(len(self.image_size) == 2, f"image_size must be [H, W], got {list(self.image_size)}")
         object.__setattr__(self, "image_size", tuple(check_int("image_size", v, 1, MAX_IMAGE_SIZE)
                                                      for v in self.image_size))
-        object.__setattr__(self, "latent_names", tuple(check_str("latent_names", v, 64)
-                                                       for v in self.latent_names))
-        require(len(self.latent_names) == m.n_out,
-                f"latent_names has {len(self.latent_names)} names; the model predicts {m.n_out}")
-        object.__setattr__(self, "latent_mean", check_floats("latent_mean", self.latent_mean, m.n_out,
+        object.__setattr__(self, "targets", tuple(check_str("targets", v, 64) for v in self.targets))
+        require(len(self.targets) == m.n_out,
+                f"targets has {len(self.targets)} names; the model predicts {m.n_out}")
+        n_latents = m.n_out - (self.targets[-1] == REDSHIFT)
+        require(n_latents >= 1 and list(self.targets[:n_latents]) == latent_names(n_latents),
+                f"targets must be latent_1..latent_L, then optionally {REDSHIFT!r}; got {list(self.targets)}")
+        object.__setattr__(self, "target_mean", check_floats("target_mean", self.target_mean, m.n_out,
                                                              limit=1e6))
-        object.__setattr__(self, "latent_std", check_floats("latent_std", self.latent_std, m.n_out,
+        object.__setattr__(self, "target_std", check_floats("target_std", self.target_std, m.n_out,
                                                             positive=True, limit=1e6))
         require(isinstance(self.preprocess, Preprocess) and len(self.preprocess.softening) == m.in_bands,
                 f"preprocess must give {m.in_bands} values per list (one per band)")
@@ -107,6 +115,16 @@ class CheckpointConfig(VersionedFormat):
         if self.zero_points is not None:
             object.__setattr__(self, "zero_points", check_floats("zero_points", self.zero_points,
                                                                  m.in_bands, limit=100.0))
+
+    @property
+    def latent_names(self) -> tuple[str, ...]:
+        """The targets that are VAE latents."""
+        return self.targets[: len(self.targets) - self.redshift]
+
+    @property
+    def redshift(self) -> bool:
+        """Whether the network predicts the redshift (its last target)."""
+        return self.targets[-1] == REDSHIFT
 
     def value_hash(self) -> str:
         """A hash of everything here that changes predictions (not the free-form records)."""
@@ -121,7 +139,7 @@ class CheckpointConfig(VersionedFormat):
         body["model"] = ArchConfig(**body["model"])
         require(isinstance(body["preprocess"], dict), "preprocess must be an object")
         body["preprocess"] = Preprocess(**body["preprocess"])
-        for key in ("bands", "image_size", "latent_names"):
+        for key in ("bands", "image_size", "targets"):
             require(isinstance(body[key], list), f"{key} must be a list")
             body[key] = tuple(body[key])
         for key in ("training", "data"):

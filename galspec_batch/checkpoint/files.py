@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -20,6 +23,8 @@ from galspec_batch.models import GalspecNet, create_model
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CALIBRATION_FILE = "calibration.json"
+SPLIT_FILE = "training-split.parquet"  # the object ids the network trained and validated on
+_SPLITS = ("train", "validation")
 
 
 @dataclass
@@ -35,6 +40,10 @@ class Checkpoint:
     @property
     def latent_names(self) -> list[str]:
         return list(self.config.latent_names)
+
+    @property
+    def targets(self) -> list[str]:
+        return list(self.config.targets)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -53,8 +62,8 @@ def model_id(config: CheckpointConfig, model_hash: str) -> str:
 def build_net(config: CheckpointConfig) -> GalspecNet:
     """A freshly initialised GalspecNet with the architecture and buffers named by ``config``."""
     m, pp = config.model, config.preprocess
-    cnn = create_model(m.name, in_bands=m.in_bands, n_out=m.n_out, dropout=m.dropout)
-    return GalspecNet(cnn, pp.softening, pp.mean, pp.std, config.latent_mean, config.latent_std)
+    cnn = create_model(m.name, in_bands=m.in_bands, n_out=m.n_out, dropout=m.dropout, head=m.head)
+    return GalspecNet(cnn, pp.softening, pp.mean, pp.std, config.target_mean, config.target_std)
 
 
 def _floats(t: torch.Tensor) -> tuple[float, ...]:
@@ -63,24 +72,25 @@ def _floats(t: torch.Tensor) -> tuple[float, ...]:
 
 def config_for(net: GalspecNet, record: dict[str, Any]) -> CheckpointConfig:
     """The config of ``net``: what the network knows (architecture, statistics) plus ``record``,
-    which gives bands, image_size and latent_names and may give pixel_scale, survey, flux_unit,
+    which gives bands, image_size and targets and may give pixel_scale, survey, flux_unit,
     zero_points, training, data and init."""
-    missing = [k for k in ("bands", "image_size", "latent_names") if k not in record]
+    missing = [k for k in ("bands", "image_size", "targets") if k not in record]
     if missing:
-        raise InputError(f"checkpoint config lacks {missing}; expected bands, image_size, latent_names")
-    unknown = set(record) - {"bands", "image_size", "latent_names", "pixel_scale", "survey", "flux_unit",
+        raise InputError(f"checkpoint config lacks {missing}; expected bands, image_size, targets")
+    unknown = set(record) - {"bands", "image_size", "targets", "pixel_scale", "survey", "flux_unit",
                              "zero_points", "training", "data", "init", "code_version"}
     if unknown:
         raise InputError(f"checkpoint config: unknown keys {sorted(unknown)}")
     cnn = net.cnn
     try:
         return CheckpointConfig(
-            model=ArchConfig(cnn.model_name, int(cnn.in_bands), int(cnn.n_out), float(cnn.dropout)),
+            model=ArchConfig(cnn.model_name, int(cnn.in_bands), int(cnn.n_out), float(cnn.dropout),
+                             cnn.head_kind),
             bands=tuple(record["bands"]),
             image_size=tuple(int(v) for v in record["image_size"]),
-            latent_names=tuple(record["latent_names"]),
-            latent_mean=_floats(net.latent_mean),
-            latent_std=_floats(net.latent_std),
+            targets=tuple(record["targets"]),
+            target_mean=_floats(net.target_mean),
+            target_std=_floats(net.target_std),
             preprocess=Preprocess(_floats(net.softening), _floats(net.pp_mean), _floats(net.pp_std)),
             code_version=record.get("code_version") or code_version(),
             pixel_scale=record.get("pixel_scale"),
@@ -103,12 +113,15 @@ def check_finite(net: torch.nn.Module, where: str) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, net: GalspecNet, record: dict[str, Any], *,
-                    overwrite: bool = True) -> Path:
-    """Write ``net`` and its config (see ``config_for``) as a checkpoint directory, atomically."""
+                    overwrite: bool = True, split: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
+    """Write ``net`` and its config (see ``config_for``), and the (train, validation) ids of
+    ``split``, as a checkpoint directory, atomically."""
     path = Path(path)
     with atomic_path(path, overwrite=overwrite) as tmp:
         tmp.mkdir()
         write_checkpoint_files(tmp, net, record)
+        if split is not None:
+            write_split(tmp, *split)
     return path
 
 
@@ -123,6 +136,28 @@ def write_checkpoint_files(directory: Path, net: GalspecNet, record: dict[str, A
     save_file(tensors, Path(directory) / WEIGHTS_FILE, metadata={"format": CheckpointConfig.FORMAT})
     config.write(Path(directory) / CONFIG_FILE)
     return config
+
+
+def write_split(directory: str | os.PathLike, train_ids: np.ndarray, val_ids: np.ndarray) -> None:
+    """Record which objects the network trained and validated on (``SPLIT_FILE``)."""
+    ids = np.concatenate([train_ids, val_ids]).astype(np.int64)
+    split = np.repeat(np.array(_SPLITS), [len(train_ids), len(val_ids)])
+    pq.write_table(pa.table({"object_id": ids, "split": pa.array(split).dictionary_encode()}),
+                   Path(directory) / SPLIT_FILE)
+
+
+def read_split(checkpoint: str | os.PathLike) -> tuple[np.ndarray, np.ndarray] | None:
+    """(train ids, validation ids) of a checkpoint, or None where it records none."""
+    path = Path(checkpoint) / SPLIT_FILE
+    if not path.is_file():
+        return None
+    try:
+        table = pq.read_table(path)
+        ids = table["object_id"].to_numpy().astype(np.int64)
+        split = table["split"].combine_chunks().dictionary_decode().to_numpy(zero_copy_only=False)
+    except Exception as exc:  # pyarrow's own errors for a damaged file
+        raise FormatError(f"{path} is not a readable training split ({exc})") from None
+    return ids[split == _SPLITS[0]], ids[split == _SPLITS[1]]
 
 
 def read_config(path: str | os.PathLike) -> CheckpointConfig:

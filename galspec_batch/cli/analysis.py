@@ -5,7 +5,13 @@ from __future__ import annotations
 import click
 
 from galspec_batch import defaults as D
-from galspec_batch.cli.common import out_option, overwrite_option, quiet_option, region_option
+from galspec_batch.cli.common import (
+    UNCALIBRATED_NOTE,
+    out_option,
+    overwrite_option,
+    quiet_option,
+    region_option,
+)
 
 CATALOG = click.argument("catalog", type=click.Path())
 
@@ -19,24 +25,26 @@ CATALOG = click.argument("catalog", type=click.Path())
 @click.option("--fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=D.CALIBRATION_FRACTION, show_default=True,
               help="Share of objects to fit on, without --split-file.")
-@click.option("--method", type=click.Choice(D.CALIBRATION_METHODS), default=D.CALIBRATION_METHOD,
-              show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=D.SEED, show_default=True)
+@click.option("--exclude-trained", is_flag=True,
+              help="Leave out labelled objects the network trained on (else they are refused).")
 @click.option("--plot", type=click.Path(), default=None, help="Calibration plot (PNG) to write.")
 @click.option("--dry-run", is_flag=True, help="Measure and print, but write no calibration.json.")
-def calibrate_cmd(catalog, labels, checkpoint, split_file, fraction, method, seed, plot, dry_run) -> None:
-    """Fit per-latent scales of CATALOG's uncertainties and save them with the checkpoint."""
+def calibrate_cmd(catalog, labels, checkpoint, split_file, fraction, seed, exclude_trained, plot,
+                  dry_run) -> None:
+    """Recalibrate the uncertainties of CATALOG's checkpoint on new labelled objects (fit on one
+    part, assessed on the rest) and save the calibration with the checkpoint."""
     from galspec_batch.calibrate import calibrate_catalog
 
     r = calibrate_catalog(catalog, labels, checkpoint, fraction=fraction, split_file=split_file, seed=seed,
-                          method=method, write=not dry_run)
+                          exclude_trained=exclude_trained, write=not dry_run)
     click.echo(r.table())
     if r.path is not None:
         click.echo(f"wrote {r.path}")
     if plot:
         from galspec_batch.plots import plot_calibration
 
-        plot_calibration(*r.held_out, scale=r.scale, path=plot)
+        plot_calibration(*r.held_out, scale=r.fit.scale, nu=r.fit.nu, names=r.fit.targets, path=plot)
         click.echo(f"plot: {plot}")
 
 
@@ -52,20 +60,27 @@ def calibrate_cmd(catalog, labels, checkpoint, split_file, fraction, method, see
 @click.option("--order-by", default=None, help="COLUMN [ASC|DESC], comma-separated.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Keep the first K rows.")
 @click.option("--columns", default=None, help="Extra catalog columns to write, comma-separated.")
+@click.option("--allow-missing", is_flag=True,
+              help="Select among the rows that have a value where a --where/--prob column is NULL for some.")
 @out_option("targets.parquet | .csv | .fits")
 @overwrite_option()
-def select_cmd(catalog, where, region, prob, min_prob, rank, order_by, limit, columns, out,
+def select_cmd(catalog, where, region, prob, min_prob, rank, order_by, limit, columns, allow_missing, out,
                overwrite) -> None:
     """Select targets from CATALOG: object_id, ra, dec, priority and the selected quantities."""
-    from galspec_batch.select import select_targets, write_targets
+    from galspec_batch.select import select_targets, selection_record, write_targets
 
     extra = [c.strip() for c in columns.split(",") if c.strip()] if columns else []
     table = select_targets(catalog, where=where, region=region, prob=prob, min_prob=min_prob, rank=rank,
-                           order_by=order_by, limit=limit, columns=extra)
+                           order_by=order_by, limit=limit, columns=extra, allow_missing=allow_missing)
     meta = {"catalog": str(catalog), "where": where, "region": region, "prob": prob, "min_prob": min_prob,
             "rank": rank, "order_by": order_by, "limit": limit}
     write_targets(table, out, overwrite=overwrite, meta=meta)
-    click.echo(f"wrote {out}: {table.num_rows} targets")
+    rec = selection_record(table)
+    left_out = (f" ({rec['rows_without_value']} of {rec['rows']} rows had no value for "
+                f"{' or '.join(rec['columns'])} and were left out)" if rec.get("rows_without_value") else "")
+    uses_spread = prob is not None or rank is not None
+    note = UNCALIBRATED_NOTE if uses_spread and not rec.get("calibrated", True) else ""
+    click.echo(f"wrote {out}: {table.num_rows} targets{left_out}{note}")
 
 
 def _ids(ctx, param, text: str | None) -> list[int] | None:

@@ -27,6 +27,8 @@ EXIT_RUNTIME = 1  # a runtime or data error: a bad file, a failed partition, a f
 EXIT_USAGE = 2  # a command line that cannot be used
 EXIT_SIGINT = 128 + signal.SIGINT  # 130
 INTERRUPTED = "interrupted; rerun the same command to resume"
+UNCALIBRATED_NOTE = ("; UNCALIBRATED: its spreads are the network's own, not calibrated "
+                     "(see galspec calibrate)")
 
 REGION_HELP = f"Sky region (degrees; RA_MIN > RA_MAX wraps through 0): {FORMS}."
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from galspec_batch import defaults as D
-from galspec_batch.cli.common import out_option, predict_options, quiet_option
+from galspec_batch.cli.common import UNCALIBRATED_NOTE, out_option, predict_options, quiet_option
 from galspec_batch.errors import IncompleteOutputError
 from galspec_batch.options import CLUSTERS, default_device
 
@@ -42,13 +42,15 @@ def predict_cmd(store, checkpoint, out, make_options, cluster, device, n_workers
     options = make_options(device or default_device(cluster))
     s = predict_catalog(store, checkpoint, out, options, only=only, cluster=cluster, n_workers=n_workers,
                         finalize=not no_finalize, overwrite=overwrite, progress=not quiet)
+    uncalibrated = "" if s.calibrated else UNCALIBRATED_NOTE
     if s.partitions_done == 0:
         done = "its metadata written again" if s.finalized else "nothing to do"
-        click.echo(f"{s.catalog}: complete, {s.partitions_skipped} partitions verified; {done}")
+        click.echo(f"{s.catalog}: complete, {s.partitions_skipped} partitions verified; {done}{uncalibrated}")
         return
     repaired = f", {s.repaired} of them repaired" if s.repaired else ""
     click.echo(f"{s.catalog}: {s.objects} galaxies in {s.partitions_done} partitions{repaired} "
-               f"({s.partitions_skipped} already done) in {s.seconds:.1f} s, {s.rate:,.0f} galaxies/s")
+               f"({s.partitions_skipped} already done) in {s.seconds:.1f} s, {s.rate:,.0f} galaxies/s"
+               f"{uncalibrated}")
 
 
 @click.command("finalize")

@@ -11,7 +11,8 @@ from galspec_batch.cli.common import out_option, overwrite_option, quiet_option
 @click.command("train")
 @click.option("--model", default=None, help="Model name, e.g. xresnet18-hybrid; optional with --init.")
 @click.option("--store", required=True, type=click.Path(), help="Cutout store (Zarr).")
-@click.option("--labels", required=True, type=click.Path(), help="Labels table: object_id, latent_1..N.")
+@click.option("--labels", required=True, type=click.Path(),
+              help="Labels table: object_id, latent_1..N and optionally z.")
 @click.option("--epochs", type=click.IntRange(min=1), default=D.TRAIN_EPOCHS, show_default=True)
 @out_option("Run directory (checkpoints, metrics).")
 @click.option("--init", type=click.Path(), help="Fine-tune from this checkpoint.")
@@ -24,20 +25,38 @@ from galspec_batch.cli.common import out_option, overwrite_option, quiet_option
               default=D.VAL_FRACTION, show_default=True)
 @click.option("--seed", type=click.IntRange(min=0), default=D.SEED, show_default=True)
 @click.option("--no-augment", is_flag=True, help="Turn off random D4 flips and rotations.")
+@click.option("--loss", type=click.Choice(D.LOSSES), default=None,
+              help=f"beta-nll: a mean and a variance per target; rmse: means only, the paper's recipe "
+                   f"[{D.LOSS}; the checkpoint's with --init].")
+@click.option("--beta", type=click.FloatRange(0, 1), default=D.BETA_NLL, show_default=True,
+              help="The beta of the beta-NLL (0: the plain Gaussian NLL).")
+@click.option("--no-redshift", is_flag=True,
+              help="Do not predict the redshift, even where the labels have z.")
 @click.option("--threads", type=click.IntRange(min=1), help="Torch CPU threads.")
 @click.option("--overwrite", is_flag=True, help="Start again instead of resuming a run in --out.")
 @quiet_option
 def train_cmd(model, store, labels, epochs, out, init, lr, batch_size, dropout, val_fraction, seed,
-              no_augment, threads, overwrite, quiet) -> None:
-    """Train (or resume, or fine-tune) a CNN that predicts latents from cutouts."""
+              no_augment, loss, beta, no_redshift, threads, overwrite, quiet) -> None:
+    """Train (or resume, or fine-tune) a CNN that predicts latents (and the redshift) from cutouts,
+    and calibrate its uncertainties on the validation split."""
     from galspec_batch.training import TrainSettings, fit
 
     settings = TrainSettings(model=model, epochs=epochs, batch_size=batch_size, max_lr=lr, dropout=dropout,
-                             val_fraction=val_fraction, seed=seed, augment=not no_augment)
+                             val_fraction=val_fraction, seed=seed, augment=not no_augment, loss=loss,
+                             beta=beta, redshift=False if no_redshift else None)
     result = fit(store, labels, out, settings, init=init, overwrite=overwrite, threads=threads,
                  progress=not quiet)
-    click.echo(f"wrote {result.best}: best val_rmse {result.best_val_rmse:.4f} at epoch {result.best_epoch}; "
-               f"last epoch val_rmse {result.metrics[-1]['val_rmse']:.4f}")
+    best = result.metrics[result.best_epoch - 1]
+    z = f", z_phot NMAD {best['val_z_nmad']:.4f}" if "val_z_nmad" in best else ""
+    click.echo(f"wrote {result.best}: best val_rmse {result.best_val_rmse:.4f}{z} at epoch "
+               f"{result.best_epoch}; last epoch val_rmse {result.metrics[-1]['val_rmse']:.4f}")
+    if result.calibration is None:
+        click.echo(f"{result.best}: UNCALIBRATED (too few validation objects); see galspec calibrate")
+    else:
+        cov = result.calibration.after.coverage
+        click.echo(f"calibrated on the validation split: held-out coverage 1-sigma "
+                   f"{min(cov[1]):.2f}-{max(cov[1]):.2f}, 2-sigma {min(cov[2]):.2f}-{max(cov[2]):.2f} "
+                   f"(expected 0.68, 0.95)")
 
 
 @click.command("export")

@@ -40,11 +40,13 @@ def vae_train(spectra, out, latents, epochs, seed, overwrite, quiet) -> None:
 @out_option("Labels table to write.")
 @overwrite_option()
 def vae_encode(vae_dir, spectra, out, overwrite) -> None:
-    """Write the labels table: object_id, latent_1..latent_N (latent means)."""
+    """Write the labels table: object_id, latent_1..latent_N (latent means) and the redshift z."""
+    from galspec_batch.columns import count_latents
     from galspec_batch.spectral_vae import encode_spectra_table
 
     table = encode_spectra_table(vae_dir, spectra, out, overwrite=overwrite)
-    click.echo(f"wrote {out}: {table.num_rows} objects, {table.num_columns - 1} latents")
+    n = count_latents(table.column_names, str(out))
+    click.echo(f"wrote {out}: {table.num_rows} objects, {n} latents and the redshift z")
 
 
 @vae_group.command("decode")

@@ -2,7 +2,8 @@
 
     engine = create_engine("auto", net, device="cuda", precision="fp16")
     feats = engine.features(images)   # float32 [N, F] on engine.device
-    stats = mc_predict(feats, object_ids, *head_parameters(net.head), T=32, seed=run_seed)
+    stats = mc_predict(feats, object_ids, *head_parameters(net.head), T=32, seed=run_seed,
+                       head=net.head_kind)
 
 Engines: eager, compile (torch.compile), onnxruntime (CPU), tensorrt (GPU, cached engines) and
 auto. Every engine folds deconvolution layers into plain convolutions first.

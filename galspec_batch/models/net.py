@@ -1,8 +1,10 @@
-"""The network a checkpoint holds: image preprocessing + a registered CNN + latent scaling.
+"""The network a checkpoint holds: image preprocessing + a registered CNN + target scaling.
 
 :class:`GalspecNet` takes raw flux images [N, B, H, W] (NaN allowed), applies the preprocessing
 (NaN/inf -> 0, per-band asinh stretch, z-score with training-set statistics), runs the CNN from
-the registry and gives z-scored latents; ``to_physical`` turns those back into the VAE's units.
+the registry and gives its raw head outputs for z-scored targets (the VAE latents, and the
+redshift where the checkpoint predicts it); ``predict`` splits them into means and variances and
+``to_physical`` turns z-scored values back into the targets' units.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import torch
 from torch import nn
 
 from galspec_batch.errors import InputError
+from galspec_batch.models.heads import split_head
 
 
 def normalize_images(
@@ -39,7 +42,8 @@ def _asinh(x: torch.Tensor) -> torch.Tensor:
 
 
 class GalspecNet(nn.Module):
-    """Preprocessing + CNN: raw flux images [N, B, H, W] (NaN allowed) -> z-scored latents."""
+    """Preprocessing + CNN: raw flux images [N, B, H, W] (NaN allowed) -> raw head outputs for
+    z-scored targets."""
 
     def __init__(
         self,
@@ -47,8 +51,8 @@ class GalspecNet(nn.Module):
         softening: torch.Tensor,
         mean: torch.Tensor,
         std: torch.Tensor,
-        latent_mean: torch.Tensor,
-        latent_std: torch.Tensor,
+        target_mean: torch.Tensor,
+        target_std: torch.Tensor,
     ) -> None:
         super().__init__()
         self.cnn = cnn
@@ -56,8 +60,8 @@ class GalspecNet(nn.Module):
         self.register_buffer("softening", as_buf(softening))
         self.register_buffer("pp_mean", as_buf(mean))
         self.register_buffer("pp_std", as_buf(std))
-        self.register_buffer("latent_mean", as_buf(latent_mean))
-        self.register_buffer("latent_std", as_buf(latent_std))
+        self.register_buffer("target_mean", as_buf(target_mean))
+        self.register_buffer("target_std", as_buf(target_std))
 
     @property
     def head(self) -> nn.Module:
@@ -77,7 +81,12 @@ class GalspecNet(nn.Module):
 
     @property
     def n_out(self) -> int:
+        """The number of targets (a gaussian head has two outputs per target)."""
         return self.cnn.n_out
+
+    @property
+    def head_kind(self) -> str:
+        return self.cnn.head_kind
 
     def preprocess(self, raw: torch.Tensor) -> torch.Tensor:
         return normalize_images(raw, self.softening, self.pp_mean, self.pp_std)
@@ -91,6 +100,10 @@ class GalspecNet(nn.Module):
     def forward(self, raw: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(raw))
 
+    def predict(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mean, aleatoric variance or None) of each z-scored target, one pass, dropout off."""
+        return split_head(self(raw), self.head_kind, self.n_out)
+
     def to_physical(self, z: torch.Tensor) -> torch.Tensor:
-        """z-scored latents -> latents in the VAE's units."""
-        return z * self.latent_std + self.latent_mean
+        """z-scored targets -> targets in their own units."""
+        return z * self.target_std + self.target_mean

@@ -31,19 +31,21 @@ def simple_body(in_bands: int, *, deconv: bool) -> nn.Sequential:
     return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
 
 
-def _create_simple(name: str, in_bands: int, n_out: int, dropout: float, *, deconv: bool) -> SpectrumNet:
-    model = SpectrumNet(name, simple_body(in_bands, deconv=deconv), WIDTHS[-1], in_bands, n_out, dropout)
+def _create_simple(name: str, in_bands: int, n_out: int, dropout: float, head: str, *, deconv: bool
+                   ) -> SpectrumNet:
+    body = simple_body(in_bands, deconv=deconv)
+    model = SpectrumNet(name, body, WIDTHS[-1], in_bands, n_out, dropout, head)
     init_cnn(model)
     return model
 
 
 @register_model("simple-cnn")
 def simple_cnn(in_bands: int = D.N_BANDS, n_out: int = D.N_LATENTS,
-               dropout: float = D.HEAD_DROPOUT) -> SpectrumNet:
-    return _create_simple("simple-cnn", in_bands, n_out, dropout, deconv=False)
+               dropout: float = D.HEAD_DROPOUT, head: str = D.HEAD) -> SpectrumNet:
+    return _create_simple("simple-cnn", in_bands, n_out, dropout, head, deconv=False)
 
 
 @register_model("simple-deconv")
 def simple_deconv(in_bands: int = D.N_BANDS, n_out: int = D.N_LATENTS,
-                  dropout: float = D.HEAD_DROPOUT) -> SpectrumNet:
-    return _create_simple("simple-deconv", in_bands, n_out, dropout, deconv=True)
+                  dropout: float = D.HEAD_DROPOUT, head: str = D.HEAD) -> SpectrumNet:
+    return _create_simple("simple-deconv", in_bands, n_out, dropout, head, deconv=True)

@@ -123,27 +123,29 @@ def init_cnn(model: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
-def _create_xresnet(name: str, in_bands: int, n_out: int, dropout: float, *, stem_deconv: bool,
-                    body_deconv: bool) -> SpectrumNet:
+def _create_xresnet(name: str, in_bands: int, n_out: int, dropout: float, head: str, *,
+                    stem_deconv: bool, body_deconv: bool) -> SpectrumNet:
     body = xresnet_body(in_bands, stem_deconv=stem_deconv, body_deconv=body_deconv)
-    model = SpectrumNet(name, body, STAGE_WIDTHS[-1], in_bands, n_out, dropout)
+    model = SpectrumNet(name, body, STAGE_WIDTHS[-1], in_bands, n_out, dropout, head)
     init_cnn(model)
     return model
 
 
 @register_model("xresnet18", fp32_layers=FP32_LAYERS)
 def xresnet18(in_bands: int = D.N_BANDS, n_out: int = D.N_LATENTS,
-              dropout: float = D.HEAD_DROPOUT) -> SpectrumNet:
-    return _create_xresnet("xresnet18", in_bands, n_out, dropout, stem_deconv=False, body_deconv=False)
+              dropout: float = D.HEAD_DROPOUT, head: str = D.HEAD) -> SpectrumNet:
+    return _create_xresnet("xresnet18", in_bands, n_out, dropout, head, stem_deconv=False, body_deconv=False)
 
 
 @register_model("xresnet18-hybrid", fp32_layers=FP32_LAYERS)
 def xresnet18_hybrid(in_bands: int = D.N_BANDS, n_out: int = D.N_LATENTS,
-                     dropout: float = D.HEAD_DROPOUT) -> SpectrumNet:
-    return _create_xresnet("xresnet18-hybrid", in_bands, n_out, dropout, stem_deconv=True, body_deconv=False)
+                     dropout: float = D.HEAD_DROPOUT, head: str = D.HEAD) -> SpectrumNet:
+    return _create_xresnet("xresnet18-hybrid", in_bands, n_out, dropout, head, stem_deconv=True,
+                           body_deconv=False)
 
 
 @register_model("xresnet18-deconv", max_lr=0.003, fp32_layers=FP32_LAYERS)
 def xresnet18_deconv(in_bands: int = D.N_BANDS, n_out: int = D.N_LATENTS,
-                     dropout: float = D.HEAD_DROPOUT) -> SpectrumNet:
-    return _create_xresnet("xresnet18-deconv", in_bands, n_out, dropout, stem_deconv=True, body_deconv=True)
+                     dropout: float = D.HEAD_DROPOUT, head: str = D.HEAD) -> SpectrumNet:
+    return _create_xresnet("xresnet18-deconv", in_bands, n_out, dropout, head, stem_deconv=True,
+                           body_deconv=True)

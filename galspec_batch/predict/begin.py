@@ -10,7 +10,7 @@ from typing import Any
 
 from galspec_batch import code_version
 from galspec_batch.atomic import file_sha256
-from galspec_batch.catalog import CatalogWriter, paths
+from galspec_batch.catalog import CatalogWriter, Outputs, paths
 from galspec_batch.catalog.state import RunState, read_run_state
 from galspec_batch.checkpoint import WEIGHTS_FILE, load_calibration, model_id, read_config
 from galspec_batch.errors import InputError, UsageError
@@ -29,19 +29,20 @@ class RunIdentity:
     model_hash: str
     config_hash: str
     model_id: str
-    n_latents: int
+    outputs: Outputs
     store_fingerprint: str
     std_scale: tuple[float, ...] | None
     flux_scale: tuple[float, ...] | None
+    nu: tuple[float, ...] | None = None  # the calibration's t shapes (the catalog's metadata)
 
     @classmethod
     def from_run_state(cls, run: RunState) -> RunIdentity:
         def floats(v):
             return None if v is None else tuple(float(x) for x in v)
 
-        return cls(run.provenance["model"]["hash"], run.settings["model_config"], run.model_id, run.n_latents,
+        return cls(run.provenance["model"]["hash"], run.settings["model_config"], run.model_id, run.outputs,
                    run.store_fingerprint, floats(run.settings.get("calibration")),
-                   floats(run.settings.get("flux_scale")))
+                   floats(run.settings.get("flux_scale")), floats(run.settings.get("calibration_nu")))
 
 
 @dataclass
@@ -66,7 +67,8 @@ def value_settings(options: PredictOptions, identity: RunIdentity) -> dict[str, 
     return {"mc_samples": options.mc_samples, "seed": options.seed, "precision": options.precision,
             "engine": options.engine, "batch_size": options.batch_size,
             "device": options.device.split(":")[0],
-            "calibration": listed(identity.std_scale), "flux_scale": listed(identity.flux_scale),
+            "calibration": listed(identity.std_scale), "calibration_nu": listed(identity.nu),
+            "flux_scale": listed(identity.flux_scale),
             "model_config": identity.config_hash}
 
 
@@ -86,11 +88,17 @@ def begin_catalog(store: str | Path, checkpoint: str | Path, out: str | Path, op
                                   allow_survey_mismatch=options.allow_survey_mismatch)
     model_hash = file_sha256(Path(checkpoint) / WEIGHTS_FILE)
     calibration = load_calibration(checkpoint, model_hash) if options.calibrate else None
+    if calibration is not None and calibration.targets != config.targets:
+        raise InputError(f"the calibration.json of checkpoint {checkpoint} is for "
+                         f"{list(calibration.targets)} but the network predicts {list(config.targets)}; "
+                         "rerun galspec calibrate")
     plan = select_partitions(store_obj, options.region, options.partitions)
     mid = model_id(config, model_hash)
     fingerprint = store_obj.fingerprint()
-    identity = RunIdentity(model_hash, config.value_hash(), mid, config.model.n_out, fingerprint,
-                           None if calibration is None else calibration.scale, flux_scale)
+    outputs = Outputs(len(config.latent_names), config.redshift, config.model.head == "gaussian")
+    identity = RunIdentity(model_hash, config.value_hash(), mid, outputs, fingerprint,
+                           None if calibration is None else calibration.scale, flux_scale,
+                           None if calibration is None else calibration.nu)
     _check_engine(options)
     options = replace(options, engine=_resolve_engine(options, _recorded(out, overwrite), checkpoint,
                                                       store_obj.image_shape, threads))
@@ -102,10 +110,11 @@ def begin_catalog(store: str | Path, checkpoint: str | Path, out: str | Path, op
         "run": {**options.to_dict(), **({"submitted_by": submitted_by} if submitted_by else {})},
         "code_version": code_version(),
     }
-    if calibration is not None:
-        provenance["calibration"] = calibration.record()
+    # an uncalibrated catalog says so: its spreads are the network's own, not calibrated
+    provenance["calibrated"] = calibration is not None
+    provenance["calibration"] = None if calibration is None else calibration.record()
     writer = CatalogWriter.begin(
-        out, n_latents=config.model.n_out, store_fingerprint=fingerprint, provenance=provenance,
+        out, outputs=outputs, store_fingerprint=fingerprint, provenance=provenance,
         partition_order=store_obj.partition_order, model_id=mid, overwrite=overwrite,
         plan=[(p.order, p.pixel, n) for p, n in plan], record_resume=record_resume,
         settings=value_settings(options, identity),
@@ -154,9 +163,9 @@ def join_catalog(store: str | Path, out: str | Path, options: PredictOptions, on
     if missing:
         raise InputError(f"partitions {sorted(missing)[:5]} are not in the plan of catalog {out}")
     if not options.calibrate and identity.std_scale is not None:
-        identity = replace(identity, std_scale=None)
+        identity = replace(identity, std_scale=None, nu=None)
     writer = CatalogWriter.begin(
-        out, n_latents=identity.n_latents, store_fingerprint=run.store_fingerprint,
+        out, outputs=identity.outputs, store_fingerprint=run.store_fingerprint,
         provenance=run.provenance, partition_order=store_obj.partition_order, model_id=identity.model_id,
         plan=[(p.order, p.pixel, n) for p, n in plan], record_resume=False,
         settings=value_settings(options, identity),

@@ -40,6 +40,7 @@ class PredictSummary:
     failed: dict[str, str] = field(default_factory=dict)
     repaired: int = 0  # damaged or missing partitions of a finished catalog, written again
     finalized: bool = False  # this run wrote the catalog's HATS metadata
+    calibrated: bool = True  # the spreads are calibrated (the checkpoint had a calibration)
 
     @property
     def rate(self) -> float:
@@ -86,13 +87,14 @@ def predict_catalog(
             finalize = False
         todo = [(p.order, p.pixel) for p, _ in begun.plan]
         if begun.writer.complete:  # finished and verified whole: nothing to do
-            return PredictSummary(Path(out), 0, len(todo), 0, time.perf_counter() - t0)
+            return PredictSummary(Path(out), 0, len(todo), 0, time.perf_counter() - t0,
+                                  calibrated=begun.identity.std_scale is not None)
         by_key = {(p.order, p.pixel): (p, n) for p, n in begun.plan}
         pending = [by_key[k] for k in begun.writer.pending(todo)]
         ident = begun.identity
         spec = ModelSpec(str(checkpoint), ident.model_hash, ident.config_hash, begun.options, threads,
                          ident.std_scale, ident.flux_scale)
-        jobs = [PartitionJob(str(store), str(out), p, ident.model_id) for p, _ in pending]
+        jobs = [PartitionJob(str(store), str(out), p, ident.model_id, ident.outputs) for p, _ in pending]
         failed = _run(jobs, spec, cluster, workers, retries, out, sum(n for _, n in pending), progress,
                       note=_resume_note(out, begun.writer.repairs, len(todo) - len(pending), len(todo)))
         if failed:
@@ -108,7 +110,7 @@ def predict_catalog(
     done_rows = sum(n for _, n in pending)
     return PredictSummary(Path(out), len(jobs), len(todo) - len(pending), done_rows,
                           time.perf_counter() - t0, failed, repaired=len(begun.writer.repairs),
-                          finalized=finalize)
+                          finalized=finalize, calibrated=begun.identity.std_scale is not None)
 
 
 def _resume_note(out, repairs: dict, n_done: int, n_todo: int) -> str | None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from galspec_batch.catalog import write_partition
+from galspec_batch.catalog import Outputs, write_partition
 from galspec_batch.columns import (
     DEC,
     HEALPIX,
@@ -23,8 +23,6 @@ from galspec_batch.columns import (
     QUALITY_FLAGS,
     RA,
     QualityFlag,
-    latent_column,
-    latent_std_column,
 )
 from galspec_batch.predict.worker import ModelSpec, get_predictor
 from galspec_batch.store import Batch, Partition, open_store
@@ -36,6 +34,7 @@ class PartitionJob:
     catalog: str
     partition: Partition
     model_id: str
+    outputs: Outputs
 
 
 def _select(batch: Batch, keep: np.ndarray) -> Batch:
@@ -48,25 +47,22 @@ def run_partition(job: PartitionJob, spec: ModelSpec) -> dict:
     predictor = get_predictor(spec)
     store = open_store(job.store)
     region, batch_size = spec.options.region, spec.options.batch_size
-    n_latents = predictor.weight.shape[0]
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("object_id", "ra", "dec", "healpix_29", "flags")}
-    means, stds = [], []
+    predicted: dict[str, list[np.ndarray]] = {}
     for batch in store.iter_partition(job.partition, batch_size, predictor.read_dtype, prefetch=True):
         if region is not None:
             batch = _select(batch, region.contains(batch.ra, batch.dec))
             if len(batch.rows) == 0:
                 continue
-        mean, std = predictor.predict(batch.images, batch.object_id)
-        means.append(mean)
-        stds.append(std)
+        for k, v in predictor.predict(batch.images, batch.object_id).items():
+            predicted.setdefault(k, []).append(v)
         for k, v in parts.items():
             v.append(getattr(batch, k))
-    n = sum(len(m) for m in means)
-    mean = np.concatenate(means) if means else np.zeros((0, n_latents), np.float32)
-    std = np.concatenate(stds) if stds else np.zeros((0, n_latents), np.float32)
+    out = {k: np.concatenate(v) for k, v in predicted.items()}
+    n = len(out["mean"]) if out else 0
     cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
     # a prediction that is not a finite number is never written as one: null, and the row flagged
-    bad = ~(np.isfinite(mean).all(axis=1) & np.isfinite(std).all(axis=1))
+    bad = ~np.all([np.isfinite(v).all(axis=1) for v in out.values()], axis=0) if n else np.zeros(0, bool)
     flags = np.where(bad, cat["flags"] | np.uint16(QualityFlag.BAD_PREDICTION), cat["flags"])
     table = {
         OBJECT_ID: pa.array(cat["object_id"], pa.int64()),
@@ -74,10 +70,10 @@ def run_partition(job: PartitionJob, spec: ModelSpec) -> dict:
         DEC: pa.array(cat["dec"], pa.float64()),
         HEALPIX: pa.array(cat["healpix_29"], pa.int64()),
     }
-    for i in range(n_latents):
-        table[latent_column(i + 1)] = pa.array(mean[:, i], pa.float32(), mask=bad)
-    for i in range(n_latents):
-        table[latent_std_column(i + 1)] = pa.array(std[:, i], pa.float32(), mask=bad)
+    for key, columns in job.outputs.by_part().items():
+        for i, c in enumerate(columns):
+            values = out[key][:, i] if n else np.zeros(0, np.float32)
+            table[c] = pa.array(values, pa.float32(), mask=bad)
     table[MC_SAMPLES] = pa.array(np.full(n, spec.options.mc_samples), pa.int16())
     table[QUALITY_FLAGS] = pa.array(flags, pa.uint16())
     table[MODEL_ID] = pa.array([job.model_id] * n, pa.string())

@@ -33,12 +33,13 @@ class ModelSpec:
     config_hash: str
     options: PredictOptions
     torch_threads: int = 0  # 0: leave torch's default
-    std_scale: tuple[float, ...] | None = None  # per-latent calibration of the spread
+    std_scale: tuple[float, ...] | None = None  # per-target calibration of the spread
     flux_scale: tuple[float, ...] | None = None  # per-band factors onto the model's flux scale
 
 
 class Predictor:
-    """Images in, MC-dropout latents out (mean and std in the VAE's units)."""
+    """Images in, predictive distributions out: each target's mean and calibrated spread (and its
+    parts), in the targets' units."""
 
     def __init__(self, spec: ModelSpec):
         from galspec_batch.engines import create_engine
@@ -57,9 +58,10 @@ class Predictor:
         self.engine = create_engine(opts.engine, net, device=opts.device, precision=opts.precision)
         weight, bias, self.p = head_parameters(net.head)
         self.weight, self.bias = weight.to(self.device), bias.to(self.device)
-        self.latent_mean = net.latent_mean.detach().to(self.device, torch.float32)
-        self.latent_std = net.latent_std.detach().to(self.device, torch.float32)
-        self.std_scale = (torch.ones_like(self.latent_std) if spec.std_scale is None
+        self.head, self.n_targets = net.head_kind, net.n_out
+        self.target_mean = net.target_mean.detach().to(self.device, torch.float32)
+        self.target_std = net.target_std.detach().to(self.device, torch.float32)
+        self.std_scale = (torch.ones_like(self.target_std) if spec.std_scale is None
                           else torch.tensor(spec.std_scale, dtype=torch.float32, device=self.device))
         self.flux_scale = None
         if spec.flux_scale is not None:
@@ -79,16 +81,17 @@ class Predictor:
         return x if self.flux_scale is None else x * self.flux_scale
 
     @torch.inference_mode()
-    def predict(self, images: np.ndarray, object_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and MC standard deviation of each latent, float32 [N, n_out] each."""
+    def predict(self, images: np.ndarray, object_id: np.ndarray) -> dict[str, np.ndarray]:
+        """float32 [N, n_targets] arrays: ``mean``, the calibrated 1-sigma ``std`` and its parts
+        ``std_epistemic`` and (a gaussian head) ``std_aleatoric``, as :func:`mc_predict` names them."""
         features = self.engine.features(self.to_device(images)).float()
         out = mc_predict(
             features, torch.from_numpy(object_id), self.weight, self.bias, self.p,
-            T=self.spec.options.mc_samples, seed=self.spec.options.seed,
+            T=self.spec.options.mc_samples, seed=self.spec.options.seed, head=self.head,
         )
-        mean = out["mean"] * self.latent_std + self.latent_mean
-        std = out["std"] * self.latent_std * self.std_scale
-        return mean.cpu().numpy(), std.cpu().numpy()
+        scaled = {"mean": out.pop("mean") * self.target_std + self.target_mean}
+        scaled.update({k: v * self.target_std * self.std_scale for k, v in out.items()})
+        return {k: v.cpu().numpy() for k, v in scaled.items()}
 
 
 def get_predictor(spec: ModelSpec) -> Predictor:

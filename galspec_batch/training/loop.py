@@ -5,20 +5,23 @@ Output directory::
     out/
       last/        checkpoint after the latest epoch, plus trainer_state.{json,safetensors}
                    (optimiser, LookAhead, one-cycle and metrics), all renamed into place at once
-      best/        checkpoint of the epoch with the lowest validation RMSE
+      best/        checkpoint of the epoch with the lowest validation RMSE, with its
+                   calibration.json (fitted on the validation split when training ends)
       metrics.csv  one row per epoch
 
-Loss and metric: RMSE on latents z-scored with the training split's mean and std. ``val_rmse`` is
-the RMSE over the whole validation split (fastai reports the batch-size-weighted mean of per-batch
-RMSEs, which is a little lower); ``train_rmse`` is the batch-weighted mean of the training batches'
-RMSE under augmentation and dropout, as fastai reports it.
+Targets: the latents, and the redshift where the labels carry it, z-scored with the training
+split's mean and std. Loss: the beta-NLL of a gaussian head (``loss="beta-nll"``) or the RMSE of
+a point head (``"rmse"``, the paper's recipe; :mod:`galspec_batch.models.heads`). ``val_rmse`` is
+the RMSE of the latents over the whole validation split (fastai reports the batch-size-weighted
+mean of per-batch RMSEs, which is a little lower); ``train_rmse`` the batch-weighted mean of the
+training batches' RMSE of the latents' means under augmentation and dropout, as fastai reports it;
+:mod:`galspec_batch.training.validation` lists the other metrics.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import shutil
 import time
@@ -34,10 +37,14 @@ from safetensors.torch import load_file, save_file
 
 from galspec_batch import defaults as D
 from galspec_batch.atomic import atomic_path, file_sha256, read_json
+from galspec_batch.calibrate import MIN_SPLIT, CalibrationFit
 from galspec_batch.catalog.joins import match_rows
-from galspec_batch.checkpoint import load_checkpoint, save_checkpoint, write_checkpoint_files
+from galspec_batch.checkpoint import load_checkpoint, save_checkpoint, write_checkpoint_files, write_split
+from galspec_batch.columns import REDSHIFT
 from galspec_batch.errors import InputError, UsageError
+from galspec_batch.labels import Labels
 from galspec_batch.models import GalspecNet, create_model, model_entry
+from galspec_batch.models.heads import LOSS_HEAD, head_loss, rmse
 from galspec_batch.progress import Progress
 from galspec_batch.store import CutoutStore, open_store
 
@@ -45,11 +52,11 @@ from .augment import random_d4
 from .data import ImageSource, iter_batches, n_batches, read_training_labels, split_indices
 from .optim import flatten_state, make_one_cycle, make_optimizer, unflatten_state
 from .preprocess import MAX_SAMPLE_OBJECTS, fit_preprocess
+from .validation import calibrate_checkpoint, validation_metrics
 
 LAST, BEST, METRICS_FILE = "last", "best", "metrics.csv"
 STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
 FINE_TUNE_LR_FACTOR = 0.1
-VAL_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,9 @@ class TrainSettings:
     val_fraction: float = D.VAL_FRACTION
     seed: int = D.SEED
     augment: bool = True
+    loss: str | None = None  # None: D.LOSS (the checkpoint's when fine-tuning)
+    beta: float = D.BETA_NLL
+    redshift: bool | None = None  # None: where the labels carry z (the checkpoint's when fine-tuning)
 
 
 @dataclass
@@ -75,6 +85,7 @@ class TrainResult:
     metrics: list[dict[str, float]]
     best_val_rmse: float
     best_epoch: int
+    calibration: CalibrationFit | None = None  # fitted on the validation split of the best epoch
     last: Path = field(init=False)
     best: Path = field(init=False)
 
@@ -86,10 +97,6 @@ def default_max_lr(model: str, fine_tune: bool = False) -> float:
     """The registry's max learning rate of ``model`` (divided by 10 for fine-tuning)."""
     lr = model_entry(model).max_lr
     return lr * FINE_TUNE_LR_FACTOR if fine_tune else lr
-
-
-def rmse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return torch.sqrt(torch.mean((pred - target) ** 2))
 
 
 @contextmanager
@@ -135,7 +142,8 @@ def fit(
     tr, va = split_indices(lab.object_id, settings.val_fraction, settings.seed)
 
     base = load_checkpoint(init) if init is not None else None
-    settings = _resolve_settings(settings, base, store, lab.names, init)
+    settings = _resolve_settings(settings, base, store, lab, init)
+    names, values = lab.targets(settings.redshift)
     identity = {
         "settings": asdict(settings),
         "store_fingerprint": store.fingerprint(),
@@ -148,26 +156,26 @@ def fit(
         load = bar.task("loading images", len(rows))
         train_src = ImageSource(store, rows[tr], max_ram_bytes, progress=load)
         val_src = ImageSource(store, rows[va], max_ram_bytes, progress=load)
-        y_train, y_val = lab.values[tr], lab.values[va]
-        latent_mean = y_train.astype(np.float64).mean(axis=0)
-        latent_std = y_train.astype(np.float64).std(axis=0)
-        if not (np.isfinite(latent_std) & (latent_std > 0)).all():
+        y_train, y_val = values[tr], values[va]
+        target_mean = y_train.astype(np.float64).mean(axis=0)
+        target_std = y_train.astype(np.float64).std(axis=0)
+        if not (np.isfinite(target_std) & (target_std > 0)).all():
             raise InputError(
-                f"latents {[n for n, s in zip(lab.names, latent_std, strict=True) if s <= 0]} are "
+                f"targets {[n for n, s in zip(names, target_std, strict=True) if s <= 0]} are "
                 f"constant over the training split of {labels}; cannot z-score them"
             )
-        z_train = ((y_train - latent_mean) / latent_std).astype(np.float32)
-        z_val = ((y_val - latent_mean) / latent_std).astype(np.float32)
+        z_train = ((y_train - target_mean) / target_std).astype(np.float32)
+        z_val = ((y_val - target_mean) / target_std).astype(np.float32)
 
         torch.manual_seed(settings.seed)
         if base is not None:
             cnn = base.net.cnn
             pp = asdict(base.config.preprocess)
         else:
-            cnn = create_model(settings.model, in_bands=len(store.bands), n_out=len(lab.names),
-                               dropout=settings.dropout)
+            cnn = create_model(settings.model, in_bands=len(store.bands), n_out=len(names),
+                               dropout=settings.dropout, head=LOSS_HEAD[settings.loss])
             pp = fit_preprocess(train_src.sample(MAX_SAMPLE_OBJECTS, settings.seed), settings.seed)
-        net = GalspecNet(cnn, pp["softening"], pp["mean"], pp["std"], latent_mean, latent_std)
+        net = GalspecNet(cnn, pp["softening"], pp["mean"], pp["std"], target_mean, target_std)
 
         steps = n_batches(len(train_src), settings.batch_size, drop_last=True)
         opt = make_optimizer(net, settings.max_lr, settings.weight_decay)
@@ -183,7 +191,7 @@ def fit(
             "survey": store.survey,
             "flux_unit": store.attrs.flux_unit,
             "zero_points": _zero_points(store),
-            "latent_names": lab.names,
+            "targets": names,
             "data": {
                 "store": str(store.path), "store_fingerprint": identity["store_fingerprint"],
                 "labels": str(labels), "labels_sha256": identity["labels_sha256"],
@@ -193,9 +201,10 @@ def fit(
         if base is not None:
             config["init"] = {"checkpoint": str(init), "model_hash": base.model_hash}
 
+        split = (lab.object_id[tr], lab.object_id[va])
         for epoch in range(len(metrics), settings.epochs):
             record = _run_epoch(net, opt, sched, train_src, z_train, val_src, z_val, settings, epoch,
-                                lab.names, bar)
+                                names, bar)
             metrics.append(record)
             best = min(metrics, key=lambda m: m["val_rmse"])
             config["training"] = {
@@ -203,18 +212,26 @@ def fit(
                 "best_val_rmse": best["val_rmse"], "best_epoch": int(best["epoch"]),
             }
             if best is record:  # best first: a kill before `last` lands only repeats this epoch
-                save_checkpoint(out / BEST, net, config, overwrite=True)
-            _write_last(out / LAST, net, config, opt, sched, {"identity": identity, "metrics": metrics})
+                save_checkpoint(out / BEST, net, config, overwrite=True, split=split)
+            _write_last(out / LAST, net, config, opt, sched, {"identity": identity, "metrics": metrics},
+                        split)
             _write_metrics(out / METRICS_FILE, metrics)
+            z = f" val_z_nmad {record['val_z_nmad']:.4f}" if "val_z_nmad" in record else ""
             bar.log(
                 f"epoch {epoch + 1}/{settings.epochs}: train_rmse {record['train_rmse']:.4f} "
-                f"val_rmse {record['val_rmse']:.4f} ({record['img_per_s']:.0f} img/s)"
+                f"val_rmse {record['val_rmse']:.4f}{z} ({record['img_per_s']:.0f} img/s)"
             )
             if on_epoch_end is not None:
                 on_epoch_end(record)
 
+        calibration = calibrate_checkpoint(out / BEST, val_src, lab.object_id[va], y_val.astype(np.float64),
+                                           settings.seed)
+        if calibration is None:
+            bar.log(f"NOT CALIBRATED: {len(va)} validation objects are too few to calibrate on "
+                    f"(need {2 * MIN_SPLIT}); predictions will say so until galspec calibrate runs")
+
     best = min(metrics, key=lambda m: m["val_rmse"])
-    return TrainResult(out, metrics, best["val_rmse"], int(best["epoch"]))
+    return TrainResult(out, metrics, best["val_rmse"], int(best["epoch"]), calibration)
 
 
 def _zero_points(store: CutoutStore) -> list[float] | None:
@@ -223,15 +240,18 @@ def _zero_points(store: CutoutStore) -> list[float] | None:
     return None if None in zps else zps
 
 
-def _resolve_settings(settings: TrainSettings, base, store: CutoutStore, names: list[str], init
-                      ) -> TrainSettings:
-    """Fill in the model and learning rate; check a fine-tuning checkpoint fits the data."""
+def _resolve_settings(settings: TrainSettings, base, store: CutoutStore, lab: Labels, init) -> TrainSettings:
+    """Fill in the model, loss, targets and learning rate; check a fine-tuning checkpoint fits."""
+    if settings.loss not in (None, *LOSS_HEAD):
+        raise UsageError(f"unknown --loss {settings.loss!r}; expected one of {', '.join(LOSS_HEAD)}")
     if base is None:
         if settings.model is None:
             raise UsageError("no model given: name one (e.g. --model xresnet18-hybrid) or --init a "
                              "checkpoint")
         model, dropout = settings.model, settings.dropout
         model_entry(model)  # an unknown name is refused before any data is read
+        loss = settings.loss or D.LOSS
+        redshift = lab.z is not None if settings.redshift is None else settings.redshift
     else:
         model, dropout = base.config.model.name, base.net.dropout
         if settings.model not in (None, model):
@@ -241,12 +261,22 @@ def _resolve_settings(settings: TrainSettings, base, store: CutoutStore, names: 
                 f"checkpoint {init} was trained on {len(base.bands)} bands {''.join(base.bands)} but the "
                 f"store {store.path} has {len(store.bands)} bands {''.join(store.bands)}"
             )
-        if base.net.n_out != len(names):
-            raise InputError(
-                f"checkpoint {init} predicts {base.net.n_out} latents but the labels have {len(names)}"
-            )
+        loss = next(k for k, v in LOSS_HEAD.items() if v == base.net.head_kind)
+        if settings.loss not in (None, loss):
+            raise InputError(f"checkpoint {init} has a {base.net.head_kind} head, trained with --loss {loss}")
+        redshift = base.config.redshift
+        if settings.redshift not in (None, redshift):
+            does = "predicts" if redshift else "does not predict"
+            raise InputError(f"checkpoint {init} {does} the redshift")
+        if len(base.latent_names) != len(lab.names):
+            raise InputError(f"checkpoint {init} predicts {len(base.latent_names)} latents but the labels "
+                             f"have {len(lab.names)}")
+    if redshift and lab.z is None:
+        raise InputError(f"the labels have no {REDSHIFT} column to train the redshift on; pass --no-redshift "
+                         "or encode the labels again (galspec vae encode writes it)")
     max_lr = settings.max_lr if settings.max_lr is not None else default_max_lr(model, base is not None)
-    return TrainSettings(**{**asdict(settings), "model": model, "dropout": dropout, "max_lr": max_lr})
+    return TrainSettings(**{**asdict(settings), "model": model, "dropout": dropout, "max_lr": max_lr,
+                            "loss": loss, "redshift": redshift})
 
 
 def _run_epoch(net, opt, sched, train_src, z_train, val_src, z_val, settings: TrainSettings,
@@ -259,37 +289,31 @@ def _run_epoch(net, opt, sched, train_src, z_train, val_src, z_val, settings: Tr
     net.train()
     task = bar.task(f"epoch {epoch + 1}/{settings.epochs}",
                     n_batches(len(train_src), settings.batch_size, drop_last=True))
-    total, seen = 0.0, 0
+    latents = [i for i, n in enumerate(names) if n != REDSHIFT]
+    total_loss = total_rmse = 0.0
+    seen = 0
     for x, y in iter_batches(train_src, z_train, settings.batch_size, order_gen, drop_last=True):
         if settings.augment:
             x = random_d4(x, aug_gen)
-        loss = rmse(net(x), y)
+        loss, mean = head_loss(net(x), y, settings.loss, settings.beta)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-        total += loss.item() * len(x)
+        total_loss += loss.item() * len(x)
+        total_rmse += rmse(mean[:, latents].detach(), y[:, latents]).item() * len(x)
         seen += len(x)
         task(1)
     seconds = time.perf_counter() - t0
-    lr = opt.param_groups[0]["lr"]
-
-    net.eval()
-    se = torch.zeros(len(names), dtype=torch.float64)
-    with torch.no_grad():
-        for x, y in iter_batches(val_src, z_val, VAL_BATCH):
-            se += ((net(x) - y).double() ** 2).sum(dim=0)
-    per_latent = torch.sqrt(se / len(val_src))
-    record = {
+    return {
         "epoch": epoch + 1,
-        "train_rmse": total / max(seen, 1),
-        "val_rmse": math.sqrt(float(se.sum()) / (len(val_src) * len(names))),
-        **{f"val_rmse_{n}": float(v) for n, v in zip(names, per_latent, strict=True)},
-        "lr": lr,
+        "train_loss": total_loss / max(seen, 1),
+        "train_rmse": total_rmse / max(seen, 1),
+        **validation_metrics(net, val_src, z_val, names),
+        "lr": opt.param_groups[0]["lr"],
         "seconds": seconds,
         "img_per_s": seen / seconds if seconds > 0 else 0.0,
     }
-    return record
 
 
 # -- resume state ---------------------------------------------------------------------------
@@ -320,12 +344,14 @@ def _read_state(out: Path, identity: dict[str, Any], overwrite: bool) -> dict[st
     return state
 
 
-def _write_last(path: Path, net: GalspecNet, config: dict, opt, sched, state: dict[str, Any]) -> None:
+def _write_last(path: Path, net: GalspecNet, config: dict, opt, sched, state: dict[str, Any],
+                split: tuple[np.ndarray, np.ndarray]) -> None:
     tensors: dict[str, torch.Tensor] = {}
     flat = flatten_state({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, tensors)
     with atomic_path(path, overwrite=True) as tmp:
         tmp.mkdir()
         write_checkpoint_files(tmp, net, config)
+        write_split(tmp, *split)
         save_file(tensors, tmp / STATE_TENSORS)
         (tmp / STATE_JSON).write_text(json.dumps({**state, "trainer": flat}, indent=1) + "\n")
 

@@ -1,0 +1,175 @@
+"""What a catalog's numbers are worth, measured on galaxies with spectra that neither the network
+nor its calibration saw: the predictive distributions (coverage at 1, 2 and 3 sigma, PIT,
+Spearman of |error| with std), the photometric redshift (NMAD, outliers, bias, coverage; against
+a colour-only model when given), and the anomaly flags (the false-flag rate of normal galaxies
+at each alpha, with AGN apart, and the ROC AUC against injected anomalies on a mock survey).
+
+Each figure has a target (:data:`TARGETS`), and the report says which it meets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from galspec_batch.anomalies import catalog_null_model, flag_anomalies, roc_auc
+from galspec_batch.catalog.joins import catalog_targets, match_ids
+from galspec_batch.columns import OBJECT_ID, REDSHIFT
+from galspec_batch.errors import InputError
+from galspec_batch.metrics import nmad, outlier_fraction
+from galspec_batch.uncertainty import NU_MAX, Assessment, assess
+
+ALPHAS = (0.01, 0.001)
+TARGETS = {"1-sigma": (0.65, 0.72), "2-sigma": (0.93, 0.975), "spearman": 0.3, "false_flags": 2.0}
+
+
+@dataclass
+class ScienceReport:
+    """The measured figures (see the module docstring)."""
+
+    n_objects: int
+    calibrated: Assessment  # the catalog's calibrated distributions
+    raw: Assessment  # the network's own spread, as a Gaussian (the catalog's std over the scale)
+    photoz: dict[str, dict[str, float]] = field(default_factory=dict)  # "cnn", "colour" -> figures
+    anomalies: dict[str, dict[str, float]] = field(default_factory=dict)  # alpha -> figures
+    auc: float | None = None
+
+    def checks(self) -> dict[str, bool]:
+        """Which of :data:`TARGETS` the report meets."""
+        cal, lat = self.calibrated, [i for i, n in enumerate(self.calibrated.names) if n != REDSHIFT]
+        lo1, hi1 = TARGETS["1-sigma"]
+        lo2, hi2 = TARGETS["2-sigma"]
+        out = {
+            "1-sigma in [0.65, 0.72] for every latent": bool(np.all((cal.coverage[1][lat] >= lo1)
+                                                                    & (cal.coverage[1][lat] <= hi1))),
+            "2-sigma in [0.93, 0.975] for every latent": bool(np.all((cal.coverage[2][lat] >= lo2)
+                                                                     & (cal.coverage[2][lat] <= hi2))),
+            "Spearman >= 0.3 for every latent": bool(np.all(cal.spearman[lat] >= TARGETS["spearman"])),
+        }
+        for alpha, a in self.anomalies.items():
+            out[f"false-flag rate <= 2 alpha at alpha = {alpha}"] = a["false_flag_rate"] <= 2 * float(alpha)
+        if "colour" in self.photoz:
+            out["z_phot NMAD better than the colour-only model"] = (self.photoz["cnn"]["nmad"]
+                                                                    < self.photoz["colour"]["nmad"])
+        return out
+
+    def text(self) -> str:
+        """The report as plain text."""
+        lines = [f"{self.n_objects} held-out galaxies with spectra",
+                 "predictive distributions, calibrated:", self.calibrated.table(),
+                 "the network's own spread, as a Gaussian (before calibration):", self.raw.table()]
+        for name, z in self.photoz.items():
+            lines.append(f"z_phot ({name}): NMAD {z['nmad']:.4f}, outliers {z['outliers']:.2%}, "
+                         f"bias {z['bias']:+.4f}" + (f", 1-sigma coverage {z['coverage_1sigma']:.3f}"
+                                                      if "coverage_1sigma" in z else ""))
+        for alpha, a in self.anomalies.items():
+            lines.append(
+                f"anomalies at alpha = {alpha}: {a['n_flagged']:.0f} flagged; false-flag rate of normal "
+                f"galaxies {a['false_flag_rate']:.4f} (non-AGN {a['false_flag_rate_non_agn']:.4f}, "
+                f"AGN {a['false_flag_rate_agn']:.4f}); {a['recall']:.0%} of {a['n_injected']:.0f} "
+                "injected anomalies found")
+        if self.auc is not None:
+            lines.append(f"anomaly ROC AUC {self.auc:.3f}")
+        lines += [f"  [{'x' if ok else ' '}] {name}" for name, ok in self.checks().items()]
+        return "\n".join(lines)
+
+    def record(self) -> dict:
+        return {"n_objects": self.n_objects, "calibrated": self.calibrated.record(), "raw": self.raw.record(),
+                "photoz": self.photoz, "anomalies": self.anomalies, "auc": self.auc, "checks": self.checks()}
+
+
+def photoz_figures(z_pred: np.ndarray, z_true: np.ndarray, z_std: np.ndarray | None = None
+                   ) -> dict[str, float]:
+    """NMAD, outlier fraction and median bias of (z_pred - z) / (1 + z); 1-sigma coverage with a std."""
+    out = {"nmad": nmad(z_pred, z_true), "outliers": outlier_fraction(z_pred, z_true),
+           "bias": float(np.median((z_pred - z_true) / (1 + z_true)))}
+    if z_std is not None:
+        out["coverage_1sigma"] = float(np.mean(np.abs(z_pred - z_true) <= z_std))
+    return out
+
+
+@dataclass(frozen=True)
+class Joined:
+    """A calibrated catalog's predictions for the objects of a labels table, with their observed
+    values: ``names`` as a checkpoint has them, arrays [N, T], the calibration's ``scale`` and ``nu``."""
+
+    table: pa.Table  # the catalog rows, in the order of ``ids``
+    ids: np.ndarray
+    names: list[str]
+    observed: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    scale: np.ndarray
+    nu: np.ndarray
+
+
+def join_labels(catalog: str | Path, labels: str | Path) -> Joined:
+    """The objects of ``labels`` in ``catalog`` (see :class:`Joined`); the catalog must be calibrated."""
+    from galspec_batch.catalog import read_catalog, read_provenance
+    from galspec_batch.labels import read_labels
+
+    table = read_catalog(catalog)
+    names, mean, std = catalog_targets(table)
+    cal = read_provenance(catalog).get("provenance", {}).get("calibration")
+    if not cal:
+        raise InputError(f"catalog {catalog} is uncalibrated; its spreads are the network's own")
+    lab = read_labels(labels, n_latent=sum(n != REDSHIFT for n in names))
+    _, observed = lab.targets(REDSHIFT in names and lab.z is not None)
+    names = names[: observed.shape[1]]
+    rows = match_ids(table[OBJECT_ID].to_numpy(), lab.object_id)
+    keep = rows >= 0
+    if keep.sum() < 20:
+        raise InputError(f"only {int(keep.sum())} objects of labels {labels} are in catalog {catalog}")
+    rows = rows[keep]
+    return Joined(table.take(rows), lab.object_id[keep], names, observed[keep].astype(np.float64),
+                  mean[rows, : len(names)], std[rows, : len(names)],
+                  np.array([cal["scale"][cal["targets"].index(n)] for n in names]),
+                  np.array([cal["nu"][cal["targets"].index(n)] for n in names]))
+
+
+def evaluate_catalog(catalog: str | Path, labels: str | Path, *, truth: str | Path | None = None,
+                     colour_z: tuple[np.ndarray, np.ndarray] | None = None,
+                     alphas: tuple[float, ...] = ALPHAS) -> ScienceReport:
+    """Measure ``catalog`` against the observed latents and redshifts of ``labels`` (objects the
+    network and calibration never saw); ``truth`` is a mock survey's spectra table (injected
+    anomalies and AGN), ``colour_z`` (object_id, z) a colour-only model's redshifts."""
+    import pyarrow.parquet as pq
+
+    j = join_labels(catalog, labels)
+    ids, names, observed, mean, std = j.ids, j.names, j.observed, j.mean, j.std
+    report = ScienceReport(len(ids), assess(names, observed, mean, std, j.nu),
+                           assess(names, observed, mean, std / j.scale, np.full(len(names), NU_MAX)))
+    if REDSHIFT in names:
+        i = names.index(REDSHIFT)
+        report.photoz["cnn"] = photoz_figures(mean[:, i], observed[:, i], std[:, i])
+        if colour_z is not None:
+            at = match_ids(colour_z[0], ids)
+            if (at < 0).any():
+                raise InputError("the colour-only redshifts miss some labelled objects")
+            report.photoz["colour"] = photoz_figures(np.asarray(colour_z[1])[at], observed[:, i])
+    n_lat = sum(n != REDSHIFT for n in names)
+    null = catalog_null_model(catalog)
+    anomaly = agn = np.zeros(len(ids), bool)
+    if truth is not None:
+        t = pq.read_table(truth, columns=[OBJECT_ID, "truth_anomaly", "truth_agn"])
+        at = match_ids(t[OBJECT_ID].to_numpy(), ids)
+        anomaly = np.where(at >= 0, t["truth_anomaly"].to_numpy()[at], False)
+        agn = np.where(at >= 0, t["truth_agn"].to_numpy()[at], False)
+    if null is not None:
+        flagged = flag_anomalies(j.table, (ids, observed[:, :n_lat]), null=null)
+        p = flagged["anomaly_pvalue"].to_numpy(zero_copy_only=False)
+        normal = ~anomaly
+        for alpha in alphas:
+            f = p < alpha
+            report.anomalies[str(alpha)] = {
+                "n_flagged": float(f.sum()), "false_flag_rate": float(f[normal].mean()),
+                "false_flag_rate_non_agn": float(f[normal & ~agn].mean()),
+                "false_flag_rate_agn": float(f[normal & agn].mean()) if (normal & agn).any() else np.nan,
+                "n_injected": float(anomaly.sum()),
+                "recall": float(f[anomaly].mean()) if anomaly.any() else float("nan")}
+        if anomaly.any():
+            report.auc = roc_auc(flagged["anomaly_score"].to_numpy(zero_copy_only=False), anomaly)
+    return report
