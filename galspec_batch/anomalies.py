@@ -48,11 +48,11 @@ from galspec_batch.catalog.joins import catalog_latents, match_ids
 from galspec_batch.columns import DEC, OBJECT_ID, QUALITY_FLAGS, RA, QualityFlag
 from galspec_batch.errors import FormatError, InputError
 from galspec_batch.labels import read_labels
+from galspec_batch.metrics import MAD_TO_SIGMA
 from galspec_batch.uncertainty import standardized
 
 OUT_COLUMNS = (OBJECT_ID, RA, DEC, "anomaly_score", "anomaly_pvalue", "ood_score", "flag",
                QUALITY_FLAGS)
-_MAD_TO_SIGMA = 1.4826
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def robust_covariance(x: np.ndarray, support_fraction: float = 0.75, max_steps: 
     if n < p + 2:
         raise InputError(f"a robust covariance of {p} latents needs at least {p + 2} objects, got {n}")
     med = np.median(x, axis=0)
-    mad = _MAD_TO_SIGMA * np.median(np.abs(x - med), axis=0)
+    mad = MAD_TO_SIGMA * np.median(np.abs(x - med), axis=0)
     mad = np.where(mad > 0, mad, np.std(x, axis=0) + 1e-12)
     d2 = (((x - med) / mad) ** 2).sum(axis=1)
     keep = np.sort(np.argsort(d2, kind="stable")[:h])
@@ -204,7 +204,7 @@ def _f_tail(median: float, q90: float, dof: int) -> tuple[float, float]:
 
 def _robust_z(x: np.ndarray) -> np.ndarray:
     med = np.median(x)
-    mad = _MAD_TO_SIGMA * np.median(np.abs(x - med))
+    mad = MAD_TO_SIGMA * np.median(np.abs(x - med))
     return (x - med) / (mad if mad > 0 else (np.std(x) or 1.0))
 
 
@@ -217,7 +217,7 @@ def ood_scores(mean: np.ndarray, std: np.ndarray, k: int = D.NEIGHBOURS) -> np.n
         raise InputError(f"an out-of-distribution score needs at least 3 objects, got {n}")
     k = min(k, n - 1)
     med = np.median(mean, axis=0)
-    mad = _MAD_TO_SIGMA * np.median(np.abs(mean - med), axis=0)
+    mad = MAD_TO_SIGMA * np.median(np.abs(mean - med), axis=0)
     z = (mean - med) / np.where(mad > 0, mad, 1.0)
     dist, _ = cKDTree(z).query(z, k=k + 1)  # the first neighbour is the object itself
     r_k = np.maximum(dist[:, -1], 1e-12)

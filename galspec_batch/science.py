@@ -19,7 +19,7 @@ from galspec_batch.anomalies import catalog_null_model, flag_anomalies, roc_auc
 from galspec_batch.catalog.joins import catalog_targets, match_ids
 from galspec_batch.columns import OBJECT_ID, REDSHIFT
 from galspec_batch.errors import InputError
-from galspec_batch.metrics import nmad, outlier_fraction
+from galspec_batch.metrics import photoz_metrics
 from galspec_batch.uncertainty import NU_MAX, Assessment, assess
 
 ALPHAS = (0.01, 0.001)
@@ -84,8 +84,8 @@ class ScienceReport:
 def photoz_figures(z_pred: np.ndarray, z_true: np.ndarray, z_std: np.ndarray | None = None
                    ) -> dict[str, float]:
     """NMAD, outlier fraction and median bias of (z_pred - z) / (1 + z); 1-sigma coverage with a std."""
-    out = {"nmad": nmad(z_pred, z_true), "outliers": outlier_fraction(z_pred, z_true),
-           "bias": float(np.median((z_pred - z_true) / (1 + z_true)))}
+    z = photoz_metrics(z_pred, z_true)
+    out = {"nmad": z.nmad, "outliers": z.outlier_fraction, "bias": z.bias}
     if z_std is not None:
         out["coverage_1sigma"] = float(np.mean(np.abs(z_pred - z_true) <= z_std))
     return out

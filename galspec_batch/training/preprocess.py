@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from galspec_batch.errors import InputError
+from galspec_batch.metrics import MAD_TO_SIGMA
 from galspec_batch.models import normalize_images
 
-MAD_TO_SIGMA = 1.4826
 MAX_SAMPLE_OBJECTS = 2000
 
 

@@ -19,7 +19,7 @@ from galspec_batch.calibrate import MIN_SPLIT, CalibrationFit, fit_calibration, 
 from galspec_batch.checkpoint import load_checkpoint, save_calibration
 from galspec_batch.columns import REDSHIFT
 from galspec_batch.mc import head_parameters, mc_predict
-from galspec_batch.metrics import nmad, outlier_fraction
+from galspec_batch.metrics import photoz_metrics
 from galspec_batch.models import GalspecNet
 from galspec_batch.options import DEFAULT_MC_SAMPLES, PredictOptions
 
@@ -52,8 +52,8 @@ def validation_metrics(net: GalspecNet, source: ImageSource, z_val: np.ndarray, 
         i = names.index(REDSHIFT)
         to_z = lambda v: v * float(net.target_std[i]) + float(net.target_mean[i])  # noqa: E731
         z_true, z_pred = to_z(y[:, i].numpy()), to_z(mean[:, i].numpy())
-        record["val_z_nmad"] = nmad(z_pred, z_true)
-        record["val_z_outliers"] = outlier_fraction(z_pred, z_true)
+        z = photoz_metrics(z_pred, z_true)
+        record.update(val_z_nmad=z.nmad, val_z_outliers=z.outlier_fraction)
     return record
 
 
