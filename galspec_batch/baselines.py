@@ -216,3 +216,36 @@ def compare_baselines(store: CutoutStore | str | os.PathLike, labels: str | os.P
     order = {t: i for i, t in enumerate(targets.names)}
     scores.sort(key=lambda s: order[s.target])
     return BaselineReport(n, len(val_ids), tuple(scores), latent_rmse)
+
+
+@dataclass(frozen=True)
+class BaselinePredictions:
+    """The colour and mean models' predictions of ``names`` for the objects ``object_id`` of
+    another store: ``values[model]`` [N, T]."""
+
+    object_id: np.ndarray
+    names: list[str]
+    values: dict[str, np.ndarray]
+
+
+def predict_baselines(train_store: CutoutStore | str | os.PathLike, labels: str | os.PathLike,
+                      train_ids: np.ndarray, store: CutoutStore | str | os.PathLike, *, seed: int = 0,
+                      batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = FIT_THREADS
+                      ) -> BaselinePredictions:
+    """Fit the colour and mean models on the objects ``train_ids`` of ``train_store`` (the CNN's
+    training split, for a fair comparison) and predict every object of ``store``."""
+    train_store = train_store if isinstance(train_store, CutoutStore) else open_store(train_store)
+    store = store if isinstance(store, CutoutStore) else open_store(store)
+    targets = read_targets(labels)
+    train_ids = np.asarray(train_ids, np.int64).reshape(-1)
+    y = targets.values[match_rows(targets.object_id, train_ids, f"labels table {labels}")].astype(np.float64)
+    rows = match_rows(train_store.object_id, train_ids, f"the store {train_store.path}")
+    fitted = measure_photometry(train_store, rows, batch_size=batch_size)
+    names, measured = model_features(fitted), measure_photometry(store, batch_size=batch_size)
+    if missing := sorted(set(names) - set(measured.column_names)):
+        raise InputError(f"the store {store.path} lacks the features {missing} of the training store "
+                         f"{train_store.path} (other bands?)")
+    x, test = feature_matrix(fitted, names), feature_matrix(measured, names)
+    return BaselinePredictions(store.object_id.copy(), list(targets.names),
+                               {COLOUR: fit_colour_model(x, y, seed, threads).predict(test),
+                                MEAN: mean_model(y).predict(test)})

@@ -6,8 +6,9 @@
 3. train a small CNN on the first survey; it ends calibrated on its validation split;
 4. predict the held-out field into a HATS catalog with calibrated uncertainties and z_phot;
 5. measure there what a survey team would (:mod:`galspec_batch.science`): coverage at 1, 2 and 3
-   sigma, PIT, Spearman(|error|, std), the photo-z against the truth, the anomaly flags' false-flag
-   rate and ROC AUC; decode the spectra, select targets, draw figures.
+   sigma, PIT, Spearman(|error|, std), the latents and photo-z against a colour-only model and the
+   mean (both fitted on the CNN's training split), the anomaly flags' false-flag rate and ROC AUC;
+   decode the spectra, select targets, draw figures.
 
 Every step writes into one directory (default ``galspec-demo/``) with its own config beside it,
 so each output can be inspected with the other ``galspec`` commands.
@@ -84,6 +85,8 @@ def run_demo(out: str | Path = "galspec-demo", settings: DemoSettings = DemoSett
     """Run the whole chain into ``out``; returns the numbers it measured."""
     from galspec_batch import defaults as D
     from galspec_batch.anomalies import find_anomalies
+    from galspec_batch.baselines import predict_baselines
+    from galspec_batch.checkpoint import read_split
     from galspec_batch.decode import decode_catalog
     from galspec_batch.predict import predict_catalog
     from galspec_batch.science import evaluate_catalog
@@ -151,7 +154,10 @@ def run_demo(out: str | Path = "galspec-demo", settings: DemoSettings = DemoSett
         summary.numbers.update(catalog_rows=p.objects, predict_rate=p.rate)
 
     with _step(summary, "evaluate"):
-        science = evaluate_catalog(paths["catalog"], paths["test_labels"], truth=paths["test_spectra"])
+        train_ids, _ = read_split(result.best)
+        base = predict_baselines(paths["store"], paths["labels"], train_ids, paths["test_store"], seed=s.seed)
+        science = evaluate_catalog(paths["catalog"], paths["test_labels"], truth=paths["test_spectra"],
+                                   baselines=base)
         summary.numbers.update(science=science.record(), science_text=science.text())
         rep = find_anomalies(paths["catalog"], paths["flagged"], labels=paths["test_labels"],
                              truth=paths["test_spectra"])

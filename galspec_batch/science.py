@@ -16,10 +16,11 @@ import numpy as np
 import pyarrow as pa
 
 from galspec_batch.anomalies import catalog_null_model, flag_anomalies, roc_auc
+from galspec_batch.baselines import BaselinePredictions
 from galspec_batch.catalog.joins import catalog_targets, match_ids
 from galspec_batch.columns import OBJECT_ID, REDSHIFT
 from galspec_batch.errors import InputError
-from galspec_batch.metrics import photoz_metrics
+from galspec_batch.metrics import BOOTSTRAP_LEVEL, bootstrap_ci, photoz_metrics
 from galspec_batch.uncertainty import NU_MAX, Assessment, assess
 
 ALPHAS = (0.01, 0.001)
@@ -33,7 +34,8 @@ class ScienceReport:
     n_objects: int
     calibrated: Assessment  # the catalog's calibrated distributions
     raw: Assessment  # the network's own spread, as a Gaussian (the catalog's std over the scale)
-    photoz: dict[str, dict[str, float]] = field(default_factory=dict)  # "cnn", "colour" -> figures
+    photoz: dict[str, dict[str, float]] = field(default_factory=dict)  # "cnn", "colour", "mean" -> figures
+    rmse: dict[str, tuple[float, float, float]] = field(default_factory=dict)  # model -> (rmse, low, high)
     anomalies: dict[str, dict[str, float]] = field(default_factory=dict)  # alpha -> figures
     auc: float | None = None
 
@@ -61,6 +63,10 @@ class ScienceReport:
         lines = [f"{self.n_objects} held-out galaxies with spectra",
                  "predictive distributions, calibrated:", self.calibrated.table(),
                  "the network's own spread, as a Gaussian (before calibration):", self.raw.table()]
+        if self.rmse:
+            lines.append(f"latent RMSE in units of each latent's std here ({BOOTSTRAP_LEVEL:.0%} bootstrap "
+                         "interval): " + "; ".join(f"{m} {v:.3f} [{lo:.3f}, {hi:.3f}]"
+                                                  for m, (v, lo, hi) in self.rmse.items()))
         for name, z in self.photoz.items():
             lines.append(f"z_phot ({name}): NMAD {z['nmad']:.4f}, outliers {z['outliers']:.2%}, "
                          f"bias {z['bias']:+.4f}" + (f", 1-sigma coverage {z['coverage_1sigma']:.3f}"
@@ -78,7 +84,8 @@ class ScienceReport:
 
     def record(self) -> dict:
         return {"n_objects": self.n_objects, "calibrated": self.calibrated.record(), "raw": self.raw.record(),
-                "photoz": self.photoz, "anomalies": self.anomalies, "auc": self.auc, "checks": self.checks()}
+                "photoz": self.photoz, "rmse": self.rmse, "anomalies": self.anomalies, "auc": self.auc,
+                "checks": self.checks()}
 
 
 def photoz_figures(z_pred: np.ndarray, z_true: np.ndarray, z_std: np.ndarray | None = None
@@ -131,26 +138,34 @@ def join_labels(catalog: str | Path, labels: str | Path) -> Joined:
 
 
 def evaluate_catalog(catalog: str | Path, labels: str | Path, *, truth: str | Path | None = None,
-                     colour_z: tuple[np.ndarray, np.ndarray] | None = None,
+                     baselines: BaselinePredictions | None = None,
                      alphas: tuple[float, ...] = ALPHAS) -> ScienceReport:
     """Measure ``catalog`` against the observed latents and redshifts of ``labels`` (objects the
     network and calibration never saw); ``truth`` is a mock survey's spectra table (injected
-    anomalies and AGN), ``colour_z`` (object_id, z) a colour-only model's redshifts."""
+    anomalies and AGN), ``baselines`` the colour-only and mean models' predictions to compare."""
     import pyarrow.parquet as pq
 
     j = join_labels(catalog, labels)
     ids, names, observed, mean, std = j.ids, j.names, j.observed, j.mean, j.std
     report = ScienceReport(len(ids), assess(names, observed, mean, std, j.nu),
                            assess(names, observed, mean, std / j.scale, np.full(len(names), NU_MAX)))
+    n_lat = sum(n != REDSHIFT for n in names)
+    preds = {"cnn": mean}
+    if baselines is not None:
+        at = match_ids(baselines.object_id, ids)
+        if (at < 0).any() or baselines.names[: len(names)] != names:
+            raise InputError("the baseline predictions miss some labelled objects or targets")
+        preds.update({m: v[at][:, : len(names)] for m, v in baselines.values.items()})
+    scale = observed[:, :n_lat].std(axis=0)
+    for model, pred in preds.items():
+        sq = ((pred[:, :n_lat] - observed[:, :n_lat]) / scale) ** 2
+        lo, hi = bootstrap_ci(lambda idx, sq=sq: float(np.sqrt(sq[idx].mean())), len(sq), 200)
+        report.rmse[model] = (float(np.sqrt(sq.mean())), float(lo), float(hi))
     if REDSHIFT in names:
         i = names.index(REDSHIFT)
-        report.photoz["cnn"] = photoz_figures(mean[:, i], observed[:, i], std[:, i])
-        if colour_z is not None:
-            at = match_ids(colour_z[0], ids)
-            if (at < 0).any():
-                raise InputError("the colour-only redshifts miss some labelled objects")
-            report.photoz["colour"] = photoz_figures(np.asarray(colour_z[1])[at], observed[:, i])
-    n_lat = sum(n != REDSHIFT for n in names)
+        for model, pred in preds.items():
+            report.photoz[model] = photoz_figures(pred[:, i], observed[:, i],
+                                                  std[:, i] if model == "cnn" else None)
     null = catalog_null_model(catalog)
     anomaly = agn = np.zeros(len(ids), bool)
     if truth is not None:

@@ -20,6 +20,10 @@ def test_demo_runs_the_whole_chain(tmp_path):
     for k in ("1", "2", "3"):
         assert all(0 <= c <= 1 for c in science["calibrated"]["coverage"][k] + science["raw"]["coverage"][k])
     assert 0 < science["photoz"]["cnn"]["nmad"] < 0.2 and set(science["anomalies"]) == {"0.01", "0.001"}
+    rmse = science["rmse"]
+    assert set(rmse) == {"cnn", "colour", "mean"} and all(lo <= v <= hi for v, lo, hi in rmse.values())
+    assert 0.95 < rmse["mean"][0] < 1.1 and rmse["colour"][0] < rmse["mean"][0]
+    assert science["photoz"]["colour"]["nmad"] < science["photoz"]["mean"]["nmad"]
     assert "2-sigma" in str(summary) and "z_phot (cnn): NMAD" in str(summary)
     assert len(n["figures"]) == 7
     assert all((tmp_path / "demo" / f).stat().st_size > 10_000 for f in n["figures"])
