@@ -138,6 +138,7 @@ class BaselineReport:
     n_val: int
     scores: tuple[BaselineScore, ...]
     latent_rmse: dict[str, float]  # per model: RMSE over all latents together (training's val_rmse)
+    latent_interval: dict[str, tuple[float, float]]  # per model: its bootstrap interval
 
     def score(self, target: str, model: str) -> BaselineScore:
         return next(s for s in self.scores if s.target == target and s.model == model)
@@ -163,7 +164,9 @@ class BaselineReport:
                              f"bias {s.photoz.bias:+.4f})")
                 parts.append(part)
             lines.append(f"  {target}: " + "; ".join(parts))
-        lines.append("  all latents: " + "; ".join(f"{m} {v:.3f}" for m, v in self.latent_rmse.items()))
+        lines.append("  all latents: " + "; ".join(f"{m} {v:.3f} [{self.latent_interval[m][0]:.3f}, "
+                                                   f"{self.latent_interval[m][1]:.3f}]"
+                                                   for m, v in self.latent_rmse.items()))
         return "\n".join(lines)
 
 
@@ -202,20 +205,27 @@ def compare_baselines(store: CutoutStore | str | os.PathLike, labels: str | os.P
     preds = {COLOUR: fit_colour_model(x[:n], y[:n], seed, threads).predict(x[n:]),
              MEAN: mean_model(y[:n]).predict(x[n:])}
     sq = np.concatenate([((p - y[n:]) / std) ** 2 for p in preds.values()], axis=1)  # [n_val, models*T]
-    rmse = np.sqrt(sq.mean(axis=0))
-    low, high = bootstrap_ci(lambda idx: np.sqrt(sq[idx].mean(axis=0)), len(val_ids), n_boot, seed)
     n_t = len(targets.names)
     latent = [i for i, t in enumerate(targets.names) if t != Z]
-    scores, latent_rmse = [], {}
+    per_model = [[m * n_t + i for i in latent] for m in range(len(preds))]
+
+    def stats(idx: np.ndarray) -> np.ndarray:  # every target's RMSE, then every model's over the latents
+        s = sq[idx]
+        return np.concatenate([np.sqrt(s.mean(axis=0)), [np.sqrt(s[:, c].mean()) for c in per_model]])
+
+    rmse = stats(np.arange(len(val_ids)))
+    low, high = bootstrap_ci(stats, len(val_ids), n_boot, seed)
+    scores, latent_rmse, latent_interval = [], {}, {}
     for m, (model, pred) in enumerate(preds.items()):
         for i, target in enumerate(targets.names):
             k = m * n_t + i
             pz = photoz_metrics(pred[:, i], y[n:, i]) if target == Z else None
             scores.append(BaselineScore(target, model, float(rmse[k]), float(low[k]), float(high[k]), pz))
-        latent_rmse[model] = float(np.sqrt(sq[:, [m * n_t + i for i in latent]].mean()))
+        k = len(preds) * n_t + m
+        latent_rmse[model], latent_interval[model] = float(rmse[k]), (float(low[k]), float(high[k]))
     order = {t: i for i, t in enumerate(targets.names)}
     scores.sort(key=lambda s: order[s.target])
-    return BaselineReport(n, len(val_ids), tuple(scores), latent_rmse)
+    return BaselineReport(n, len(val_ids), tuple(scores), latent_rmse, latent_interval)
 
 
 @dataclass(frozen=True)

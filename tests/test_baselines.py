@@ -151,6 +151,8 @@ def test_colour_model_beats_the_mean_on_the_mock_survey(mock):
         assert (s.photoz is not None) == (s.target == "z")
     assert report.score("latent_2", COLOUR).rmse < 0.85  # absolute magnitude (0.72): flux and redshift
     assert report.latent_rmse[COLOUR] < report.latent_rmse[MEAN]
+    lo, hi = report.latent_interval[COLOUR]
+    assert lo < report.latent_rmse[COLOUR] < hi
     table = report.table()
     assert table.num_rows == 6 and table.column_names[:3] == ["target", "model", "rmse"]
     assert "z: colour" in str(report) and "NMAD" in str(report)

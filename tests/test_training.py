@@ -279,6 +279,12 @@ def test_the_papers_rmse_recipe_without_redshift(data, tmp_path):
     assert ck.net.head_kind == "point" and ck.targets == [f"latent_{i}" for i in range(1, 7)]
     assert "val_nll" not in result.metrics[-1] and "val_z_nmad" not in result.metrics[-1]
     assert result.best_val_rmse < 0.8 and result.calibration is not None
+    # the paper's exact recipe, without dropout, has no spread: it trains and stays uncalibrated
+    settings = TrainSettings(model="simple-cnn", epochs=1, batch_size=32, loss="rmse", redshift=False,
+                             dropout=0.0)
+    result = fit(data["store"], data["labels"], tmp_path / "paper0", settings, progress=False)
+    assert result.calibration is None and not (result.best / "calibration.json").exists()
+
 
 def _invoke(*args):
     return CliRunner().invoke(main, ["train", *map(str, args)])

@@ -224,11 +224,15 @@ def fit(
             if on_epoch_end is not None:
                 on_epoch_end(record)
 
-        calibration = calibrate_checkpoint(out / BEST, val_src, lab.object_id[va], y_val.astype(np.float64),
-                                           settings.seed)
-        if calibration is None:
-            bar.log(f"NOT CALIBRATED: {len(va)} validation objects are too few to calibrate on "
-                    f"(need {2 * MIN_SPLIT}); predictions will say so until galspec calibrate runs")
+        calibration = None
+        if LOSS_HEAD[settings.loss] == "point" and settings.dropout == 0:
+            bar.log("NOT CALIBRATED: a point head without dropout predicts no spread to calibrate")
+        else:
+            calibration = calibrate_checkpoint(out / BEST, val_src, lab.object_id[va],
+                                               y_val.astype(np.float64), settings.seed)
+            if calibration is None:
+                bar.log(f"NOT CALIBRATED: {len(va)} validation objects are too few to calibrate on "
+                        f"(need {2 * MIN_SPLIT}); predictions will say so until galspec calibrate runs")
 
     best = min(metrics, key=lambda m: m["val_rmse"])
     return TrainResult(out, metrics, best["val_rmse"], int(best["epoch"]), calibration)
