@@ -12,7 +12,9 @@ as (1+z)^4. Truth columns of the spectra table (they describe the galaxy in the 
 (galaxy-integrated Halpha equivalent width from star formation, rest frame, A: an sSFR proxy);
 ``truth_anomaly`` (the spectrum comes from another kind of galaxy); ``truth_agn``;
 ``truth_r_mag`` and ``truth_fiber_r_mag`` (total and 3" fiber, PS1 r, AB); ``truth_abs_mag_r``;
-``truth_re_disk_arcsec``.
+``truth_re_disk_arcsec``; ``truth_cos_i`` (disk inclination); ``truth_av`` (V-band attenuation of
+the stellar light, mag); ``truth_passive`` (quenched: no star formation); ``truth_merger`` (tidal
+features, starburst); ``truth_sigma_v`` (light-weighted stellar velocity dispersion, km/s).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import pyarrow.parquet as pq
 from galspec_batch import defaults as D
 from galspec_batch.atomic import atomic_path, refuse_existing
 from galspec_batch.errors import InputError, UsageError
-from galspec_batch.simulate import fiber, images, population
+from galspec_batch.simulate import fiber, images, kinematics, population
 from galspec_batch.simulate.sed import BANDS
 from galspec_batch.sky import healpix_29
 from galspec_batch.spectra_table import spectra_to_table, validate_spectra_table
@@ -137,6 +139,11 @@ def simulate_batch(
         "truth_fiber_r_mag": 22.5 - 2.5 * np.log10(np.maximum(fiber_r, 1e-3)),
         "truth_abs_mag_r": gal.abs_mag_r,
         "truth_re_disk_arcsec": gal.re_disk,
+        "truth_cos_i": gal.cos_i,
+        "truth_av": lt.av,
+        "truth_passive": gal.passive,
+        "truth_merger": gal.merger,
+        "truth_sigma_v": kinematics.fiber_dispersion(gal.bulge_frac, gal.sigma_bulge, gal.sigma_disk),
     }
     return MockBatch(
         object_id=id_offset(seed) + np.asarray(index, dtype=np.int64),
