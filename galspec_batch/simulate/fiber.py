@@ -18,7 +18,7 @@ the valid (ivar > 0) pixels, ivar multiplied by the square of that mean.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 from scipy.special import ndtri
@@ -52,6 +52,13 @@ class Light:
     sf_halpha: np.ndarray  # [N] star-forming (HII + diffuse gas) Halpha flux after dust
     av: np.ndarray  # [N] V-band attenuation of the galaxy's stellar light, mag
 
+    def take(self, rows: np.ndarray) -> Light:
+        """The light of the galaxies at ``rows``."""
+        def pick(value):
+            return {k: v[rows] for k, v in value.items()} if isinstance(value, dict) else value[rows]
+
+        return Light(**{f.name: pick(getattr(self, f.name)) for f in fields(self)})
+
 
 def light(gal: Galaxies) -> Light:
     """Scale each component so the galaxy has its bulge fraction and, after dust, its absolute
@@ -65,12 +72,12 @@ def light(gal: Galaxies) -> Light:
         "struct": (gal.coeff_struct, disk_share * gal.struct_frac),
     }
     rest_r, kept = {}, {}
-    r_wave = grid.wave[grid.r_bins]
+    r_bins = grid.seen[sed.R_BAND]
     for name, (c, _) in parts.items():
-        rest = sed.rowwise(c, grid.basis[:5])
-        rest_r[name] = sed.rest_r_of(rest)
-        rest[:, grid.r_bins] *= dust.transmission(r_wave, depths[name])
-        kept[name] = sed.rest_r_of(rest) / rest_r[name]
+        rest = sed.rowwise(c, grid.basis[:5, r_bins])
+        rest_r[name] = sed.rest_r_maggies(c)
+        kept[name] = sed.rowwise(rest * dust.transmission(grid.wave[r_bins], depths[name]),
+                                 grid.weight[r_bins, sed.R_BAND]) / rest_r[name]
     scale = 10 ** (-0.4 * gal.abs_mag_r) / sum(share * kept[name] for name, (_, share) in parts.items())
     coeff = {name: np.column_stack([c * (scale * share / rest_r[name])[:, None], np.zeros(len(c))])
              for name, (c, share) in parts.items()}

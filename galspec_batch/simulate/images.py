@@ -262,8 +262,7 @@ def _splat(img: np.ndarray, row: np.ndarray, col: np.ndarray, flux: np.ndarray) 
     for rr, cc, wt in ((r0, c0, (1 - fr) * (1 - fc)), (r0 + 1, c0, fr * (1 - fc)),
                        (r0, c0 + 1, (1 - fr) * fc), (r0 + 1, c0 + 1, fr * fc)):
         ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
-        for k in np.flatnonzero(ok):
-            img[:, rr[k], cc[k]] += (flux[k] * wt[k]).astype(img.dtype)
+        np.add.at(img, (slice(None), rr[ok], cc[ok]), (flux[ok] * wt[ok, None]).astype(img.dtype).T)
 
 
 def _bilinear(a: np.ndarray, row: float, col: float) -> float:

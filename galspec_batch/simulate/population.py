@@ -36,7 +36,7 @@ galaxy of the opposite kind (see ``spectral_params``).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 from scipy.special import betaincinv, expit, ndtri
@@ -110,6 +110,10 @@ class Galaxies:
     agn_broad: np.ndarray  # broad-line Halpha flux / narrow Halpha flux (0: none)
     agn_ratios: np.ndarray  # [N, n_lines] AGN narrow-line ratios
     anomaly: np.ndarray  # bool: the spectrum comes from another galaxy
+
+    def take(self, rows: np.ndarray) -> Galaxies:
+        """The galaxies at ``rows``."""
+        return Galaxies(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
 
 
 def uniforms(seed: int, index: np.ndarray, n_streams: int, salt: int = 0) -> np.ndarray:

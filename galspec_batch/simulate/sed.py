@@ -3,10 +3,10 @@
 The package copy (``galspec_batch/data/redrock_galaxy_compact.npz``, made by
 ``data/build_redrock_compact.py``) holds the 5 PCA basis vectors on log10(lambda) 3.40-4.00 (vacuum,
 rest frame) with the nebular lines removed, and the archetype coefficients of 750 real galaxies.
-Every intrinsic SED here is linear in the 5 coefficients, so the spectral grid (at each velocity
-dispersion) is tabulated once per basis vector and combined per object with a dot product. Dust makes
-the observed SED non-linear, so band fluxes integrate each object's SED on a fixed log-lambda lattice,
-where a redshift is a shift (``band_maggies``).
+Every dust-free SED here is linear in the 5 coefficients, so band fluxes and the spectral grid (at
+each velocity dispersion) are tabulated once per basis vector and combined per object with a dot
+product. Dust makes an SED non-linear in them, so the band fluxes of attenuated SEDs integrate each
+object's SED on a fixed log-lambda lattice, where a redshift is a shift (``band_maggies``).
 
 Units: an SED is f_lambda in erg/s/cm^2/A as seen from 10 pc; observed fluxes are maggies
 (x1e9 for nanomaggies), computed with the Pan-STARRS curves of ``speclite``.
@@ -33,6 +33,7 @@ C_ANGSTROM = 2.99792458e18  # speed of light in A/s
 C_KMS = 2.99792458e5
 AB_FNU = 3631e-23  # erg/s/cm^2/Hz
 PC10_MPC = 1e-5
+Z_TABLE = np.linspace(0.0, 0.5, 401)  # dust-free band fluxes are interpolated on this grid
 _EXTEND_TO = 11100.0  # A, rest; past the basis's 10000 A end the continuum is extrapolated linearly
 _BAND_DLOG = 4e-4  # log10 step of the photometry lattice (4 template pixels; speclite to < 0.05%)
 POST_STARBURST_ARCHETYPES = 20  # the archetypes with the strongest Hdelta absorption
@@ -149,9 +150,8 @@ class BandGrid:
 
     wave: np.ndarray  # [n] A, bin centres (rest frame for SEDs, observed frame for ``weight``)
     basis: np.ndarray  # [6, n] basis vectors and the AGN power law, bin-averaged
-    first_seen: int  # the observed bins from here on are those some filter sees
-    weight: np.ndarray  # [m, 5] maggies per unit f_lambda (erg/s/cm^2/A) in those bins
-    r_bins: slice  # the bins the r filter sees at z = 0
+    weight: np.ndarray  # [n, 5] maggies per unit f_lambda (erg/s/cm^2/A) in each observed bin
+    seen: tuple[slice, ...]  # per band, the bins its filter sees
 
 
 @functools.lru_cache(maxsize=1)
@@ -163,10 +163,8 @@ def band_grid() -> BandGrid:
     resp_wave, resp, norm = _band_line_norm()
     response = np.stack([np.interp(wave, resp_wave, r, left=0.0, right=0.0) for r in resp], axis=1)
     weight = response * (wave**2 * np.log(10) * _BAND_DLOG)[:, None] / norm[None, :]
-    seen = np.flatnonzero(weight.any(axis=1))
-    r_seen = np.flatnonzero(weight[:, R_BAND])
-    return BandGrid(wave, rebin(t.wave, _vectors(t), edges), int(seen[0]), weight[seen[0] : seen[-1] + 1],
-                    slice(int(r_seen[0]), int(r_seen[-1]) + 1))
+    seen = tuple(slice(int(k[0]), int(k[-1]) + 1) for k in (np.flatnonzero(w) for w in weight.T))
+    return BandGrid(wave, rebin(t.wave, _vectors(t), edges), weight, seen)
 
 
 def _vectors(t: Templates) -> np.ndarray:
@@ -183,31 +181,40 @@ def band_maggies(rest_sed: np.ndarray, z: np.ndarray) -> np.ndarray:
     shift = np.log10(1 + z) / _BAND_DLOG
     whole = np.floor(shift).astype(int)
     frac = (shift - whole)[:, None]
-    m = len(grid.weight)
-    # observed bin first_seen + k lies between rest bins first_seen + k - whole - 1 and that + 1
-    pad = max(int(whole.max(initial=0)) + 1 - grid.first_seen, 0)
-    padded = np.pad(rest_sed, ((0, 0), (pad, 0)))
-    windows = sliding_window_view(padded, m + 1, axis=1)[np.arange(len(z)), grid.first_seen - whole - 1 + pad]
+    lo, hi = min(s.start for s in grid.seen), max(s.stop for s in grid.seen)
+    # observed bin lo + k lies between rest bins lo + k - whole - 1 and that + 1
+    pad = max(int(whole.max(initial=0)) + 1 - lo, 0)
+    padded = np.pad(rest_sed, ((0, 0), (pad, 0))) if pad else rest_sed
+    windows = sliding_window_view(padded, hi - lo + 1, axis=1)[np.arange(len(z)), lo - whole - 1 + pad]
     observed = (1 - frac) * windows[:, 1:] + frac * windows[:, :-1]
-    return rowwise(observed, grid.weight) / (1 + z)[:, None]
+    per_band = [rowwise(observed[:, s.start - lo : s.stop - lo], grid.weight[s, b])
+                for b, s in enumerate(grid.seen)]
+    return np.stack(per_band, axis=1) / (1 + z)[:, None]
+
+
+@functools.lru_cache(maxsize=1)
+def band_flux_table() -> np.ndarray:
+    """[6, 5, len(Z_TABLE)] maggies of each basis vector (and, last, the AGN power law normalised
+    to f_lambda=1 at 5100 A) redshifted to z, before distance dimming."""
+    basis = band_grid().basis
+    maggies = band_maggies(np.tile(basis, (len(Z_TABLE), 1)), np.repeat(Z_TABLE, len(basis)))
+    return maggies.reshape(len(Z_TABLE), len(basis), -1).transpose(1, 2, 0)
 
 
 def band_fluxes(coeff: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """Observed maggies [N, 5] of SEDs with coefficients [N, 5] (or [N, 6] with the AGN term)."""
-    rest = rowwise(coeff, band_grid().basis[: coeff.shape[1]])
-    return band_maggies(rest, z) * distance_dimming(z)[:, None]
+    """Observed maggies [N, 5] of dust-free SEDs with coefficients [N, 5] (or [N, 6] with the
+    AGN term), interpolated between redshifts of ``Z_TABLE``."""
+    table = band_flux_table()[: coeff.shape[1]]
+    zi = np.clip(np.asarray(z) / (Z_TABLE[1] - Z_TABLE[0]), 0, len(Z_TABLE) - 1.000001)
+    i0 = zi.astype(int)
+    w = (zi - i0)[:, None, None]
+    per_vector = table[:, :, i0].transpose(2, 0, 1) * (1 - w) + table[:, :, i0 + 1].transpose(2, 0, 1) * w
+    return np.einsum("nk,nkb->nb", coeff, per_vector) * distance_dimming(z)[:, None]
 
 
 def rest_r_maggies(coeff: np.ndarray) -> np.ndarray:
-    """Rest-frame (z=0, 10 pc) r-band maggies of SEDs [N, 5]: sets absolute magnitudes."""
-    return rest_r_of(rowwise(coeff, band_grid().basis[: coeff.shape[1]]))
-
-
-def rest_r_of(rest_sed: np.ndarray) -> np.ndarray:
-    """Rest-frame (z=0, 10 pc) r-band maggies of SEDs [N, n] on ``band_grid()``."""
-    grid = band_grid()
-    r = grid.r_bins
-    return rowwise(rest_sed[:, r], grid.weight[r.start - grid.first_seen : r.stop - grid.first_seen, R_BAND])
+    """Rest-frame (z=0, 10 pc) r-band maggies of dust-free SEDs [N, 5]: sets absolute magnitudes."""
+    return rowwise(coeff, band_flux_table()[: coeff.shape[1], R_BAND, 0])
 
 
 @functools.lru_cache(maxsize=1)

@@ -121,14 +121,19 @@ def simulate_batch(
     lt = fiber.light(gal)
     comp = fiber.band_components(gal, lt)
     rendered = images.render(gal, comp, seed, tuple(image_shape), pixel_scale)
-    spec_gal = population.spectral_params(seed, gal)
-    spec_lt = fiber.light(spec_gal) if gal.anomaly.any() else lt
-    spec_comp = fiber.band_components(spec_gal, spec_lt) if gal.anomaly.any() else comp
     r = 1  # index of the r band
-    fiber_r = sum(rendered.fiber_frac[:, k] * getattr(spec_comp, c)[:, r]
-                  for k, c in enumerate(("bulge", "disk", "struct", "point")))
+    spec_r = {c: getattr(comp, c)[:, r].copy() for c in fiber.COMPONENTS}  # the spectrum's light
+    spec_gal, spec_lt = gal, lt
+    if gal.anomaly.any():  # differs from the image's for these rows only
+        rows = np.flatnonzero(gal.anomaly)
+        spec_gal = population.spectral_params(seed, gal)
+        spec_lt = fiber.light(spec_gal)
+        odd = fiber.band_components(spec_gal.take(rows), spec_lt.take(rows))
+        for c in fiber.COMPONENTS:
+            spec_r[c][rows] = getattr(odd, c)[:, r]
+    fiber_r = sum(rendered.fiber_frac[:, k] * spec_r[c] for k, c in enumerate(fiber.COMPONENTS))
     flux, ivar = fiber.fiber_spectra(spec_gal, spec_lt, rendered.fiber_frac, fiber_r, seed)
-    total = sum(getattr(comp, c) for c in ("bulge", "disk", "struct", "point"))
+    total = sum(getattr(comp, c) for c in fiber.COMPONENTS)
     truth = {
         "truth_z": gal.z,
         "truth_bulge_frac": gal.bulge_frac,
