@@ -8,7 +8,9 @@ from galspec_batch.demo import DemoSettings, run_demo
 
 
 def test_demo_runs_the_whole_chain(tmp_path):
-    settings = DemoSettings(n_galaxies=400, image_size=24, vae_epochs=8, cnn_epochs=3, mc_samples=8,
+    # 6 CNN epochs: at 3 the CNN had not left the mean (validation RMSE 0.95-1.12 over seeds 0-2 on
+    # the old mock too), so the RMSE and AUC bounds below tested the seed, not the chain
+    settings = DemoSettings(n_galaxies=400, image_size=24, vae_epochs=8, cnn_epochs=6, mc_samples=8,
                             test_fraction=1.0, test_anomaly_rate=0.05)
     summary = run_demo(tmp_path / "demo", settings, progress=False)
     n = summary.numbers

@@ -5,12 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from scipy.ndimage import gaussian_filter
 from scipy.stats import spearmanr
 
 from galspec_batch.cli import main
 from galspec_batch.columns import QualityFlag
 from galspec_batch.errors import InputError
-from galspec_batch.simulate import fiber, population, sed, simulate_batch, simulate_survey
+from galspec_batch.simulate import (
+    dust,
+    fiber,
+    images,
+    kinematics,
+    population,
+    sed,
+    simulate_batch,
+    simulate_survey,
+)
 from galspec_batch.simulate.survey import SURVEY_NAME, id_offset
 from galspec_batch.sky import healpix_29
 from galspec_batch.spectra import WAVE, WAVE_EDGES
@@ -197,3 +207,150 @@ def test_cli_simulate_with_plot(tmp_path):
     again = CliRunner().invoke(main, ["simulate", "--out", str(tmp_path / "c.zarr"), "--out-spectra",
                                       str(tmp_path / "c.parquet"), "-n", "4"])
     assert again.exit_code == 2 and "already exists" in again.output
+
+
+# ---- the physics that makes morphology informative (issue 11) ----
+
+@pytest.fixture(scope="module")
+def population3000():
+    """3000 galaxies with their light, band fluxes and galaxy-integrated (noise-free) spectra."""
+    g = population.draw_galaxies(0, np.arange(3000))
+    lt = fiber.light(g)
+    return g, lt, fiber.band_components(g, lt), fiber.model_spectra(g, lt, np.ones((3000, 4)))
+
+
+def _line_flux(spec, centre, half=10.0, side=40.0):
+    """Continuum-subtracted line flux and the continuum beside the line."""
+    line = np.abs(WAVE - centre) < half
+    band = (np.abs(WAVE - centre) > half + 15) & (np.abs(WAVE - centre) < half + 15 + side)
+    cont = np.median(spec[:, band], axis=1)
+    return ((spec[:, line] - cont[:, None]) * np.diff(WAVE_EDGES)[line]).sum(axis=1), cont
+
+
+def test_extinction_curve_and_dust_geometries():
+    v_band = 1e4 / 1.82  # A_lambda / A_V = 1 there
+    k = dust.extinction_curve(np.array([4862.68, v_band, 6564.61]))
+    assert k == pytest.approx([1.164, 1.0, 0.818], abs=0.005)  # Cardelli et al. (1989), R_V = 3.1
+    wave = np.array([v_band])
+    out = dust.transmission(wave, np.array([[0.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0]]))[:, 0]
+    assert out == pytest.approx([1.0, np.exp(-1), 1 - np.exp(-1), (1 + np.exp(-1)) / 2], rel=1e-3)
+
+
+def test_band_fluxes_match_speclite():
+    t = sed.templates()
+    coeff, z = t.coeff[[0, 400, 749]], np.array([0.02, 0.12, 0.3])
+    ours = sed.band_fluxes(coeff, z)
+    for k in range(3):
+        f = (coeff[k] @ t.basis) / (1 + z[k]) * sed.distance_dimming(z[k : k + 1])[0]
+        ref = sed.filters().get_ab_maggies(f, t.wave * (1 + z[k]))
+        assert ours[k] == pytest.approx([ref[name][0] for name in ref.colnames], rel=2e-3)
+
+
+def test_edge_on_disks_are_redder_and_have_a_higher_balmer_decrement(population3000):
+    g, lt, comp, spec = population3000
+    halpha, cont = _line_flux(spec, sed.LINES["Halpha"])
+    hbeta, _ = _line_flux(spec, sed.LINES["Hbeta"])
+    sf_disk = (g.bulge_frac < 0.5) & ~g.passive & ~g.agn & (halpha / cont > 10)
+    face, edge = sf_disk & (g.cos_i > 0.7), sf_disk & (g.cos_i < 0.3)
+    assert face.sum() > 200 and edge.sum() > 200
+    decrement = halpha / hbeta
+    assert np.median(decrement[edge]) > 1.1 * np.median(decrement[face])
+    total = comp.bulge + comp.disk + comp.struct + comp.point
+    g_r = -2.5 * np.log10(total[:, 0] / total[:, 1])
+    assert np.median(g_r[edge]) - np.median(g_r[face]) > 0.08
+    assert np.median(lt.av[edge]) > 2 * np.median(lt.av[face])
+    assert np.all(lt.av[g.passive & (g.bulge_frac > 0.99)] < 1e-6)  # no dust without a star-forming disk
+
+
+def test_passive_fraction_and_quenching_follow_bulge_and_luminosity(population3000):
+    g, lt, _, _ = population3000
+    sfr = fiber.star_formation_ew(lt)
+    assert 0.3 < np.mean(sfr < 3) < 0.5  # SDSS main sample: ~35-45% with EW(Halpha) < 3 A
+    assert np.array_equal(sfr < 1e-9, g.passive)
+    bt = g.bulge_frac
+    assert g.passive[bt > 0.6].mean() > 0.7 > 0.2 > g.passive[bt < 0.2].mean()
+    bright, faint = g.abs_mag_r < -22, g.abs_mag_r > -20.5
+    assert g.passive[bright].mean() > g.passive[faint].mean() + 0.2
+    # a few passive galaxies quenched recently: A-star-rich disks (strong Hdelta absorption)
+    psb = g.post_starburst
+    assert psb.any() and np.all(g.passive[psb]) and psb.sum() < 0.1 * g.passive.sum()
+    t = sed.templates()
+    strong = t.coeff[np.argsort(-t.hdelta)[: sed.POST_STARBURST_ARCHETYPES]]
+    assert all((np.abs(strong - c).sum(axis=1) < 1e-12).any() for c in g.coeff_disk[psb])
+
+
+def test_star_formation_shows_where_the_image_shows_blue_structure():
+    g = population.draw_galaxies(0, np.arange(600))
+    keep = np.flatnonzero(~g.passive & ~g.agn & ~g.anomaly)[:200]
+    g = population.draw_galaxies(0, keep)
+    lt = fiber.light(g)
+    comp = fiber.band_components(g, lt)
+    rendered = images.render(g, comp, 0, (32, 32), 0.25)
+    spec = fiber.model_spectra(g, lt, rendered.fiber_frac)
+    halpha, cont = _line_flux(spec, sed.LINES["Halpha"])
+    # the structure's share of the r-band light inside the fiber sets the fiber's Halpha EW
+    r_band = np.stack([comp.bulge[:, 1], comp.disk[:, 1], comp.struct[:, 1]], axis=1)
+    in_fiber = r_band * rendered.fiber_frac[:, :3]
+    share = in_fiber[:, 2] / in_fiber.sum(axis=1)
+    assert spearmanr(share, halpha / cont).statistic > 0.75
+    # without the structure in the fiber only the old stars' weak emission remains
+    no_struct = rendered.fiber_frac.copy()
+    no_struct[:, 2] = 0
+    rest, rest_cont = _line_flux(fiber.model_spectra(g, lt, no_struct), sed.LINES["Halpha"])
+    assert np.percentile(rest / rest_cont, 95) < 3 < np.median(halpha / cont)
+
+
+def test_velocity_dispersion_broadens_the_lines_and_the_stars(population3000):
+    g, _, _, spec = population3000
+    sigma_v = kinematics.fiber_dispersion(g.bulge_frac, g.sigma_bulge, g.sigma_disk)
+    lo, hi = np.percentile(sigma_v, [5, 95])
+    assert 50 < lo and hi < 300
+    halpha, cont = _line_flux(spec, sed.LINES["Halpha"])
+    lines = ~g.passive & ~g.agn & (halpha / cont > 10)
+    core = np.abs(WAVE - sed.LINES["Halpha"]) < 8
+    excess = spec[lines][:, core] - cont[lines, None]
+    width = np.sqrt((excess * (WAVE[core] - sed.LINES["Halpha"]) ** 2).sum(axis=1) / excess.sum(axis=1))
+    assert spearmanr(width, sigma_v[lines]).statistic > 0.6
+    # the stellar continuum: Ca II K is shallower at 300 km/s than unbroadened
+    old = np.column_stack([sed.templates().archetype(np.array([0.9])), [[0.0]]])
+    spectra = kinematics.continuum(np.repeat(old, 2, axis=0), np.array([0.0, 300.0]))
+    k = np.abs(WAVE - 3934.8).argmin()
+    depth = 1 - spectra[:, k] / spectra[:, k + 8]
+    assert depth[1] < 0.9 * depth[0]
+
+
+def test_mergers_have_tidal_features_starbursts_and_more_agn(population3000):
+    g, lt, _, _ = population3000
+    sfr = fiber.star_formation_ew(lt)
+    assert 0.02 < g.merger.mean() < 0.06 and not (g.merger & g.passive).any()
+    assert np.median(sfr[g.merger]) > 2 * np.median(sfr[~g.merger])
+    many = population.draw_galaxies(0, np.arange(100_000))
+    assert many.agn[many.merger].mean() > 1.8 * many.agn[~many.merger].mean()
+    # the image: more flux off-centre and asymmetric (smoothed, inside 5 r_e or 6")
+    idx = np.concatenate([np.flatnonzero(g.merger)[:80], np.flatnonzero(~g.merger)[:80]])
+    b = simulate_batch(idx, np.zeros(160), np.zeros(160), image_shape=(48, 48))
+    assert b.truth["truth_merger"][:80].all() and not b.truth["truth_merger"][80:].any()
+    ok = b.mask[:, 1]  # r band present
+    r = gaussian_filter(np.nan_to_num(b.images[ok, 1]), (0, 1.5, 1.5))
+    yy, xx = np.mgrid[:48, :48] - 23.5
+    radius = np.hypot(yy, xx) * 0.25
+    asym = np.array([np.abs(im - im[::-1, ::-1])[radius < min(5 * re, 6.0)].sum()
+                     / np.abs(im)[radius < min(5 * re, 6.0)].sum()
+                     for im, re in zip(r, b.truth["truth_re_disk_arcsec"][ok], strict=True)])
+    merger = b.truth["truth_merger"][ok]
+    assert np.median(asym[merger]) > np.median(asym[~merger]) + 0.04
+
+
+def test_new_physics_is_deterministic_and_batch_independent():
+    g = population.draw_galaxies(0, np.arange(400))
+    idx = np.unique(np.concatenate([np.flatnonzero(g.merger)[:4], np.flatnonzero(g.post_starburst)[:2],
+                                    np.flatnonzero(g.agn)[:2], np.arange(6)]))
+    n = len(idx)
+    whole = simulate_batch(idx, np.zeros(n), np.zeros(n), image_shape=(24, 24), anomaly_rate=0.3)
+    parts = [simulate_batch(idx[s], np.zeros(len(idx[s])), np.zeros(len(idx[s])), image_shape=(24, 24),
+                            anomaly_rate=0.3) for s in (slice(0, 3), slice(3, 4), slice(4, n))]
+    assert whole.truth["truth_merger"].sum() >= 4 and whole.truth["truth_anomaly"].any()
+    assert np.array_equal(whole.images, np.concatenate([p.images for p in parts]), equal_nan=True)
+    assert np.array_equal(whole.flux, np.concatenate([p.flux for p in parts]))
+    for key in ("truth_av", "truth_sigma_v", "truth_cos_i", "truth_passive", "truth_sfr"):
+        assert np.array_equal(whole.truth[key], np.concatenate([p.truth[key] for p in parts]))

@@ -2,6 +2,11 @@
 an AGN point source, neighbour galaxies and stars, a Moffat PSF per band, Pan-STARRS 3pi sky
 noise and a few artifacts (NaN stripes, a missing band). Pixel values are nanomaggies.
 
+Mergers move a share of their bulge and disk light into tidal features with the same colours:
+two curved tails from disk-dominated galaxies (Toomre & Toomre 1972), interleaved shells around
+bulge-dominated ones (Quinn 1984), and often a close companion; their clumps of star formation
+crowd the centre (gas driven inwards; Barnes & Hernquist 1996).
+
 Each object is rendered on a padded grid (so the FFT convolution does not wrap light around)
 with its own random generator seeded from (seed, object index).
 """
@@ -31,6 +36,14 @@ NEIGHBOUR_DENSITY = 6.0  # galaxies with 18 < r < 23.5 per arcmin^2
 STAR_DENSITY = 0.8  # stars with 14 < r < 23 per arcmin^2
 P_NAN_STRIPE, P_MISSING_BAND = 0.03, 0.015
 _B = {BULGE_N: 7.669, DISK_N: 1.678}  # b_n of the Sersic profile
+MERGER_CLUMP_RADIUS = 0.4  # merger clumps' radial scale relative to the disk's
+SHELL_HOST_BT = 0.5  # mergers with a larger bulge fraction show shells, the others tails
+TAIL_LENGTH = (2.5, 5.0)  # effective radii
+TAIL_WIDTH = 0.25  # effective radii (Gaussian sigma)
+SHELL_WIDTH = 0.12
+COMPANION_PROB = 0.5
+COMPANION_DISTANCE = (1.5, 3.5)  # effective radii
+COMPANION_SIZE = 0.4  # effective radii (Gaussian sigma)
 
 
 @dataclass(frozen=True)
@@ -129,10 +142,16 @@ def _render_one(grid: _Grid, gal: Galaxies, comp: Components, i: int, rng, stamp
     bulge *= stamp_b / bulge.sum()
     disk, xd, yd = _disk_plane(x, y, gal.re_disk[i], gal.q_disk[i], gal.pa[i])
     disk *= stamp_d / disk.sum()
+    if gal.merger[i]:
+        tidal = _tidal(grid, dx, dy, gal.re_disk[i], gal.bulge_frac[i] > SHELL_HOST_BT, rng)
+        f = gal.tidal_frac[i]
+        bulge = (1 - f) * bulge + (f * stamp_b) * tidal
+        disk = (1 - f) * disk + (f * stamp_d) * tidal
     if gal.arms[i]:
         struct = _arms(xd, yd, gal.re_disk[i], rng) * stamp_d
     else:
-        struct = _clumps(grid, dx, dy, gal.re_disk[i], gal.q_disk[i], gal.pa[i], rng)
+        scale = gal.re_disk[i] * (MERGER_CLUMP_RADIUS if gal.merger[i] else 1.0)
+        struct = _clumps(grid, dx, dy, scale, gal.q_disk[i], gal.pa[i], rng)
     maps = np.stack([bulge, disk, struct]).reshape(3, -1)
     fluxes = np.stack([comp.bulge[i], comp.disk[i], comp.struct[i]], axis=1).astype(np.float32)  # [5, 3]
     img = (fluxes @ maps).reshape(5, *grid.padded)
@@ -200,6 +219,41 @@ def _clumps(grid, dx, dy, re, q, pa, rng):
     return gaussian_filter(out[0], size_px, truncate=3.0) if size_px > 0.3 else out[0]
 
 
+def _tidal(grid: _Grid, dx: float, dy: float, re: float, shells: bool, rng) -> np.ndarray:
+    """Unit-sum map of a merger's tidal features (shells or two tails, maybe a companion)."""
+    features = np.zeros((1, *grid.padded), np.float32)
+    if shells:
+        k = int(rng.integers(2, 5))
+        radius = re * (1.5 + 1.2 * np.arange(k))
+        centre = rng.uniform(0, 2 * np.pi) + np.pi * np.arange(k)  # alternating sides
+        phi = centre[:, None] + rng.uniform(0.6, 1.2, k)[:, None] * np.linspace(-1, 1, 30)[None, :]
+        x, y = radius[:, None] * np.cos(phi), radius[:, None] * np.sin(phi)
+        w, width = np.ones_like(x), SHELL_WIDTH
+    else:
+        t = np.linspace(0, 1, 40)[None, :]
+        start = rng.uniform(0, 2 * np.pi) + np.array([0.0, np.pi])[:, None]
+        radius = re * (1 + rng.uniform(*TAIL_LENGTH) * t)
+        phi = start + rng.choice([-1, 1]) * rng.uniform(0.6, 1.4) * t
+        x, y, width = radius * np.cos(phi), radius * np.sin(phi), TAIL_WIDTH
+        w = np.exp(-2 * t) * np.ones((2, 1))  # fading along the tail
+    _place(features, grid, x.ravel() + dx, y.ravel() + dy, w.ravel() / w.sum(), width * re)
+    if rng.uniform() < COMPANION_PROB:
+        companion = np.zeros_like(features)
+        d, phi = re * rng.uniform(*COMPANION_DISTANCE), rng.uniform(0, 2 * np.pi)
+        at_x, at_y = np.array([d * np.cos(phi) + dx]), np.array([d * np.sin(phi) + dy])
+        _place(companion, grid, at_x, at_y, np.ones(1), COMPANION_SIZE * re)
+        features += rng.uniform(0.3, 1.0) * companion
+    return features[0] / max(float(features.sum()), 1e-30)
+
+
+def _place(img: np.ndarray, grid: _Grid, x: np.ndarray, y: np.ndarray, w: np.ndarray, sigma: float) -> None:
+    """Add points of weights ``w`` at (x, y) arcsec, blurred by a Gaussian of ``sigma`` arcsec."""
+    ps = grid.pixel_scale
+    spots = np.zeros_like(img)
+    _splat(spots, grid.centre[0] + y / ps, grid.centre[1] + x / ps, w[:, None])
+    img += gaussian_filter(spots[0], sigma / ps, truncate=3.0)[None] if sigma / ps > 0.3 else spots
+
+
 def _splat(img: np.ndarray, row: np.ndarray, col: np.ndarray, flux: np.ndarray) -> None:
     """Add point sources (flux [K, bands]) at fractional pixel positions, bilinearly."""
     r0, c0 = np.floor(row).astype(int), np.floor(col).astype(int)
@@ -208,8 +262,7 @@ def _splat(img: np.ndarray, row: np.ndarray, col: np.ndarray, flux: np.ndarray) 
     for rr, cc, wt in ((r0, c0, (1 - fr) * (1 - fc)), (r0 + 1, c0, fr * (1 - fc)),
                        (r0, c0 + 1, (1 - fr) * fc), (r0 + 1, c0 + 1, fr * fc)):
         ok = (rr >= 0) & (rr < h) & (cc >= 0) & (cc < w)
-        for k in np.flatnonzero(ok):
-            img[:, rr[k], cc[k]] += (flux[k] * wt[k]).astype(img.dtype)
+        np.add.at(img, (slice(None), rr[ok], cc[ok]), (flux[ok] * wt[ok, None]).astype(img.dtype).T)
 
 
 def _bilinear(a: np.ndarray, row: float, col: float) -> float:

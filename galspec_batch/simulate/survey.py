@@ -12,7 +12,9 @@ as (1+z)^4. Truth columns of the spectra table (they describe the galaxy in the 
 (galaxy-integrated Halpha equivalent width from star formation, rest frame, A: an sSFR proxy);
 ``truth_anomaly`` (the spectrum comes from another kind of galaxy); ``truth_agn``;
 ``truth_r_mag`` and ``truth_fiber_r_mag`` (total and 3" fiber, PS1 r, AB); ``truth_abs_mag_r``;
-``truth_re_disk_arcsec``.
+``truth_re_disk_arcsec``; ``truth_cos_i`` (disk inclination); ``truth_av`` (V-band attenuation of
+the stellar light, mag); ``truth_passive`` (quenched: no star formation); ``truth_merger`` (tidal
+features, starburst); ``truth_sigma_v`` (light-weighted stellar velocity dispersion, km/s).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import pyarrow.parquet as pq
 from galspec_batch import defaults as D
 from galspec_batch.atomic import atomic_path, refuse_existing
 from galspec_batch.errors import InputError, UsageError
-from galspec_batch.simulate import fiber, images, population
+from galspec_batch.simulate import fiber, images, kinematics, population
 from galspec_batch.simulate.sed import BANDS
 from galspec_batch.sky import healpix_29
 from galspec_batch.spectra_table import spectra_to_table, validate_spectra_table
@@ -119,14 +121,19 @@ def simulate_batch(
     lt = fiber.light(gal)
     comp = fiber.band_components(gal, lt)
     rendered = images.render(gal, comp, seed, tuple(image_shape), pixel_scale)
-    spec_gal = population.spectral_params(seed, gal)
-    spec_lt = fiber.light(spec_gal) if gal.anomaly.any() else lt
-    spec_comp = fiber.band_components(spec_gal, spec_lt) if gal.anomaly.any() else comp
     r = 1  # index of the r band
-    fiber_r = sum(rendered.fiber_frac[:, k] * getattr(spec_comp, c)[:, r]
-                  for k, c in enumerate(("bulge", "disk", "struct", "point")))
+    spec_r = {c: getattr(comp, c)[:, r].copy() for c in fiber.COMPONENTS}  # the spectrum's light
+    spec_gal, spec_lt = gal, lt
+    if gal.anomaly.any():  # differs from the image's for these rows only
+        rows = np.flatnonzero(gal.anomaly)
+        spec_gal = population.spectral_params(seed, gal)
+        spec_lt = fiber.light(spec_gal)
+        odd = fiber.band_components(spec_gal.take(rows), spec_lt.take(rows))
+        for c in fiber.COMPONENTS:
+            spec_r[c][rows] = getattr(odd, c)[:, r]
+    fiber_r = sum(rendered.fiber_frac[:, k] * spec_r[c] for k, c in enumerate(fiber.COMPONENTS))
     flux, ivar = fiber.fiber_spectra(spec_gal, spec_lt, rendered.fiber_frac, fiber_r, seed)
-    total = sum(getattr(comp, c) for c in ("bulge", "disk", "struct", "point"))
+    total = sum(getattr(comp, c) for c in fiber.COMPONENTS)
     truth = {
         "truth_z": gal.z,
         "truth_bulge_frac": gal.bulge_frac,
@@ -137,6 +144,11 @@ def simulate_batch(
         "truth_fiber_r_mag": 22.5 - 2.5 * np.log10(np.maximum(fiber_r, 1e-3)),
         "truth_abs_mag_r": gal.abs_mag_r,
         "truth_re_disk_arcsec": gal.re_disk,
+        "truth_cos_i": gal.cos_i,
+        "truth_av": lt.av,
+        "truth_passive": gal.passive,
+        "truth_merger": gal.merger,
+        "truth_sigma_v": kinematics.fiber_dispersion(gal.bulge_frac, gal.sigma_bulge, gal.sigma_disk),
     }
     return MockBatch(
         object_id=id_offset(seed) + np.asarray(index, dtype=np.int64),
