@@ -61,6 +61,7 @@ from galspec_batch.columns import (
     OBJECT_ID,
     RA,
     SPECTRUM_TYPE,
+    Z_PHOT,
     LineWindow,
     latent_names,
     std_column,
@@ -233,8 +234,9 @@ def decode_catalog(
     progress: bool = False,
 ) -> DecodeSummary:
     """Decode the objects of ``catalog`` chosen by ``ids`` and/or ``where``/``region`` (all when
-    none is given) into ``out`` (Parquet): object_id, ra, dec, flux_median/lo/hi [1000] float32
-    and the derived quantities with their ``_std``; ``write_back`` also updates the sidecar."""
+    none is given) into ``out`` (Parquet): object_id, ra, dec, the catalog's z_phot and its std
+    where it has them, flux_median/lo/hi [1000] float32 and the derived quantities with their
+    ``_std``; ``write_back`` also updates the sidecar."""
     from galspec_batch.spectral_vae import load_vae
 
     out = Path(out)
@@ -248,7 +250,8 @@ def decode_catalog(
                 f"catalog {catalog} has {L} latents but the VAE {vae_dir} decodes {vae.n_latent}"
             )
         names = latent_names(L)
-        cols = [OBJECT_ID, RA, DEC, *names, *(std_column(n) for n in names)]
+        z_cols = [Z_PHOT, std_column(Z_PHOT)] if Z_PHOT in view.columns else []
+        cols = [OBJECT_ID, RA, DEC, *z_cols, *names, *(std_column(n) for n in names)]
         rel = view.relation(where).project(", ".join(f'"{c}"' for c in cols)).order(OBJECT_ID)
         rows = view.run(lambda: pa.table(rel), where)
     if wanted is not None:
@@ -270,6 +273,7 @@ def decode_catalog(
             "wave": [round(float(w), 4) for w in WAVE]}
     schema = pa.schema(
         [pa.field(OBJECT_ID, pa.int64()), pa.field(RA, pa.float64()), pa.field(DEC, pa.float64())]
+        + [pa.field(c, pa.float32()) for c in z_cols]
         + [pa.field(c, SPECTRUM_TYPE) for c in (FLUX_MEDIAN, FLUX_LO, FLUX_HI)]
         + [pa.field(c, pa.float32()) for c in DERIVED_COLUMNS],
         metadata={DECODE_METADATA_KEY: json.dumps(meta)},
@@ -284,8 +288,8 @@ def decode_catalog(
             d = decode_latents(vae, mean, std, b[OBJECT_ID].to_numpy(), n_draws=n_draws, seed=seed, nu=nu)
             dt = derived_table(d)
             derived_parts.append(dt)
-            arrays = [b[OBJECT_ID], b[RA], b[DEC], _spectra_column(d.median), _spectra_column(d.lo),
-                      _spectra_column(d.hi), *(dt[c] for c in DERIVED_COLUMNS)]
+            arrays = [b[OBJECT_ID], b[RA], b[DEC], *(b[c] for c in z_cols), _spectra_column(d.median),
+                      _spectra_column(d.lo), _spectra_column(d.hi), *(dt[c] for c in DERIVED_COLUMNS)]
             writer.write_table(pa.Table.from_arrays([pa.chunked_array([a]) if isinstance(a, pa.Array) else a
                                                      for a in arrays], schema=schema))
             advance(b.num_rows)

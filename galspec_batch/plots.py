@@ -14,10 +14,12 @@ from galspec_batch.columns import (
     LINES,
     OBJECT_ID,
     RA,
+    Z_PHOT,
     count_latents,
     latent_names,
     std_column,
 )
+from galspec_batch.errors import InputError
 
 
 def grizy_rgb(image: np.ndarray, bands: Sequence[str] = ("g", "r", "i", "z", "y"),
@@ -270,7 +272,7 @@ def plot_sky_map(catalog, column: str | None = None, partition_order: int | None
         catalog = read_catalog(catalog)
     df = catalog if isinstance(catalog, pd.DataFrame) else catalog.to_pandas()
     if column is not None and column not in df.columns:
-        from galspec_batch.errors import InputError, did_you_mean
+        from galspec_batch.errors import did_you_mean
 
         raise InputError(f"catalog has no column {column!r}." + did_you_mean(column, list(df.columns)))
     ra_raw, dec = df[RA].to_numpy(np.float64), df[DEC].to_numpy(np.float64)
@@ -401,17 +403,25 @@ def plot_decoded_spectra(wave: np.ndarray, median: np.ndarray, lo: np.ndarray, h
                          lines: dict[str, tuple[float, tuple[float, float]]] | None = None,
                          shaded: dict[str, tuple[float, float]] | None = None,
                          zoom: tuple[float, float] | None = (6470.0, 6660.0),
-                         titles: Sequence[str] | None = None, path: str | Path | None = None):
+                         titles: Sequence[str] | None = None, redshift: np.ndarray | None = None,
+                         path: str | Path | None = None):
     """Decoded spectra (median [N, L] with the 16-84% band ``lo``..``hi``) on rest-frame ``wave``
     (A), one per row, with a zoom on ``zoom`` (default Halpha + [NII]) beside each; ``lines`` maps
-    a label to (centre, line window), both shaded, and ``shaded`` a label to a band (e.g. D4000)."""
+    a label to (centre, line window), both shaded, and ``shaded`` a label to a band (e.g. D4000).
+    With ``redshift`` [N] each row is drawn in its observed frame (wavelengths times 1 + z)."""
     plt = _pyplot(path)
     n = len(median)
     ncol = 2 if zoom is not None else 1
-    fig, axes = plt.subplots(n, ncol, figsize=(12, 2.2 * n + 0.3), sharex="col", squeeze=False,
+    share = "col" if redshift is None else False
+    fig, axes = plt.subplots(n, ncol, figsize=(12, 2.2 * n + 0.3), sharex=share, squeeze=False,
                              gridspec_kw={"width_ratios": [3.2, 1][:ncol]})
-    lines = lines or {}
+    rest_wave, rest_lines, rest_shaded, rest_zoom = wave, lines or {}, shaded or {}, zoom
     for k in range(n):
+        f = 1.0 if redshift is None else 1.0 + float(redshift[k])
+        wave = rest_wave * f
+        lines = {t: (c * f, (a * f, b * f)) for t, (c, (a, b)) in rest_lines.items()}
+        shaded = {t: (a * f, b * f) for t, (a, b) in rest_shaded.items()}
+        zoom = None if rest_zoom is None else (rest_zoom[0] * f, rest_zoom[1] * f)
         for c, ax in enumerate(axes[k]):
             ax.fill_between(wave, lo[k], hi[k], color="tab:red", alpha=0.3, lw=0, label="16-84% of MC draws")
             ax.plot(wave, median[k], color="tab:red", lw=0.8, label="median decoded spectrum")
@@ -423,7 +433,7 @@ def plot_decoded_spectra(wave: np.ndarray, median: np.ndarray, lo: np.ndarray, h
             for center, (a, b) in lines.values():
                 ax.axvspan(a, b, color="tab:blue", alpha=0.15, lw=0, zorder=0)
                 ax.axvline(center, color="tab:blue", lw=0.4, alpha=0.6)
-            if k == 0:
+            if k == 0 or redshift is not None:
                 for center, label in _line_labels(lines, 40.0 if c == 0 else 5.0):
                     if c == 1 and not zoom[0] <= center <= zoom[1]:
                         continue
@@ -437,23 +447,32 @@ def plot_decoded_spectra(wave: np.ndarray, median: np.ndarray, lo: np.ndarray, h
         if titles is not None:
             axes[k, 0].text(0.01, 0.95, titles[k], transform=axes[k, 0].transAxes, fontsize=8, va="top")
         axes[k, 0].set_ylabel("flux (norm.)")
+        axes[k, 0].set_xlim(wave[0], wave[-1])
+        if zoom is not None:
+            axes[k, 1].set_xlim(*zoom)
     axes[0, 0].legend(fontsize=7, loc="upper right")
-    axes[-1, 0].set_xlim(wave[0], wave[-1])
-    axes[-1, 0].set_xlabel("rest-frame wavelength (A)")
-    if zoom is not None:
-        axes[-1, 1].set_xlim(*zoom)
-        axes[-1, 1].set_xlabel("rest-frame wavelength (A)")
+    frame = "rest-frame" if redshift is None else "observed (at z_phot)"
+    for ax in axes[-1]:
+        ax.set_xlabel(f"{frame} wavelength (A)")
     fig.tight_layout()
     return _figure_out(fig, path)
 
 
-def plot_decoded_file(spectra: str | Path, path: str | Path | None = None, n: int = 5):
+def plot_decoded_file(spectra: str | Path, path: str | Path | None = None, n: int = 5,
+                      observed_frame: bool = False):
     """Plot the first ``n`` spectra of a ``galspec decode`` output, with their EW(Halpha), EW([OII])
-    and D4000 (MC median +- std) in the titles and the measurement windows shaded."""
+    and D4000 (MC median +- std) in the titles and the measurement windows shaded; in the observed
+    frame at each object's z_phot with ``observed_frame``."""
     from galspec_batch.decode import read_decoded
 
     wave, sp, table = read_decoded(spectra, n)
     t = table.to_pydict()
+    redshift = None
+    if observed_frame:
+        if Z_PHOT not in t:
+            raise InputError(f"decoded spectra {spectra} have no {Z_PHOT} (the catalog's model predicts "
+                             "no redshift), so they cannot be drawn in the observed frame")
+        redshift = np.asarray(t[Z_PHOT], np.float64)
 
     def _pm(name: str, k: int, fmt: str) -> str:
         v, s = t[name][k], t[std_column(name)][k]
@@ -464,5 +483,7 @@ def plot_decoded_file(spectra: str | Path, path: str | Path | None = None, n: in
               for k in range(table.num_rows)]
     lines = {w.label: (w.center, w.line) for w in LINES}
     shaded = {"D4000 blue": D4000_BLUE, "D4000 red": D4000_RED}
+    if redshift is not None:
+        titles = [f"{title}  z_phot {_pm(Z_PHOT, k, '.3f')}" for k, title in enumerate(titles)]
     return plot_decoded_spectra(wave, sp["median"], sp["lo"], sp["hi"], lines=lines, shaded=shaded,
-                                titles=titles, path=path)
+                                titles=titles, redshift=redshift, path=path)

@@ -27,6 +27,7 @@ from galspec_batch.decode import (
 )
 from galspec_batch.errors import InputError
 from galspec_batch.models.vae import SpectrumVAE, VAEArch
+from galspec_batch.plots import plot_decoded_file
 from galspec_batch.select import select_targets
 from galspec_batch.spectra import N_BINS, WAVE, WAVE_EDGES
 from galspec_batch.spectral_vae import TrainedVAE, VAESettings, decode, load_vae, save_vae
@@ -153,6 +154,8 @@ def test_decode_catalog_ids(writable_catalog, vae_dir, tmp_path):
     assert meta["n_draws"] == 32 and meta["vae_weights_sha256"]
     cat = read_catalog(writable_catalog).to_pandas().set_index("object_id").loc[ids]
     np.testing.assert_allclose(rest["ra"].to_numpy(), cat.ra)
+    np.testing.assert_array_equal(rest["z_phot"].to_numpy(), cat.z_phot.to_numpy(np.float32))
+    np.testing.assert_array_equal(rest["z_phot_std"].to_numpy(), cat.z_phot_std.to_numpy(np.float32))
     assert np.isfinite(rest["d4000"].to_numpy()).all() and (rest["d4000_std"].to_numpy() > 0).all()
     # deterministic per object: decoding a superset gives the same spectra for these ids
     out2 = tmp_path / "more.parquet"
@@ -202,6 +205,17 @@ def test_cli_decode_with_plot(writable_catalog, vae_dir, tmp_path):
     assert r.exit_code == 0, r.output
     assert "3 spectra" in r.output
     assert fig.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and fig.stat().st_size > 20_000
+    obs = tmp_path / "observed.png"
+    r = CliRunner().invoke(main, ["decode", str(writable_catalog), "--vae", str(vae_dir), "--ids",
+                                  "1004,1005", "--draws", "16", "--out", str(tmp_path / "o.parquet"),
+                                  "--plot", str(obs), "--observed-frame"])
+    assert r.exit_code == 0, r.output
+    assert obs.stat().st_size > 20_000 and obs.read_bytes() != fig.read_bytes()
+    # spectra without a redshift cannot be drawn in the observed frame
+    t = pq.read_table(out)
+    pq.write_table(t.drop_columns(["z_phot", "z_phot_std"]), tmp_path / "noz.parquet")
+    with pytest.raises(InputError, match="no z_phot"):
+        plot_decoded_file(tmp_path / "noz.parquet", tmp_path / "x.png", observed_frame=True)
     bad = CliRunner().invoke(main, ["decode", str(writable_catalog), "--vae", str(vae_dir), "--where",
                                     "latnt_2 > 0",
                                     "--out", str(tmp_path / "t.parquet")])

@@ -104,10 +104,12 @@ def _ids(ctx, param, text: str | None) -> list[int] | None:
 @click.option("--seed", type=click.IntRange(min=0), default=D.SEED, show_default=True)
 @click.option("--write-back", is_flag=True, help="Store the derived columns in <catalog>/derived/.")
 @click.option("--plot", type=click.Path(), default=None, help="Also plot a few decoded spectra (PNG).")
+@click.option("--observed-frame", is_flag=True,
+              help="Draw the --plot in the observed frame, at each object's z_phot.")
 @overwrite_option("--out (and a sidecar made by another VAE)")
 @quiet_option
-def decode_cmd(catalog, vae_dir, ids, where, region, out, draws, seed, write_back, plot, overwrite,
-               quiet) -> None:
+def decode_cmd(catalog, vae_dir, ids, where, region, out, draws, seed, write_back, plot, observed_frame,
+               overwrite, quiet) -> None:
     """Decode CATALOG's predicted latents into spectra with 16-84% bands, EWs and D4000."""
     from galspec_batch.decode import decode_catalog
 
@@ -117,7 +119,7 @@ def decode_cmd(catalog, vae_dir, ids, where, region, out, draws, seed, write_bac
     if plot:
         from galspec_batch.plots import plot_decoded_file
 
-        plot_decoded_file(out, plot)
+        plot_decoded_file(out, plot, observed_frame=observed_frame)
         click.echo(f"  plot: {plot}")
 
 
