@@ -63,6 +63,7 @@ class AnomalyReport:
     n_flagged: int
     auc_mahalanobis: float | None
     auc_ood: float | None
+    n_trained: int | None = None  # labelled objects the network trained on (None: its split is unknown)
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -349,4 +350,15 @@ def find_anomalies(catalog: str | Path, out: str | Path, *, labels: str | Path |
         auc_a, auc_b = truth_auc(flagged, read_truth(truth))
     n_lab = int(np.isfinite(flagged["anomaly_pvalue"].to_numpy(zero_copy_only=False)).sum())
     n_flag = int(flagged["flag"].to_numpy(zero_copy_only=False).sum())
-    return AnomalyReport(Path(out), flagged.num_rows, n_lab, n_flag, auc_a, auc_b)
+    return AnomalyReport(Path(out), flagged.num_rows, n_lab, n_flag, auc_a, auc_b,
+                         None if lab is None else _n_trained(catalog, lab[0]))
+
+
+def _n_trained(catalog: str | Path, ids: np.ndarray) -> int | None:
+    """How many of ``ids`` the catalog's network trained on, where its checkpoint is still there."""
+    from galspec_batch.catalog import read_provenance
+    from galspec_batch.checkpoint import read_split
+
+    checkpoint = read_provenance(catalog).get("provenance", {}).get("model", {}).get("checkpoint")
+    split = read_split(checkpoint) if checkpoint and Path(checkpoint).is_dir() else None
+    return None if split is None else int(np.isin(ids, split[0]).sum())

@@ -218,6 +218,8 @@ def _figures(paths: dict[str, Path]) -> list[str]:
     plots.plot_figure1(images, wave, flux, spec["median"][pick], spec["lo"][pick], spec["hi"][pick],
                        true_ivar=ivar, titles=titles, path=fig_dir / "figure1.png")
     plots.plot_decoded_file(paths["decoded"], fig_dir / "decoded-spectra.png", n=4)
+    plots.plot_decoded_file(paths["decoded"], fig_dir / "decoded-spectra-observed.png", n=4,
+                            observed_frame=True)
     vae = load_vae(paths["vae"])
     plots.plot_vae_reconstructions(flux, ivar, decode(vae, encode(vae, flux, ivar)), wave, titles=titles,
                                    path=fig_dir / "vae-reconstructions.png")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -228,3 +230,22 @@ def test_cli_anomalies_bad_labels_give_one_line_errors(calibrated, tmp_path, bad
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("galspec: error:") and message in lines[0], res.output
     assert not (tmp_path / "f.parquet").exists()
+
+
+def test_anomalies_say_how_many_labelled_objects_the_network_trained_on(calibrated, tmp_path):
+    from galspec_batch.catalog import read_provenance
+    from galspec_batch.checkpoint import SPLIT_FILE, write_split
+
+    labels, _ = _labels(calibrated, tmp_path / "labels.parquet", spread=None, seed=2)
+    ckpt = Path(read_provenance(calibrated)["provenance"]["model"]["checkpoint"])
+    ids = np.sort(read_catalog(calibrated)["object_id"].to_numpy())
+    args = ["anomalies", str(calibrated), "--labels", str(labels), "--out"]
+    res = CliRunner().invoke(main, [*args, str(tmp_path / "a.parquet")])
+    assert res.exit_code == 0 and "trained on" not in res.output  # no split recorded: nothing to say
+    write_split(ckpt, ids[:37], ids[37:60])
+    try:
+        res = CliRunner().invoke(main, [*args, str(tmp_path / "b.parquet")])
+        assert res.exit_code == 0, res.output
+        assert "the network trained on 37 of the labelled objects" in res.output
+    finally:
+        (ckpt / SPLIT_FILE).unlink()

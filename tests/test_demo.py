@@ -27,7 +27,7 @@ def test_demo_runs_the_whole_chain(tmp_path):
     assert 0.95 < rmse["mean"][0] < 1.1 and rmse["colour"][0] < rmse["mean"][0]
     assert science["photoz"]["colour"]["nmad"] < science["photoz"]["mean"]["nmad"]
     assert "2-sigma" in str(summary) and "z_phot (cnn): NMAD" in str(summary)
-    assert len(n["figures"]) == 7
+    assert len(n["figures"]) == 8
     assert all((tmp_path / "demo" / f).stat().st_size > 10_000 for f in n["figures"])
     for name in ("targets-starforming.fits", "targets-uncertain.csv", "anomalies.parquet",
                  "decoded.parquet", "cnn/best/config.json", "cnn/best/calibration.json", "demo.json"):

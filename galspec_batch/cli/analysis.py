@@ -146,6 +146,9 @@ def anomalies_cmd(catalog, labels, out, truth, alpha, ood_threshold, k, overwrit
                        k=k, overwrite=overwrite)
     click.echo(f"wrote {r.out}: {r.n_flagged} of {r.n_objects} objects flagged "
                f"({r.n_labelled} with observed latents)")
+    if r.n_trained:
+        click.echo(f"  note: the network trained on {r.n_trained} of the labelled objects; their errors are "
+                   "smaller than a new galaxy's, so they are flagged less often than alpha says")
     if truth is not None:
         def fmt(v):
             return "n/a" if v is None else f"{v:.3f}"
