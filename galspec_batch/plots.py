@@ -450,7 +450,7 @@ def plot_decoded_spectra(wave: np.ndarray, median: np.ndarray, lo: np.ndarray, h
         axes[k, 0].set_xlim(wave[0], wave[-1])
         if zoom is not None:
             axes[k, 1].set_xlim(*zoom)
-    axes[0, 0].legend(fontsize=7, loc="upper right")
+    axes[0, 0].legend(fontsize=7, loc="lower right")
     frame = "rest-frame" if redshift is None else "observed (at z_phot)"
     for ax in axes[-1]:
         ax.set_xlabel(f"{frame} wavelength (A)")
