@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from galspec_batch.atomic import write_json  # noqa: E402
 from galspec_batch.baselines import predict_baselines  # noqa: E402
 from galspec_batch.checkpoint import read_split  # noqa: E402
 from galspec_batch.options import PredictOptions  # noqa: E402
@@ -83,8 +84,8 @@ def main(argv: list[str] | None = None) -> None:
         results[loss] = report.record() | {"val_rmse": result.best_val_rmse}
         print(f"\n=== {what}: {args.model}, {args.epochs} epochs on {args.n} galaxies at {args.size} px; "
               f"validation RMSE {result.best_val_rmse:.3f} ===\n{report.text()}", flush=True)
-    (w / "science.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                               "results": results}, indent=1, default=float))
+    write_json(w / "science.json", json.loads(json.dumps(
+        {"args": {k: str(v) for k, v in vars(args).items()}, "results": results}, default=float)))
     print(f"\n{time.perf_counter() - t0:.0f} s; numbers in {w / 'science.json'}")
 
 

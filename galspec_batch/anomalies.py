@@ -211,11 +211,18 @@ def _robust_z(x: np.ndarray) -> np.ndarray:
 
 def ood_scores(mean: np.ndarray, std: np.ndarray, k: int = D.NEIGHBOURS) -> np.ndarray:
     """Out-of-distribution score of each object from its predicted means and MC spreads alone
-    (higher = more unusual; about N(0, 1) for typical objects; see the module docstring)."""
+    (higher = more unusual; about N(0, 1) for typical objects; see the module docstring). NaN for
+    rows without a finite prediction (``BAD_PREDICTION``), which take no part in the others' scores."""
     mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    ok = np.isfinite(mean).all(axis=1) & np.isfinite(std).all(axis=1)
+    if not ok.all():
+        out = np.full(len(mean), np.nan)
+        out[ok] = ood_scores(mean[ok], std[ok], k)
+        return out
     n, p = mean.shape
     if n < 3:
-        raise InputError(f"an out-of-distribution score needs at least 3 objects, got {n}")
+        raise InputError(f"an out-of-distribution score needs at least 3 objects with finite predictions, "
+                         f"got {n}")
     k = min(k, n - 1)
     med = np.median(mean, axis=0)
     mad = MAD_TO_SIGMA * np.median(np.abs(mean - med), axis=0)

@@ -12,11 +12,15 @@ import contextlib
 import glob
 import hashlib
 import json
+import math
 import os
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 TMP_MARK = ".tmp-"
 OLD_MARK = ".old-"
@@ -109,9 +113,23 @@ def read_json(path: str | os.PathLike, max_bytes: int = MAX_JSON_BYTES) -> objec
 
 
 def write_json(path: str | os.PathLike, obj: dict) -> None:
-    """Write a small JSON document atomically (keys sorted, so reruns give identical files)."""
+    """Write a small JSON document atomically (keys sorted, so reruns give identical files). A
+    number that is not finite (an undefined statistic) is written as null: JSON has no NaN."""
     with atomic_path(path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(json_safe(obj), indent=1, sort_keys=True, allow_nan=False) + "\n")
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every float that is not finite (numpy's too) replaced by None."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer | np.bool_):
+        return obj.item()
+    return obj
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -37,10 +37,10 @@ class CalibrationFit:
     before: Assessment  # the held-out objects, the network's own spread as a Gaussian
     after: Assessment  # the same objects, calibrated on the others
     n_fit: int  # the objects the calibration (scale, nu, null) was fitted on
+    refit_all: bool = False  # fitted again on every object after the assessment
 
     def table(self) -> str:
-        refit = (f"; the calibration kept is fitted again on all {self.n_fit}"
-                 if self.n_fit > self.after.n + 1 else "")
+        refit = f"; the calibration kept is fitted again on all {self.n_fit}" if self.refit_all else ""
         return (f"before (the network's own spread, as a Gaussian):\n{self.before.table()}\n"
                 f"after (calibrated on the other objects{refit}):\n{self.after.table()}")
 
@@ -76,7 +76,7 @@ def fit_calibration(targets: list[str], true: np.ndarray, mean: np.ndarray, std:
     if refit_all:
         scale, nu, null = _fit(targets, true, mean, std)
     n_fit = len(fit) if refit_all else int(fit.sum())
-    return CalibrationFit(list(targets), scale, nu, null, before, after, n_fit)
+    return CalibrationFit(list(targets), scale, nu, null, before, after, n_fit, refit_all)
 
 
 def split_objects(ids: np.ndarray, fraction: float = D.CALIBRATION_FRACTION,

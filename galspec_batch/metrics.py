@@ -32,6 +32,10 @@ def nmad(values: np.ndarray) -> float:
 def redshift_error(z_pred: np.ndarray, z_true: np.ndarray) -> np.ndarray:
     """(z_pred - z) / (1 + z), the usual photo-z error."""
     z_pred, z_true = np.asarray(z_pred, np.float64), np.asarray(z_true, np.float64)
+    if not (np.isfinite(z_pred).all() and np.isfinite(z_true).all()):
+        bad_pred, bad_true = int((~np.isfinite(z_pred)).sum()), int((~np.isfinite(z_true)).sum())
+        raise InputError(f"{bad_pred} predicted and {bad_true} true redshifts are not finite; "
+                         "leave those objects out")
     if z_pred.shape != z_true.shape:
         raise InputError(f"z_pred and z have shapes {z_pred.shape} and {z_true.shape}; expected the same")
     if (z_true <= -1).any():

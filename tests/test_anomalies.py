@@ -111,6 +111,10 @@ def test_ood_score_ranks_far_outliers_and_large_uncertainty_first():
     top = set(np.argsort(score)[-5:].tolist())
     assert top == {500, 501, 502, 503, 10}
     assert abs(np.median(score[:500])) < 0.2 and np.percentile(score[:500], 99) < 5
+    # a row without a finite prediction (BAD_PREDICTION: nulls) gets no score and changes no other
+    nan_row = np.full((1, P), np.nan)
+    with_bad = ood_scores(np.concatenate([mean, nan_row]), np.concatenate([std, nan_row]))
+    assert np.isnan(with_bad[-1]) and np.array_equal(with_bad[:-1], score)
 
 
 def _catalog_table(mean, std):

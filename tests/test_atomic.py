@@ -340,3 +340,14 @@ def test_file_sha256_of_empty_and_exact_block_files(tmp_path):
     data = b"\x01" * (1 << 22)
     block.write_bytes(data)
     assert file_sha256(block) == hashlib.sha256(data).hexdigest()
+
+
+def test_write_json_writes_undefined_numbers_as_null(tmp_path):
+    import json
+
+    import numpy as np
+
+    from galspec_batch.atomic import write_json
+
+    write_json(tmp_path / "a.json", {"x": float("nan"), "y": [np.float32(1.5), np.inf], "n": np.int64(3)})
+    assert json.loads((tmp_path / "a.json").read_text()) == {"n": 3, "x": None, "y": [1.5, None]}

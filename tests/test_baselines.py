@@ -39,6 +39,8 @@ def test_rmse_nmad_and_outliers_by_hand():
     assert nmad(np.random.default_rng(0).normal(5, 2, 200_000)) == pytest.approx(2, rel=0.01)
     assert outlier_fraction([0.1, -0.2, 0.16, 0.0, 0.15]) == pytest.approx(2 / 5)  # 0.15 itself is not
     assert redshift_error([0.3, 0.1], [0.2, 0.1]) == pytest.approx([0.1 / 1.2, 0.0])
+    with pytest.raises(InputError, match="1 predicted and 0 true redshifts are not finite"):
+        photoz_metrics(np.array([0.1, np.nan]), np.array([0.1, 0.2]))  # never a plausible NMAD from NaN
 
 
 def test_photoz_metrics_by_hand():

@@ -256,8 +256,16 @@ def test_fine_tune_with_init_through_cli(trained, data, tmp_path):
     assert tuned.config.preprocess == base.config.preprocess
     assert tuned.config.init["model_hash"] == base.model_hash
     assert tuned.config.training["max_lr"] == pytest.approx(0.003)
-    tr, _ = split_indices(data["ids"][:150], 0.2, 0)
+    # validation objects the base network trained on move to the training split, which counts them all
+    tr, va = split_indices(data["ids"][:150], 0.2, 0)
+    base_train, _ = read_split(trained.best)
+    seen = np.isin(data["ids"][:150][va], base_train)
+    assert seen.any() and not seen.all()
+    tr = np.sort(np.concatenate([tr, va[seen]]))
     assert tuned.net.target_mean.numpy()[:6] == pytest.approx(new[tr].mean(0), rel=1e-5)  # the new labels
+    t_split, v_split = read_split(out / "best")
+    assert len(v_split) == (~seen).sum() and not np.isin(v_split, base_train).any()
+    assert np.isin(base_train, t_split).all() and np.isin(data["ids"][:150][tr], t_split).all()
     after = tuned.net.cnn.state_dict()
     changed = [k for k, v in base.net.cnn.state_dict().items() if not torch.equal(v, after[k])]
     assert any(k.startswith("head") for k in changed) and any(k.startswith("body") for k in changed)
@@ -284,6 +292,7 @@ def test_the_papers_rmse_recipe_without_redshift(data, tmp_path):
                              dropout=0.0)
     result = fit(data["store"], data["labels"], tmp_path / "paper0", settings, progress=False)
     assert result.calibration is None and not (result.best / "calibration.json").exists()
+    assert "point head without dropout" in result.uncalibrated
 
 
 def _invoke(*args):

@@ -148,7 +148,7 @@ def anomalies_cmd(catalog, labels, out, truth, alpha, ood_threshold, k, overwrit
                f"({r.n_labelled} with observed latents)")
     if r.n_trained:
         click.echo(f"  note: the network trained on {r.n_trained} of the labelled objects; their errors are "
-                   "smaller than a new galaxy's, so they are flagged less often than alpha says")
+                   "smaller than a new galaxy's, so they are flagged less often than --alpha says")
     if truth is not None:
         def fmt(v):
             return "n/a" if v is None else f"{v:.3f}"

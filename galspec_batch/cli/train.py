@@ -51,7 +51,7 @@ def train_cmd(model, store, labels, epochs, out, init, lr, batch_size, dropout, 
     click.echo(f"wrote {result.best}: best val_rmse {result.best_val_rmse:.4f}{z} at epoch "
                f"{result.best_epoch}; last epoch val_rmse {result.metrics[-1]['val_rmse']:.4f}")
     if result.calibration is None:
-        click.echo(f"{result.best}: UNCALIBRATED (too few validation objects); see galspec calibrate")
+        click.echo(f"{result.best}: UNCALIBRATED: {result.uncalibrated}")
     else:
         cov = result.calibration.after.coverage
         click.echo(f"calibrated on the validation split: held-out coverage 1-sigma "

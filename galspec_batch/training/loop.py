@@ -39,7 +39,13 @@ from galspec_batch import defaults as D
 from galspec_batch.atomic import atomic_path, file_sha256, read_json
 from galspec_batch.calibrate import MIN_SPLIT, CalibrationFit
 from galspec_batch.catalog.joins import match_rows
-from galspec_batch.checkpoint import load_checkpoint, save_checkpoint, write_checkpoint_files, write_split
+from galspec_batch.checkpoint import (
+    load_checkpoint,
+    read_split,
+    save_checkpoint,
+    write_checkpoint_files,
+    write_split,
+)
 from galspec_batch.columns import REDSHIFT
 from galspec_batch.errors import InputError, UsageError
 from galspec_batch.labels import Labels
@@ -86,6 +92,7 @@ class TrainResult:
     best_val_rmse: float
     best_epoch: int
     calibration: CalibrationFit | None = None  # fitted on the validation split of the best epoch
+    uncalibrated: str | None = None  # why there is no calibration, when there is none
     last: Path = field(init=False)
     best: Path = field(init=False)
 
@@ -142,6 +149,7 @@ def fit(
     tr, va = split_indices(lab.object_id, settings.val_fraction, settings.seed)
 
     base = load_checkpoint(init) if init is not None else None
+    tr, va, base_trained = _keep_base_training_out_of_validation(lab.object_id, tr, va, init)
     settings = _resolve_settings(settings, base, store, lab, init)
     names, values = lab.targets(settings.redshift)
     identity = {
@@ -201,7 +209,7 @@ def fit(
         if base is not None:
             config["init"] = {"checkpoint": str(init), "model_hash": base.model_hash}
 
-        split = (lab.object_id[tr], lab.object_id[va])
+        split = (np.union1d(lab.object_id[tr], base_trained), lab.object_id[va])
         for epoch in range(len(metrics), settings.epochs):
             record = _run_epoch(net, opt, sched, train_src, z_train, val_src, z_val, settings, epoch,
                                 names, bar)
@@ -224,18 +232,20 @@ def fit(
             if on_epoch_end is not None:
                 on_epoch_end(record)
 
-        calibration = None
+        calibration, why = None, None
         if LOSS_HEAD[settings.loss] == "point" and settings.dropout == 0:
-            bar.log("NOT CALIBRATED: a point head without dropout predicts no spread to calibrate")
+            why = "a point head without dropout (--loss rmse --dropout 0) predicts no spread to calibrate"
         else:
             calibration = calibrate_checkpoint(out / BEST, val_src, lab.object_id[va],
                                                y_val.astype(np.float64), settings.seed)
             if calibration is None:
-                bar.log(f"NOT CALIBRATED: {len(va)} validation objects are too few to calibrate on "
-                        f"(need {2 * MIN_SPLIT}); predictions will say so until galspec calibrate runs")
+                why = (f"{len(va)} validation objects are too few to calibrate on (need {2 * MIN_SPLIT}); "
+                       "predictions will say so until galspec calibrate runs")
+        if why:
+            bar.log(f"NOT CALIBRATED: {why}")
 
     best = min(metrics, key=lambda m: m["val_rmse"])
-    return TrainResult(out, metrics, best["val_rmse"], int(best["epoch"]), calibration)
+    return TrainResult(out, metrics, best["val_rmse"], int(best["epoch"]), calibration, why)
 
 
 def _zero_points(store: CutoutStore) -> list[float] | None:
@@ -346,6 +356,23 @@ def _read_state(out: Path, identity: dict[str, Any], overwrite: bool) -> dict[st
             "directory or pass --overwrite to start again"
         )
     return state
+
+
+def _keep_base_training_out_of_validation(object_id: np.ndarray, tr: np.ndarray, va: np.ndarray,
+                                          init: str | os.PathLike | None
+                                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, validation, ids the base network trained on): when fine-tuning, objects the base
+    checkpoint trained on move from the validation split to the training one (the network has seen
+    them, so they would flatter the validation scores and shrink the calibration), and the split
+    this run records counts them as trained."""
+    split = read_split(init) if init is not None else None
+    if split is None:
+        return tr, va, np.empty(0, np.int64)
+    seen = np.isin(object_id[va], split[0])
+    if seen.all():
+        raise InputError(f"every validation object was in the training split of --init {init}; "
+                         "use other labels or another --seed")
+    return np.sort(np.concatenate([tr, va[seen]])), va[~seen], split[0]
 
 
 def _write_last(path: Path, net: GalspecNet, config: dict, opt, sched, state: dict[str, Any],
