@@ -182,3 +182,19 @@ def test_prefetch_reads_the_same_batches(store):
         np.testing.assert_array_equal(a.images, b.images)
         np.testing.assert_array_equal(a.object_id, b.object_id)
     assert s.read(slice(0, 3), dtype=None).images.dtype == np.float32  # this store is float32
+
+
+def test_xarray_opens_the_store_with_named_dimensions(store):
+    import xarray as xr
+
+    s, (ids, ra, dec, images) = store
+    ds = xr.open_zarr(s.path, consolidated=False)
+    assert ds["images"].dims == ("object", "band", "y", "x") and ds["mask"].dims == ("object", "band")
+    assert ds.sizes == {"object": 300, "band": 5, "y": 16, "x": 16}
+    assert ds.attrs["bands"] == ["g", "r", "i", "z", "y"] and ds.attrs["n_objects"] == 300
+    ds = ds.assign_coords(band=ds.attrs["bands"]).set_index(object="object_id")  # as the doc shows
+    order = np.argsort(ids)
+    got = ds["images"].sel(object=ids[order[:3]], band="r").values
+    np.testing.assert_array_equal(got, images[order[:3], 1])
+    # the plain zarr reader is unchanged
+    assert zarr.open_group(str(s.path), mode="r")["images"].shape == (300, 5, 16, 16)

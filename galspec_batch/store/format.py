@@ -102,6 +102,10 @@ class StoreAttrs(VersionedFormat):
                        content_hash=content_hash)
 
 
+# the arrays' dimension names (zarr v3 ``dimension_names``), so that xarray opens the store
+OBJECT_DIM, BAND_DIM = "object", "band"
+
+
 def chunking(image_shape: tuple[int, int], bands: int, itemsize: int) -> tuple[int, int]:
     """Cutouts per chunk and per shard: chunks of about 256 KiB, shards of about 32 MiB."""
     per_object = bands * image_shape[0] * image_shape[1] * itemsize
@@ -125,6 +129,7 @@ def init_group(path: Path, attrs: StoreAttrs) -> None:
         compressors=(BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=attrs.itemsize),
                      Crc32cCodec()),
         fill_value=0,
+        dimension_names=(OBJECT_DIM, BAND_DIM, "y", "x"),
     )
     for name, dt, extra in (
         (MASK, "bool", (nb,)),
@@ -135,9 +140,10 @@ def init_group(path: Path, attrs: StoreAttrs) -> None:
         (HEALPIX, "int64", ()),
     ):
         root.create_array(name, shape=(0, *extra), dtype=dt, chunks=(PER_OBJECT_CHUNK, *extra), fill_value=0,
-                          compressors=(ZstdCodec(), Crc32cCodec()))
+                          compressors=(ZstdCodec(), Crc32cCodec()),
+                          dimension_names=(OBJECT_DIM, BAND_DIM)[: 1 + len(extra)])
     parts = root.create_group(PARTITIONS)
     for name in ("pixel", "start", "stop"):
         parts.create_array(name, shape=(0,), dtype="int64", chunks=(PER_OBJECT_CHUNK,), fill_value=0,
-                           compressors=(ZstdCodec(), Crc32cCodec()))
+                           compressors=(ZstdCodec(), Crc32cCodec()), dimension_names=("partition",))
     root.attrs.update(attrs.to_dict())
