@@ -20,6 +20,9 @@ HEALPIX = SPATIAL_INDEX_COLUMN
 MC_SAMPLES = "mc_samples"
 QUALITY_FLAGS = "quality_flags"
 MODEL_ID = "model_id"
+PROB = "prob"  # target lists: the probability that a --prob condition holds
+PRIORITY = "priority"
+SPREAD = "spread"  # target lists ranked by uncertainty
 
 LATENT_PREFIX = "latent_"
 STD_SUFFIX = "_std"
@@ -119,3 +122,33 @@ D4000_BLUE = (3850.0, 3950.0)
 D4000_RED = (4000.0, 4100.0)
 DERIVED = tuple(w.name for w in LINES) + (D4000,)
 DERIVED_COLUMNS = tuple(c for q in DERIVED for c in (q, std_column(q)))
+
+
+def describe_column(name: str) -> tuple[str | None, str]:
+    """(unit, description) of a column galspec writes; (None, "") for one it does not know.
+    Units are astropy/FITS strings; a latent is in the spectrum VAE's own (unitless) scale."""
+    fixed = {
+        OBJECT_ID: (None, "object id, unique in the survey"),
+        RA: ("deg", "right ascension (ICRS)"),
+        DEC: ("deg", "declination (ICRS)"),
+        HEALPIX: (None, "NESTED HEALPix index at order 29 of (ra, dec)"),
+        MC_SAMPLES: (None, "MC-dropout samples behind the prediction"),
+        QUALITY_FLAGS: (None, "QualityFlag bits (catalogs/catalog-format.md); 0 is clean"),
+        MODEL_ID: (None, "the model that made the prediction"),
+        Z_PHOT: (None, "predicted (photometric) redshift"),
+        D4000: (None, "narrow 4000 A break of the decoded spectrum (Balogh et al. 1999), MC median"),
+        PROB: (None, "probability that the --prob condition holds"),
+        PRIORITY: (None, "target priority (higher first)"),
+        SPREAD: (None, "RMS of the latents' 1-sigma, each over that latent's scatter in the catalog"),
+    }
+    fixed.update({w.name: ("Angstrom", f"rest-frame equivalent width of {w.label} in the decoded spectrum "
+                                       "(emission > 0), MC median") for w in LINES})
+    parts = {ALEATORIC_SUFFIX: "aleatoric part of the 1-sigma of ", EPISTEMIC_SUFFIX: "epistemic part of the "
+             "1-sigma of ", STD_SUFFIX: "standard deviation (1-sigma) of "}
+    for suffix, what in parts.items():
+        if name.endswith(suffix) and name != suffix:
+            unit, description = describe_column(name[: -len(suffix)])
+            return unit, f"{what}{name[: -len(suffix)]}" if description else ""
+    if LATENT_RE.match(name):
+        return None, f"predicted spectral latent {name[len(LATENT_PREFIX):]} (the spectrum VAE's units)"
+    return fixed.get(name, (None, ""))

@@ -49,16 +49,24 @@ import pyarrow.parquet as pq
 from galspec_batch import defaults as D
 from galspec_batch.atomic import atomic_path, refuse_existing
 from galspec_batch.catalog.view import VIEW, CatalogView
-from galspec_batch.columns import DEC, OBJECT_ID, RA, latent_names, std_column
+from galspec_batch.columns import (
+    DEC,
+    OBJECT_ID,
+    PRIORITY,
+    PROB,
+    RA,
+    SPREAD,
+    describe_column,
+    latent_names,
+    std_column,
+)
 from galspec_batch.errors import InputError, UsageError, did_you_mean
 from galspec_batch.regions import Region
 from galspec_batch.uncertainty import NU_MAX, one_sigma
 
-PRIORITY = "priority"
-PROB = "prob"
-SPREAD = "spread"
 RANKS = ("uncertainty",)
-FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".fits": "fits", ".fit": "fits"}
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".fits": "fits", ".fit": "fits",
+           ".ecsv": "ecsv"}
 SELECT_METADATA_KEY = b"galspec.select"
 SELECTION_KEY = b"galspec.selection"  # what select_targets records in its table's metadata
 
@@ -257,7 +265,8 @@ def _with_priority(table: pa.Table, cut: ProbCut | None, rank: str | None, order
 def write_targets(
     table: pa.Table, path: str | Path, *, overwrite: bool = False, meta: dict | None = None
 ) -> Path:
-    """Write a target table as Parquet, CSV or FITS (by extension), atomically."""
+    """Write a target table as Parquet, CSV, FITS or ECSV (by extension), atomically; FITS and
+    ECSV carry each column's unit and description (FITS as TUNITn and TCOMMn)."""
     path = Path(path)
     fmt = FORMATS.get(path.suffix.lower())
     if fmt is None:
@@ -273,12 +282,32 @@ def write_targets(
         elif fmt == "csv":
             pacsv.write_csv(plain, tmp)
         else:
-            from astropy.table import Table
-
-            t = Table({n: _fits_column(plain[n]) for n in plain.column_names})
-            t.meta["COMMENTS"] = [f"galspec select {doc}"]
-            t.write(tmp, format="fits")
+            _astropy_table(plain, doc).write(tmp, format="fits" if fmt == "fits" else "ascii.ecsv")
+            if fmt == "fits":
+                _fits_comments(tmp, plain.column_names)
     return path
+
+
+def _astropy_table(plain: pa.Table, doc: str):
+    from astropy.table import Table
+
+    t = Table({n: _fits_column(plain[n]) for n in plain.column_names})
+    for n in plain.column_names:
+        unit, description = describe_column(n)
+        t[n].unit, t[n].description = unit, description or None
+    t.meta["COMMENTS"] = [f"galspec select {doc}"]
+    return t
+
+
+def _fits_comments(path: Path, names: list[str]) -> None:
+    """TCOMMn (the HEASARC column-comment convention TOPCAT shows) for each described column."""
+    from astropy.io import fits
+
+    with fits.open(path, mode="update") as hdul:
+        header = hdul[1].header
+        for i, n in enumerate(names, start=1):
+            if description := describe_column(n)[1]:
+                header[f"TCOMM{i}"] = description[:68]
 
 
 def _fits_column(col: pa.ChunkedArray) -> np.ndarray:

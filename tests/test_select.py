@@ -90,17 +90,29 @@ def test_rank_uncertainty_returns_the_largest_spread(writable_catalog, df):
     np.testing.assert_allclose(t.priority, [1.0, 0.8, 0.6, 0.4, 0.2])
 
 
-def test_outputs_in_three_formats(writable_catalog, df, tmp_path):
+def test_outputs_in_four_formats(writable_catalog, df, tmp_path):
     t = select_targets(writable_catalog, where="latent_1 > -1.2", order_by="latent_1", limit=10,
                        columns=["model_id"])
     ref = t.to_pandas()
-    for name in ("t.parquet", "t.csv", "t.fits"):
+    for name in ("t.parquet", "t.csv", "t.fits", "t.ecsv"):
         write_targets(t, tmp_path / name, meta={"where": "latent_1 > -1.2"})
     back = {
         "parquet": pd.read_parquet(tmp_path / "t.parquet"),
         "csv": pd.read_csv(tmp_path / "t.csv"),
         "fits": Table.read(tmp_path / "t.fits").to_pandas(),
+        "ecsv": Table.read(tmp_path / "t.ecsv").to_pandas(),
     }
+    # FITS and ECSV carry units and descriptions that astropy (and TOPCAT) read
+    from astropy import units as u
+    from astropy.io import fits
+
+    for name in ("t.fits", "t.ecsv"):
+        at = Table.read(tmp_path / name)
+        assert at["ra"].unit == u.deg and at["dec"].unit == u.deg and at["latent_1"].unit is None
+        assert "latent 1" in at["latent_1"].description and at["model_id"].description.startswith("the model")
+    header = fits.getheader(tmp_path / "t.fits", 1)
+    i = [header[f"TTYPE{k}"] for k in range(1, header["TFIELDS"] + 1)].index("ra") + 1
+    assert header[f"TUNIT{i}"] == "deg" and header[f"TCOMM{i}"] == "right ascension (ICRS)"
     for fmt, b in back.items():
         assert list(b.columns) == list(ref.columns), fmt
         np.testing.assert_array_equal(b.object_id, ref.object_id)
@@ -211,3 +223,16 @@ def test_probability_in_a_calibrated_catalog_uses_the_t_shape(tiny_store, tmp_pa
     np.testing.assert_allclose(t["prob"], want, rtol=1e-5, atol=1e-9)
     z = select_targets(cat, prob="z_phot < 0.5", min_prob=0.0).to_pandas()  # nu = 1000: the Gaussian
     np.testing.assert_allclose(z["prob"], norm.cdf((0.5 - z.z_phot) / z.z_phot_std), rtol=1e-5, atol=1e-9)
+
+
+def test_every_written_column_is_described():
+    from galspec_batch.columns import DERIVED_COLUMNS, describe_column
+
+    assert describe_column("ew_halpha")[0] == describe_column("ew_halpha_std")[0] == "Angstrom"
+    assert describe_column("ew_halpha_std")[0] == "Angstrom" and describe_column("dec")[0] == "deg"
+    assert describe_column("z_phot_std_aleatoric")[1] == "aleatoric part of the 1-sigma of z_phot"
+    assert describe_column("latent_12_std_epistemic")[1].endswith("of latent_12")
+    names = ["object_id", "ra", "dec", "_healpix_29", "mc_samples", "quality_flags", "model_id", "z_phot",
+             "prob", "priority", "spread", "latent_1", "latent_1_std", *DERIVED_COLUMNS]
+    assert all(describe_column(n)[1] for n in names)
+    assert describe_column("not_a_column") == (None, "") and describe_column("_std") == (None, "")

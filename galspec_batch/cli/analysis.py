@@ -62,7 +62,7 @@ def calibrate_cmd(catalog, labels, checkpoint, split_file, fraction, seed, exclu
 @click.option("--columns", default=None, help="Extra catalog columns to write, comma-separated.")
 @click.option("--allow-missing", is_flag=True,
               help="Select among the rows that have a value where a --where/--prob column is NULL for some.")
-@out_option("targets.parquet | .csv | .fits")
+@out_option("targets.parquet | .csv | .fits | .ecsv (FITS and ECSV with units)")
 @overwrite_option()
 def select_cmd(catalog, where, region, prob, min_prob, rank, order_by, limit, columns, allow_missing, out,
                overwrite) -> None:
