@@ -320,11 +320,9 @@ def truth_auc(flagged: pa.Table, truth: tuple[np.ndarray, np.ndarray]) -> tuple[
 
 def catalog_null_model(catalog: str | Path) -> NullModel | None:
     """The anomaly null model of a catalog's calibration (its provenance), None without one."""
-    from galspec_batch.catalog import read_provenance
+    from galspec_batch.catalog import read_calibration
 
-    doc = read_provenance(catalog)
-    calibration = doc.get("provenance", doc).get("calibration") or {}
-    null = calibration.get("anomaly")
+    null = (read_calibration(catalog) or {}).get("anomaly")
     return None if null is None else NullModel.from_dict(null, f"catalog {catalog}")
 
 

@@ -124,7 +124,7 @@ def calibrate_catalog(catalog: str | Path, labels: str | Path, checkpoint: str |
     calibration is first put back on the network's own spread. Objects the network trained on are
     refused (``exclude_trained`` leaves them out): their errors are smaller than a new galaxy's."""
     from galspec_batch.atomic import file_sha256
-    from galspec_batch.catalog import read_catalog, read_provenance
+    from galspec_batch.catalog import calibration_values, read_catalog, read_provenance
     from galspec_batch.catalog.joins import catalog_targets, match_ids
     from galspec_batch.checkpoint import WEIGHTS_FILE, read_split, save_calibration
     from galspec_batch.labels import read_labels, show_ids
@@ -142,7 +142,7 @@ def calibrate_catalog(catalog: str | Path, labels: str | Path, checkpoint: str |
     targets, mean, std = catalog_targets(table)
     applied = prov.get("calibration")
     if applied:  # back to the network's own spread
-        std = std / np.asarray([applied["scale"][applied["targets"].index(t)] for t in targets])
+        std = std / calibration_values(applied, "scale", targets)
     lab = read_labels(labels, n_latent=sum(t != REDSHIFT for t in targets))
     if REDSHIFT in targets and lab.z is None:
         raise InputError(f"catalog {catalog} has z_phot but labels {labels} have no z column; a calibration "

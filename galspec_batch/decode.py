@@ -47,7 +47,7 @@ from galspec_batch import defaults as D
 from galspec_batch.atomic import atomic_path, refuse_existing
 from galspec_batch.catalog import paths
 from galspec_batch.catalog.lock import catalog_lock
-from galspec_batch.catalog.reader import read_provenance
+from galspec_batch.catalog.reader import calibration_values, read_calibration
 from galspec_batch.catalog.state import check_derived, write_derived_marker
 from galspec_batch.catalog.view import CatalogView
 from galspec_batch.columns import (
@@ -261,8 +261,8 @@ def decode_catalog(
                              f"{' (or not selected)' if where or region else ''}: {missing[:10].tolist()}")
     if rows.num_rows == 0:
         raise InputError(f"no object of catalog {catalog} is selected (--where {where!r}, --region {region})")
-    cal = read_provenance(catalog).get("provenance", {}).get("calibration")
-    nu = None if not cal else np.array([cal["nu"][cal["targets"].index(n)] for n in names])
+    cal = read_calibration(catalog)
+    nu = None if not cal else calibration_values(cal, "nu", names)
     provenance = {
         "catalog": str(catalog), "vae": str(vae_dir), "vae_weights_sha256": vae.meta.get("weights_sha256"),
         "n_draws": int(n_draws), "seed": int(seed), "quantiles": list(QUANTILES),

@@ -128,12 +128,12 @@ class Joined:
 
 def join_labels(catalog: str | Path, labels: str | Path) -> Joined:
     """The objects of ``labels`` in ``catalog`` (see :class:`Joined`); the catalog must be calibrated."""
-    from galspec_batch.catalog import read_catalog, read_provenance
+    from galspec_batch.catalog import calibration_values, read_calibration, read_catalog
     from galspec_batch.labels import read_labels
 
     table = read_catalog(catalog)
     names, mean, std = catalog_targets(table)
-    cal = read_provenance(catalog).get("provenance", {}).get("calibration")
+    cal = read_calibration(catalog)
     if not cal:
         raise InputError(f"catalog {catalog} is uncalibrated; its spreads are the network's own")
     lab = read_labels(labels, n_latent=sum(n != REDSHIFT for n in names))
@@ -150,8 +150,7 @@ def join_labels(catalog: str | Path, labels: str | Path) -> Joined:
     rows = rows[keep]
     return Joined(table.take(rows), lab.object_id[keep], names, observed[keep].astype(np.float64),
                   mean[rows, : len(names)], std[rows, : len(names)],
-                  np.array([cal["scale"][cal["targets"].index(n)] for n in names]),
-                  np.array([cal["nu"][cal["targets"].index(n)] for n in names]), n_bad)
+                  calibration_values(cal, "scale", names), calibration_values(cal, "nu", names), n_bad)
 
 
 def evaluate_catalog(catalog: str | Path, labels: str | Path, *, truth: str | Path | None = None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pds
 
@@ -19,6 +20,18 @@ def read_provenance(path: str | Path) -> dict:
         _require_complete(Path(path))
         raise MissingFileError(f"catalog {path} has no {paths.PROVENANCE_FILENAME}")
     return read_json(f)
+
+
+def read_calibration(path: str | Path) -> dict | None:
+    """The calibration a finished catalog was predicted with (``Calibration.record()``: targets,
+    scale, nu, ...), or None for a catalog of the network's own spreads."""
+    doc = read_provenance(path)
+    return doc.get("provenance", doc).get("calibration") or None
+
+
+def calibration_values(record: dict, key: str, targets: list[str]) -> np.ndarray:
+    """One per-target field of a calibration record (``scale``, ``nu``) for ``targets``, in their order."""
+    return np.array([record[key][record["targets"].index(t)] for t in targets], np.float64)
 
 
 def read_catalog(

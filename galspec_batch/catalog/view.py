@@ -20,7 +20,7 @@ from scipy import stats
 from scipy.special import ndtr
 
 from galspec_batch.catalog import paths
-from galspec_batch.catalog.reader import read_provenance, require_whole
+from galspec_batch.catalog.reader import read_calibration, require_whole
 from galspec_batch.catalog.state import check_derived, list_markers, read_run_state
 from galspec_batch.columns import DEC, LATENT_RE, OBJECT_ID, RA, catalog_column, std_column
 from galspec_batch.errors import (
@@ -110,7 +110,7 @@ class CatalogView:
         self.columns: list[str] = list(con.table(VIEW).columns)
         self.n_latents = sum(1 for c in self.columns
                              if LATENT_RE.match(c) and std_column(c) in self.columns)
-        cal = read_provenance(self.catalog).get("provenance", {}).get("calibration")
+        cal = read_calibration(self.catalog)
         self.calibrated = bool(cal)
         # the Student-t shape of each predicted column's calibrated distribution
         self.shapes: dict[str, float] = {} if not cal else {
