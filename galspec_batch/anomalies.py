@@ -276,9 +276,11 @@ def flag_anomalies(catalog: pa.Table, labels: tuple[np.ndarray, np.ndarray] | No
         OBJECT_ID: pa.array(ids, pa.int64()),
         RA: pa.array(catalog[RA].to_numpy(), pa.float64()),
         DEC: pa.array(catalog[DEC].to_numpy(), pa.float64()),
-        "anomaly_score": pa.array(d2, pa.float64()),
-        "anomaly_pvalue": pa.array(pval, pa.float64()),
-        "ood_score": pa.array(ood, pa.float64()),
+        # null, not NaN, where a score is undefined (no labels, no finite prediction): NaN would
+        # sort above every number in DuckDB
+        "anomaly_score": pa.array(d2, pa.float64(), mask=~np.isfinite(d2)),
+        "anomaly_pvalue": pa.array(pval, pa.float64(), mask=~np.isfinite(pval)),
+        "ood_score": pa.array(ood, pa.float64(), mask=~np.isfinite(ood)),
         "flag": pa.array(flag, pa.bool_()),
         QUALITY_FLAGS: pa.array(qf, pa.uint16()),
     })
@@ -311,7 +313,7 @@ def truth_auc(flagged: pa.Table, truth: tuple[np.ndarray, np.ndarray]) -> tuple[
         raise InputError("no object of the catalog is in the truth table")
     truth_row = np.where(known, t_anom[rows], False)
     d2 = flagged["anomaly_score"].to_numpy(zero_copy_only=False)
-    ood = flagged["ood_score"].to_numpy()
+    ood = flagged["ood_score"].to_numpy(zero_copy_only=False)
     lab = known & np.isfinite(d2)
     auc_a = roc_auc(d2[lab], truth_row[lab]) if lab.any() else float("nan")
     auc_b = roc_auc(ood[known], truth_row[known])
