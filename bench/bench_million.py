@@ -3,8 +3,9 @@ catalog on a local Dask cluster, and watch the memory of the whole process tree 
 
     python bench/bench_million.py [--n 1000000] [--size 16] [--model simple-cnn] [--workdir DIR]
 
-Prints the wall time of each step, galaxies/s, and the resident memory (parent + Dask workers)
-sampled every half second, at 10%, 50% and 100% of the run.
+Prints the wall time of each step, galaxies/s, the resident memory (parent + Dask workers)
+sampled every half second, at 10%, 50% and 100% of the run, and the published collection: its
+time to publish, its files against the store's partitions, and its margin cache.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import make_tiny_checkpoint  # noqa: E402
 
 from galspec_batch.catalog import catalog_status  # noqa: E402
 from galspec_batch.options import PredictOptions
-from galspec_batch.predict import predict_catalog  # noqa: E402
+from galspec_batch.predict import finalize_catalog, predict_catalog  # noqa: E402
 from galspec_batch.store import create_store, open_store  # noqa: E402
 
 
@@ -91,9 +93,20 @@ def main() -> None:
     sampler = MemorySampler()
     sampler.start()
     options = PredictOptions(engine="eager", mc_samples=a.mc, batch_size=1024)
-    summary = predict_catalog(store, ckpt, out, options, cluster="local", n_workers=a.workers, progress=True)
+    summary = predict_catalog(store, ckpt, out, options, cluster="local", n_workers=a.workers,
+                              progress=True, finalize=False)
     samples = sampler.stop()
+    t0 = time.perf_counter()
+    finalize_catalog(out)
+    t_publish = time.perf_counter() - t0
     status = catalog_status(out)
+    primary = sorted((out / "latents" / "dataset").glob("Norder=*/Dir=*/*.parquet"))
+    margin = sorted(out.glob("latents_*arcs/dataset/Norder=*/Dir=*/*.parquet"))
+    margin_rows = sum(pq.read_metadata(f).num_rows for f in margin)
+    largest = max(pq.read_metadata(f).num_rows for f in primary)
+    print(f"published in {t_publish:.0f} s: {len(primary)} partition files (from {status.count('done')} "
+          f"store partitions; largest {largest:,} rows), margin cache {len(margin)} files, "
+          f"{margin_rows:,} rows")
     print(f"catalog: complete={status.complete}, {status.objects.get('done', 0):,} objects in "
           f"{status.count('done')} partitions; {summary.objects:,} galaxies in {summary.seconds:.0f} s "
           f"({summary.rate:,.0f} galaxies/s, MC T={a.mc}, {a.workers} workers)")

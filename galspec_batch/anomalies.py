@@ -45,14 +45,24 @@ from scipy.spatial import cKDTree
 from galspec_batch import defaults as D
 from galspec_batch.atomic import atomic_path
 from galspec_batch.catalog.joins import catalog_latents, match_ids
-from galspec_batch.columns import DEC, OBJECT_ID, QUALITY_FLAGS, RA, QualityFlag
+from galspec_batch.columns import (
+    ANOMALY_PVALUE,
+    ANOMALY_SCORE,
+    DEC,
+    FLAG,
+    OBJECT_ID,
+    OOD_SCORE,
+    QUALITY_FLAGS,
+    RA,
+    QualityFlag,
+)
+from galspec_batch.describe import described_schema
 from galspec_batch.errors import FormatError, InputError
 from galspec_batch.labels import read_labels
 from galspec_batch.metrics import MAD_TO_SIGMA
 from galspec_batch.uncertainty import standardized
 
-OUT_COLUMNS = (OBJECT_ID, RA, DEC, "anomaly_score", "anomaly_pvalue", "ood_score", "flag",
-               QUALITY_FLAGS)
+OUT_COLUMNS = (OBJECT_ID, RA, DEC, ANOMALY_SCORE, ANOMALY_PVALUE, OOD_SCORE, FLAG, QUALITY_FLAGS)
 
 
 @dataclass(frozen=True)
@@ -269,20 +279,20 @@ def flag_anomalies(catalog: pa.Table, labels: tuple[np.ndarray, np.ndarray] | No
         pval[rows] = null.pvalues(d2[rows])
     labelled = np.isfinite(pval)
     flag = np.where(labelled, pval < alpha, ood > ood_threshold)
-    qf = catalog[QUALITY_FLAGS].to_numpy().astype(np.uint16) if QUALITY_FLAGS in catalog.column_names \
-        else np.zeros(n, np.uint16)
-    qf = np.where(flag, qf | np.uint16(QualityFlag.OUT_OF_DISTRIBUTION), qf).astype(np.uint16)
+    qf = catalog[QUALITY_FLAGS].to_numpy().astype(np.int32) if QUALITY_FLAGS in catalog.column_names \
+        else np.zeros(n, np.int32)
+    qf = np.where(flag, qf | int(QualityFlag.OUT_OF_DISTRIBUTION), qf).astype(np.int32)
     return pa.table({
         OBJECT_ID: pa.array(ids, pa.int64()),
         RA: pa.array(catalog[RA].to_numpy(), pa.float64()),
         DEC: pa.array(catalog[DEC].to_numpy(), pa.float64()),
         # null, not NaN, where a score is undefined (no labels, no finite prediction): NaN would
         # sort above every number in DuckDB
-        "anomaly_score": pa.array(d2, pa.float64(), mask=~np.isfinite(d2)),
-        "anomaly_pvalue": pa.array(pval, pa.float64(), mask=~np.isfinite(pval)),
-        "ood_score": pa.array(ood, pa.float64(), mask=~np.isfinite(ood)),
-        "flag": pa.array(flag, pa.bool_()),
-        QUALITY_FLAGS: pa.array(qf, pa.uint16()),
+        ANOMALY_SCORE: pa.array(d2, pa.float64(), mask=~np.isfinite(d2)),
+        ANOMALY_PVALUE: pa.array(pval, pa.float64(), mask=~np.isfinite(pval)),
+        OOD_SCORE: pa.array(ood, pa.float64(), mask=~np.isfinite(ood)),
+        FLAG: pa.array(flag, pa.bool_()),
+        QUALITY_FLAGS: pa.array(qf, pa.int32()),
     })
 
 
@@ -349,7 +359,9 @@ def find_anomalies(catalog: str | Path, out: str | Path, *, labels: str | Path |
     meta = {"catalog": str(catalog), "labels": None if labels is None else str(labels), "alpha": alpha,
             "ood_threshold": ood_threshold, "neighbours": k,
             "null_model_objects": None if null is None else null.n}
-    flagged = flagged.replace_schema_metadata({"galspec-anomalies": json.dumps(meta)})
+    schema = described_schema(flagged.schema)
+    meta = {**schema.metadata, b"galspec-anomalies": json.dumps(meta).encode()}
+    flagged = flagged.cast(schema.with_metadata(meta))
     with atomic_path(out, overwrite=overwrite) as tmp:
         pq.write_table(flagged, tmp)
     auc_a = auc_b = None

@@ -117,28 +117,35 @@ class CalibrationReport:
 
 def calibrate_catalog(catalog: str | Path, labels: str | Path, checkpoint: str | Path, *,
                       fraction: float = D.CALIBRATION_FRACTION, split_file: str | Path | None = None,
-                      seed: int = D.SEED, exclude_trained: bool = False, write: bool = True
-                      ) -> CalibrationReport:
+                      seed: int = D.SEED, exclude_trained: bool = False, write: bool = True,
+                      raw_spreads: bool = False) -> CalibrationReport:
     """Fit the calibration on part of ``catalog`` joined with ``labels``, assess it on the rest and
     (``write``) save it as the checkpoint's ``calibration.json``. A catalog predicted with a
     calibration is first put back on the network's own spread. Objects the network trained on are
-    refused (``exclude_trained`` leaves them out): their errors are smaller than a new galaxy's."""
+    refused (``exclude_trained`` leaves them out): their errors are smaller than a new galaxy's.
+    A HATS catalog galspec did not write (e.g. rewritten by lsdb) carries no record of its
+    spreads: it is taken only with ``raw_spreads`` (its ``_std`` are the network's own) and a
+    ``model_id`` column naming the checkpoint's model."""
     from galspec_batch.atomic import file_sha256
     from galspec_batch.catalog import calibration_values, read_catalog, read_provenance
     from galspec_batch.catalog.joins import catalog_targets, match_ids
+    from galspec_batch.catalog.reader import is_galspec
     from galspec_batch.checkpoint import WEIGHTS_FILE, read_split, save_calibration
     from galspec_batch.labels import read_labels, show_ids
 
-    doc = read_provenance(catalog)
-    prov = doc.get("provenance", doc)
     weights = Path(checkpoint) / WEIGHTS_FILE
     if not weights.is_file():
         raise MissingFileError(f"{checkpoint} is not a galspec checkpoint (no {WEIGHTS_FILE})")
     model_hash = file_sha256(weights)
-    if prov.get("model", {}).get("hash") != model_hash:
-        raise InputError(f"catalog {catalog} was predicted by model {prov.get('model', {}).get('hash')}, "
-                         f"not by checkpoint {checkpoint}")
-    table = read_catalog(catalog)
+    if is_galspec(catalog):
+        doc = read_provenance(catalog)
+        prov = doc.get("provenance", doc)
+        if prov.get("model", {}).get("hash") != model_hash:
+            raise InputError(f"catalog {catalog} was predicted by model {prov.get('model', {}).get('hash')}, "
+                             f"not by checkpoint {checkpoint}")
+        table = read_catalog(catalog)
+    else:
+        table, prov = _foreign_catalog(catalog, checkpoint, model_hash, raw_spreads)
     targets, mean, std = catalog_targets(table)
     applied = prov.get("calibration")
     if applied:  # back to the network's own spread
@@ -173,3 +180,27 @@ def calibrate_catalog(catalog: str | Path, labels: str | Path, checkpoint: str |
     test = ~fit_mask
     return CalibrationReport(result, len(trained), int(trained.sum()), n_val, path,
                              (observed[test], mean[rows][test], std[rows][test]))
+
+
+def _foreign_catalog(catalog, checkpoint, model_hash: str, raw_spreads: bool) -> tuple:
+    """The rows of a HATS catalog galspec did not write, and a provenance that says what is known."""
+    import pyarrow as pa
+
+    from galspec_batch.catalog import read_catalog
+    from galspec_batch.checkpoint import model_id, read_config
+    from galspec_batch.columns import MC_SAMPLES, MODEL_ID
+
+    if not raw_spreads:
+        raise InputError(f"catalog {catalog} was not written by galspec, so nothing says whether its _std "
+                         "columns are calibrated; pass --raw-spreads if they are the network's own "
+                         "(predicted with --no-calibration)")
+    table = read_catalog(catalog, needed_by="galspec calibrate")
+    for name in (MODEL_ID, MC_SAMPLES):
+        if name not in table.column_names:
+            raise InputError(f"catalog {catalog} has no column {name} (galspec calibrate needs it)")
+    want = model_id(read_config(checkpoint), model_hash)
+    found = sorted(set(table[MODEL_ID].cast(pa.string()).unique().to_pylist()))
+    if found != [want]:
+        raise InputError(f"catalog {catalog} has model_id {found}; checkpoint {checkpoint} is {want!r}")
+    samples = int(np.median(table[MC_SAMPLES].to_numpy()))
+    return table, {"calibration": None, "run": {"mc_samples": samples}}

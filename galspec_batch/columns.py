@@ -1,4 +1,4 @@
-"""Every column name the package shares, defined once: ids and positions, latents and their
+"""Every column name the package shares, defined once: ids and positions, spectra, latents and their
 spreads, quality bits, the spectrum type, and the emission-line windows of derived quantities."""
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ MODEL_ID = "model_id"
 PROB = "prob"  # target lists: the probability that a --prob condition holds
 PRIORITY = "priority"
 SPREAD = "spread"  # target lists ranked by uncertainty
+ANOMALY_SCORE = "anomaly_score"  # `galspec anomalies` output
+ANOMALY_PVALUE = "anomaly_pvalue"
+OOD_SCORE = "ood_score"
+FLAG = "flag"
 
 LATENT_PREFIX = "latent_"
 STD_SUFFIX = "_std"
@@ -30,6 +34,11 @@ ALEATORIC_SUFFIX = "_std_aleatoric"  # the two parts of a predictive std: total^
 EPISTEMIC_SUFFIX = "_std_epistemic"
 REDSHIFT = "z"  # the spectroscopic redshift: a spectra table's and a labels table's column, a target
 Z_PHOT = "z_phot"  # the predicted (photometric) redshift in a catalog
+FLUX = "flux"  # a spectra table's normalised rest-frame spectrum, and its inverse variance
+IVAR = "ivar"
+NORM = "norm"  # the divisor of a spectra table's flux
+FLUX_MEDIAN, FLUX_LO, FLUX_HI = "flux_median", "flux_lo", "flux_hi"  # decoded spectra: 50th, 16th, 84th pct
+NORM_UNIT = "1e-17 erg / (Angstrom s cm2)"  # SDSS's flux unit, of the rest-frame (1+z) f_lambda(obs)
 LATENT_RE = re.compile(rf"^{LATENT_PREFIX}([1-9]\d*)$")  # latent_1, not latent_01
 
 SPECTRUM_TYPE = pa.list_(pa.float32(), N_BINS)  # one rest-frame spectrum on the 1000-bin grid
@@ -140,7 +149,22 @@ def describe_column(name: str) -> tuple[str | None, str]:
         PROB: (None, "probability that the --prob condition holds"),
         PRIORITY: (None, "target priority (higher first)"),
         SPREAD: (None, "RMS of the latents' 1-sigma, each over that latent's scatter in the catalog"),
+        ANOMALY_SCORE: (None, "squared Mahalanobis distance of the observed latents from the predicted "
+                              "distribution (calibrated)"),
+        ANOMALY_PVALUE: (None, "p-value of anomaly_score under the calibration's null model"),
+        OOD_SCORE: (None, "distance of the predicted latents from their neighbours, in units of the "
+                          "catalog's typical distance (no labels needed)"),
+        FLAG: (None, "flagged: anomaly_pvalue < alpha where labelled, else ood_score > threshold"),
+        REDSHIFT: (None, "spectroscopic redshift, used for the shift to the rest frame"),
+        FLUX: (None, "rest-frame f_lambda on the grid divided by norm (mean 1 over the bins with ivar > 0); "
+                     "0 where ivar is 0"),
+        IVAR: (None, "inverse variance of flux (same normalisation); 0 = no data"),
+        NORM: (NORM_UNIT, "divisor of the flux: plain mean of the rest-frame f_lambda, (1+z) times the "
+                          "observed one, over the bins with ivar > 0"),
     }
+    fixed.update({c: (None, f"{pct} percentile over the decoded draws, per bin, normalised as a spectra "
+                            "table's flux (mean about 1)")
+                  for c, pct in ((FLUX_MEDIAN, "50th"), (FLUX_LO, "16th"), (FLUX_HI, "84th"))})
     fixed.update({w.name: ("Angstrom", f"rest-frame equivalent width of {w.label} in the decoded spectrum "
                                        "(emission > 0), MC median") for w in LINES})
     parts = {ALEATORIC_SUFFIX: "aleatoric part of the 1-sigma of ", EPISTEMIC_SUFFIX: "epistemic part of the "

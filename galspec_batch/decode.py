@@ -27,8 +27,9 @@ Balogh et al. (1999): mean f_nu over 4000-4100 A over mean f_nu over 3850-3950 A
 (f_nu proportional to f_lambda lambda^2). A draw whose continuum is not positive gives no value;
 quantities with no value are null.
 
-``--write-back`` stores the derived columns in the catalog's sidecar (see
-:mod:`galspec_batch.catalog.view`), merged by ``object_id``; the HATS partitions are not rewritten.
+``--write-back`` stores the derived columns in the catalog's HATS extension ``derived/`` (see
+:mod:`galspec_batch.catalog.extension`), merged by ``object_id``; the primary catalog's files are
+not rewritten.
 """
 
 from __future__ import annotations
@@ -40,15 +41,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from galspec_batch import defaults as D
 from galspec_batch.atomic import atomic_path, refuse_existing
 from galspec_batch.catalog import paths
+from galspec_batch.catalog.extension import check_extension, merge_rows, read_extension, write_extension
 from galspec_batch.catalog.lock import catalog_lock
-from galspec_batch.catalog.reader import calibration_values, read_calibration
-from galspec_batch.catalog.state import check_derived, write_derived_marker
+from galspec_batch.catalog.reader import calibration_values, is_galspec, read_calibration
 from galspec_batch.catalog.view import CatalogView
 from galspec_batch.columns import (
     D4000,
@@ -57,6 +57,9 @@ from galspec_batch.columns import (
     DEC,
     DERIVED,
     DERIVED_COLUMNS,
+    FLUX_HI,
+    FLUX_LO,
+    FLUX_MEDIAN,
     LINES,
     OBJECT_ID,
     RA,
@@ -70,11 +73,9 @@ from galspec_batch.errors import IncompleteOutputError, InputError, UsageError
 from galspec_batch.progress import progress_bar
 from galspec_batch.regions import Region
 from galspec_batch.spectra import LOGLAM_MAX, LOGLAM_MIN, N_BINS, WAVE, WAVE_EDGES
+from galspec_batch.spectra_table import described_spectra_schema
 from galspec_batch.uncertainty import NU_MAX, one_sigma
 
-FLUX_MEDIAN = "flux_median"
-FLUX_LO = "flux_lo"
-FLUX_HI = "flux_hi"
 QUANTILES = (16.0, 50.0, 84.0)
 DECODE_METADATA_KEY = b"galspec.decode"
 DERIVED_METADATA_KEY = b"galspec.derived"
@@ -203,6 +204,20 @@ def derived_table(d: DecodedSpectra) -> pa.Table:
     return pa.table(cols)
 
 
+def decoded_schema(z_cols: list[str], provenance: dict) -> pa.Schema:
+    """A decoded-spectra file's schema: ``provenance`` and the grid under ``DECODE_METADATA_KEY``,
+    units, descriptions and the grid as for a spectra table (``described_spectra_schema``)."""
+    meta = {**provenance, "loglam": [LOGLAM_MIN, LOGLAM_MAX, N_BINS],
+            "wave": [round(float(w), 4) for w in WAVE]}
+    return described_spectra_schema(pa.schema(
+        [pa.field(OBJECT_ID, pa.int64()), pa.field(RA, pa.float64()), pa.field(DEC, pa.float64())]
+        + [pa.field(c, pa.float32()) for c in z_cols]
+        + [pa.field(c, SPECTRUM_TYPE) for c in (FLUX_MEDIAN, FLUX_LO, FLUX_HI)]
+        + [pa.field(c, pa.float32()) for c in DERIVED_COLUMNS],
+        metadata={DECODE_METADATA_KEY: json.dumps(meta)},
+    ))
+
+
 @dataclass(frozen=True)
 class DecodeSummary:
     out: Path
@@ -236,9 +251,13 @@ def decode_catalog(
     """Decode the objects of ``catalog`` chosen by ``ids`` and/or ``where``/``region`` (all when
     none is given) into ``out`` (Parquet): object_id, ra, dec, the catalog's z_phot and its std
     where it has them, flux_median/lo/hi [1000] float32 and the derived quantities with their
-    ``_std``; ``write_back`` also updates the sidecar."""
+    ``_std``, with units, descriptions and the grid in its metadata (``decoded_schema``);
+    ``write_back`` also updates the catalog's derived extension (of a catalog galspec wrote)."""
     from galspec_batch.spectral_vae import load_vae
 
+    if write_back and not is_galspec(catalog):
+        raise UsageError(f"--write-back adds an extension to a catalog galspec wrote; {catalog} is not one "
+                         "(decode it without --write-back)")
     out = Path(out)
     refuse_existing(out, overwrite)
     vae = load_vae(vae_dir)
@@ -269,15 +288,7 @@ def decode_catalog(
         "where": where, "region": None if region is None else str(region),
         "calibrated": bool(cal), "latent_nu": None if nu is None else nu.tolist(),
     }
-    meta = {**provenance, "loglam": [LOGLAM_MIN, LOGLAM_MAX, N_BINS],
-            "wave": [round(float(w), 4) for w in WAVE]}
-    schema = pa.schema(
-        [pa.field(OBJECT_ID, pa.int64()), pa.field(RA, pa.float64()), pa.field(DEC, pa.float64())]
-        + [pa.field(c, pa.float32()) for c in z_cols]
-        + [pa.field(c, SPECTRUM_TYPE) for c in (FLUX_MEDIAN, FLUX_LO, FLUX_HI)]
-        + [pa.field(c, pa.float32()) for c in DERIVED_COLUMNS],
-        metadata={DECODE_METADATA_KEY: json.dumps(meta)},
-    )
+    schema = decoded_schema(z_cols, provenance)
     derived_parts = []
     with atomic_path(out, overwrite=overwrite) as tmp, pq.ParquetWriter(tmp, schema) as writer, \
             progress_bar(rows.num_rows, "decode", "spectra", enabled=progress) as advance:
@@ -293,40 +304,33 @@ def decode_catalog(
             writer.write_table(pa.Table.from_arrays([pa.chunked_array([a]) if isinstance(a, pa.Array) else a
                                                      for a in arrays], schema=schema))
             advance(b.num_rows)
-    sidecar = None
+    extension = None
     if write_back:
         with catalog_lock(catalog, command="galspec decode --write-back"):
-            sidecar = write_derived(catalog, pa.concat_tables(derived_parts), provenance, replace=overwrite)
-    return DecodeSummary(out, rows.num_rows, n_draws, sidecar, calibrated=bool(cal))
+            extension = write_derived(catalog, pa.concat_tables(derived_parts), provenance, replace=overwrite)
+    return DecodeSummary(out, rows.num_rows, n_draws, extension, calibrated=bool(cal))
 
 
 def write_derived(catalog: str | Path, table: pa.Table, provenance: dict, *, replace: bool = False) -> Path:
-    """Merge derived columns into the catalog's sidecar by ``object_id`` (new rows win). A sidecar
-    made by another VAE is refused unless ``replace``, which starts it afresh."""
-    path = paths.derived_file(catalog)
+    """Merge derived columns into the catalog's derived extension by ``object_id`` (new rows win).
+    An extension made by another VAE is refused unless ``replace``, which starts it afresh."""
+    catalog = Path(catalog)
     table = table.select([OBJECT_ID, *DERIVED_COLUMNS])
-    damage = check_derived(catalog)
+    damage = check_extension(catalog)
     if damage is not None and not replace:
-        raise IncompleteOutputError(f"{damage}; pass --overwrite to write the sidecar afresh from this run")
-    if path.exists() and damage is None:
-        old = pq.read_table(path)
+        raise IncompleteOutputError(f"{damage}; pass --overwrite to write the extension afresh from this run")
+    old = read_extension(catalog) if damage is None else None
+    if old is not None:
         old_meta = json.loads((old.schema.metadata or {}).get(DERIVED_METADATA_KEY, b"{}"))
         same = old_meta.get("vae_weights_sha256") == provenance.get("vae_weights_sha256")
         if not same and not replace:
             raise InputError(
-                f"{path} holds quantities decoded with another VAE ({old_meta.get('vae')}); "
+                f"{paths.derived_dir(catalog)} holds quantities decoded with another VAE "
+                f"({old_meta.get('vae')}); "
                 "pass --overwrite to replace them"
             )
-        if same:
-            keep = pc.invert(pc.is_in(old[OBJECT_ID], value_set=table[OBJECT_ID]))
-            table = pa.concat_tables([old.select(table.column_names).filter(keep), table])
-    order = np.argsort(table[OBJECT_ID].to_numpy(), kind="stable")
-    table = table.take(pa.array(order))
-    table = table.replace_schema_metadata({DERIVED_METADATA_KEY: json.dumps(provenance)})
-    with atomic_path(path, overwrite=True) as tmp:
-        pq.write_table(table, tmp)
-    write_derived_marker(catalog)
-    return path
+        table = merge_rows(old if same else None, table)
+    return write_extension(catalog, table, {DERIVED_METADATA_KEY: json.dumps(provenance).encode()})
 
 
 def read_decoded(

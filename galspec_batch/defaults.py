@@ -14,6 +14,10 @@ SIM_ANOMALY_RATE = 0.01
 SIM_BATCH = 256
 STORE_DTYPE = "float16"
 
+# the published catalog (finalize): partitions merged up to this many rows, and the margin cache's radius
+PARTITION_ROWS = 250_000
+MARGIN_ARCSEC = 10.0
+
 # ingest
 INGEST_SURVEY = "unknown"
 INGEST_DTYPE = "float32"

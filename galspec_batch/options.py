@@ -7,9 +7,10 @@ runner take their defaults from here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from galspec_batch import defaults as D
 from galspec_batch.errors import UsageError, did_you_mean
 
 if TYPE_CHECKING:
@@ -23,11 +24,34 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 CLUSTERS = ("local", "cuda", "none")
 MAX_MC_SAMPLES = 4096
 MAX_BATCH_SIZE = 1 << 16
+MAX_MARGIN_ARCSEC = 3600.0
 
 
 def default_device(cluster: object) -> str:
     """``cuda`` for a cluster of GPU workers, else ``cpu``."""
     return "cuda" if cluster == "cuda" else "cpu"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The published catalog's layout: ``partition_rows`` the most rows merged into one partition
+    file (a store partition larger than that stays whole); ``margin_arcsec`` the margin cache's
+    radius (0: no margin cache)."""
+
+    partition_rows: int = D.PARTITION_ROWS
+    margin_arcsec: float = D.MARGIN_ARCSEC
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.partition_rows, int) and self.partition_rows >= 1):
+            raise UsageError(f"--partition-rows {self.partition_rows!r}: expected an integer >= 1")
+        ok = isinstance(self.margin_arcsec, int | float) and 0 <= self.margin_arcsec <= MAX_MARGIN_ARCSEC
+        if not ok:
+            raise UsageError(f"--margin-arcsec {self.margin_arcsec!r}: expected a number in "
+                             f"[0, {MAX_MARGIN_ARCSEC:g}]")
+        object.__setattr__(self, "margin_arcsec", float(self.margin_arcsec))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -46,6 +70,7 @@ class PredictOptions:
     calibrate: bool = True
     rescale_flux: bool = False
     allow_survey_mismatch: bool = False
+    layout: Layout = Layout()
 
     def __post_init__(self) -> None:
         def bad(option: str, value: object, expected: str) -> UsageError:
@@ -88,7 +113,8 @@ class PredictOptions:
             args.append("--rescale-flux")
         if self.allow_survey_mismatch:
             args.append("--allow-survey-mismatch")
-        return args
+        return args + ["--partition-rows", str(self.layout.partition_rows),
+                       "--margin-arcsec", f"{self.layout.margin_arcsec:g}"]
 
     def to_dict(self) -> dict[str, Any]:
         """The options as JSON values (region as text)."""
@@ -98,9 +124,10 @@ class PredictOptions:
             "region": None if self.region is None else str(self.region),
             "partitions": None if self.partitions is None else list(self.partitions),
             "calibrate": self.calibrate, "rescale_flux": self.rescale_flux,
-            "allow_survey_mismatch": self.allow_survey_mismatch,
+            "allow_survey_mismatch": self.allow_survey_mismatch, "layout": self.layout.to_dict(),
         }  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PredictOptions:
-        return cls(**{k: (tuple(v) if k == "partitions" and v is not None else v) for k, v in d.items()})
+        d = {k: (tuple(v) if k == "partitions" and v is not None else v) for k, v in d.items()}
+        return cls(**{**d, "layout": Layout(**d.get("layout", {}))})

@@ -20,7 +20,7 @@ from scipy import stats
 from galspec_batch.anomalies import catalog_null_model, flag_anomalies, roc_auc
 from galspec_batch.baselines import BaselinePredictions
 from galspec_batch.catalog.joins import catalog_targets, match_ids
-from galspec_batch.columns import OBJECT_ID, REDSHIFT
+from galspec_batch.columns import ANOMALY_PVALUE, ANOMALY_SCORE, OBJECT_ID, REDSHIFT
 from galspec_batch.errors import InputError
 from galspec_batch.metrics import BOOTSTRAP_LEVEL, bootstrap_ci, photoz_metrics
 from galspec_batch.uncertainty import NU_MAX, Assessment, assess
@@ -191,7 +191,7 @@ def evaluate_catalog(catalog: str | Path, labels: str | Path, *, truth: str | Pa
         agn = np.where(at >= 0, t["truth_agn"].to_numpy()[at], False)
     if null is not None:
         flagged = flag_anomalies(j.table, (ids, observed[:, :n_lat]), null=null)
-        p = flagged["anomaly_pvalue"].to_numpy(zero_copy_only=False)
+        p = flagged[ANOMALY_PVALUE].to_numpy(zero_copy_only=False)
         normal = ~anomaly
         for alpha in alphas:
             f = p < alpha
@@ -203,5 +203,5 @@ def evaluate_catalog(catalog: str | Path, labels: str | Path, *, truth: str | Pa
                 "n_injected": float(anomaly.sum()),
                 "recall": float(f[anomaly].mean()) if anomaly.any() else float("nan")}
         if anomaly.any():
-            report.auc = roc_auc(flagged["anomaly_score"].to_numpy(zero_copy_only=False), anomaly)
+            report.auc = roc_auc(flagged[ANOMALY_SCORE].to_numpy(zero_copy_only=False), anomaly)
     return report

@@ -28,10 +28,10 @@ observe them, encode their spectra into labels (``galspec vae encode``) and fine
 order; otherwise with ``prob``, the probability; otherwise with ``order_by``, ``1 - i/n`` in that
 order; otherwise 1.
 
-**Derived sidecar.** ``galspec decode --write-back`` writes ``<catalog>/derived/derived.parquet``
-(``object_id`` plus ``ew_*``, ``d4000`` and their ``_std``); it is LEFT JOINed on ``object_id``,
-so its columns can be used like catalog columns (NULL for objects not decoded). The HATS
-partition files are never rewritten.
+**Derived extension.** ``galspec decode --write-back`` writes the HATS extension
+``<catalog>/derived/`` (``object_id`` plus ``ew_*``, ``d4000`` and their ``_std``); it is LEFT
+JOINed on ``object_id``, so its columns can be used like catalog columns (NULL for objects not
+decoded). The primary catalog's files are never rewritten.
 """
 
 from __future__ import annotations

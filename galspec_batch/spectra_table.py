@@ -1,12 +1,15 @@
 """The spectra table: rest-frame spectra on the 1000-bin grid, one row per object (Parquet).
 
 Columns: ``object_id`` int64 (unique), ``ra``, ``dec``, ``z`` float64, ``flux`` and ``ivar``
-fixed-size lists of 1000 float32, then optional ``truth_*`` columns (mock survey only) and any
-other per-object columns. Schema documented in ``catalogs/spectra-table.md``.
+fixed-size lists of 1000 float32, ``norm`` float64 (written by both sources; optional on input),
+then optional ``truth_*`` columns (mock survey only) and any other per-object columns. Files carry
+the grid, units and descriptions in their metadata (``described_spectra_schema``). Schema
+documented in ``catalogs/spectra-table.md``.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +19,48 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from galspec_batch.atomic import atomic_path
-from galspec_batch.columns import DEC, OBJECT_ID, RA, REDSHIFT, SPECTRUM_TYPE
+from galspec_batch.columns import (
+    DEC,
+    FLUX,
+    IVAR,
+    NORM_UNIT,
+    OBJECT_ID,
+    RA,
+    REDSHIFT,
+    SPECTRUM_TYPE,
+)
+from galspec_batch.describe import described_schema
 from galspec_batch.errors import FormatError, InputError, MissingFileError
-from galspec_batch.spectra import N_BINS
+from galspec_batch.spectra import LOGLAM_MAX, LOGLAM_MIN, N_BINS, WAVE, WAVE_EDGES
 
-Z, FLUX, IVAR = REDSHIFT, "flux", "ivar"
+Z = REDSHIFT
 TRUTH_PREFIX = "truth_"
 REQUIRED = (OBJECT_ID, RA, DEC, Z, FLUX, IVAR)
+GRID_KEY = b"galspec.spectral_grid"  # JSON (``grid_metadata``): schema and spectrum field metadata
+
+
+def grid_metadata() -> dict:
+    """The grid of every spectrum column, its units and the flux normalisation (``spectra.normalise``)."""
+    return {
+        "wave": WAVE.tolist(), "wave_edges": WAVE_EDGES.tolist(), "wave_unit": "Angstrom",
+        "wave_frame": "rest", "wave_medium": "vacuum", "loglam": [LOGLAM_MIN, LOGLAM_MAX, N_BINS],
+        "flux_unit": "", "norm_unit": NORM_UNIT,
+        "flux_normalisation": "flux = f_lambda / norm, f_lambda rest frame ((1+z) times the observed one), "
+                              "norm = its plain mean over the bins with ivar > 0 (flux has mean 1 there); "
+                              "ivar = ivar(f_lambda) * norm**2",
+    }
+
+
+def described_spectra_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` described (``describe.described_schema``: units and descriptions in the field
+    metadata and astropy's YAML header, the grid as the table's ``meta``), with the grid
+    (``GRID_KEY``) on every spectrum column and in the schema metadata."""
+    grid = grid_metadata()
+    grid_json = json.dumps(grid).encode()
+    schema = described_schema(schema, table_meta=grid, vo=False)
+    fields = [f.with_metadata({**(f.metadata or {}), GRID_KEY: grid_json}) if f.type == SPECTRUM_TYPE else f
+              for f in schema]
+    return pa.schema(fields, metadata={**schema.metadata, GRID_KEY: grid_json})
 
 
 def spectra_to_table(
@@ -90,10 +128,11 @@ def spectra_arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_spectra_table(path: str | Path, table: pa.Table | pd.DataFrame, overwrite: bool = True) -> Path:
-    """Validate and write a spectra table atomically."""
+    """Validate and write a spectra table atomically, with its metadata (``described_spectra_schema``)."""
     if isinstance(table, pd.DataFrame):
         table = pa.Table.from_pandas(table, preserve_index=False)
     table = validate_spectra_table(table, str(path))
+    table = table.cast(described_spectra_schema(table.schema))
     with atomic_path(path, overwrite=overwrite) as tmp:
         pq.write_table(table, tmp, compression="zstd")
     return Path(path)

@@ -207,6 +207,11 @@ def test_cli_anomalies_writes_flags_and_reports_auc(calibrated, tiny_catalog, tm
     flag = flagged["flag"].to_numpy(zero_copy_only=False)
     first5 = np.sort(ids)[:5]
     assert flag[np.isin(ids, first5)].all() and flag.sum() <= 8
+    from astropy.table import Table  # astropy reads the table with units and descriptions
+
+    t = Table.read(out)
+    assert str(t["ra"].unit) == "deg" and t["anomaly_pvalue"].description.startswith("p-value")
+    assert t["quality_flags"].dtype == np.int32
     # an uncalibrated catalog gets no p-values
     res = CliRunner().invoke(main, ["anomalies", str(tiny_catalog), "--labels", str(labels), "--out",
                                     str(tmp_path / "u.parquet")])

@@ -26,6 +26,7 @@ from galspec_batch.catalog import (
 from galspec_batch.catalog import paths as cpaths
 from galspec_batch.columns import QualityFlag
 from galspec_batch.errors import IncompleteOutputError, InputError
+from galspec_batch.options import Layout
 from galspec_batch.sky import healpix_29, pixel_at_order
 
 ORDER = 6
@@ -48,6 +49,15 @@ def synthetic(n: int = 2000, seed: int = 0) -> pa.Table:
     return pa.table(cols)
 
 
+def pixels_and_rows(catalog_dir: Path) -> dict[tuple[int, int], int]:
+    """(order, pixel) -> rows of every partition file of a HATS catalog, from the files themselves."""
+    out = {}
+    for f in (catalog_dir / "dataset").glob("Norder=*/Dir=*/Npix=*.parquet"):
+        o = int(f.parent.parent.name.split("=")[1])
+        out[(o, int(f.stem.split("=")[1]))] = pq.read_metadata(f).num_rows
+    return out
+
+
 def sql(query: str) -> tuple:
     """The first row of a DuckDB query."""
     return duckdb.sql(query).fetchall()[0]
@@ -65,9 +75,9 @@ def begin(path: Path, parts: dict[int, pa.Table], **kw) -> CatalogWriter:
     return CatalogWriter.begin(path, partition_order=ORDER, plan=plan, **kw)
 
 
-def build(path: Path, table: pa.Table) -> tuple[CatalogWriter, dict[int, pa.Table]]:
+def build(path: Path, table: pa.Table, **kw) -> tuple[CatalogWriter, dict[int, pa.Table]]:
     parts = split(table)
-    cat = begin(path, parts)
+    cat = begin(path, parts, **kw)
     for p, t in parts.items():
         write_partition(path, ORDER, p, t)
     return cat, parts
@@ -77,7 +87,7 @@ def build(path: Path, table: pa.Table) -> tuple[CatalogWriter, dict[int, pa.Tabl
 def finished(tmp_path_factory) -> tuple[Path, pa.Table, dict]:
     path = tmp_path_factory.mktemp("cat") / "latents"
     table = synthetic()
-    cat, _ = build(path, table)
+    cat, _ = build(path, table, layout=Layout(partition_rows=150))  # a few merged partitions
     doc = cat.finalize()
     return path, table, doc
 
@@ -88,9 +98,10 @@ def test_schema_columns_types_and_flags():
     assert schema.names[4:10] == [f"latent_{i}" for i in range(1, 7)]
     assert schema.names[10:16] == [f"latent_{i}_std" for i in range(1, 7)]
     assert schema.names[16:] == ["mc_samples", "quality_flags", "model_id", "latent_1_q16"]
-    assert schema.field("quality_flags").type == pa.uint16()
+    # types astropy, VO-Parquet and TOPCAT accept: no unsigned 16-bit, no dictionary
+    assert schema.field("quality_flags").type == pa.int32()
     assert schema.field("mc_samples").type == pa.int16()
-    assert pa.types.is_dictionary(schema.field("model_id").type)
+    assert schema.field("model_id").type == pa.string()
     with pytest.raises(InputError, match="repeats"):
         catalog_schema(Outputs(6), [pa.field("ra", pa.float64())])
     assert [int(f) for f in QualityFlag] == [1, 2, 4, 8, 16, 32, 64, 128]
@@ -130,20 +141,24 @@ def test_hats_reads_it_and_partition_info_matches(finished):
     from hats.io.validation import is_valid_catalog
 
     path, table, _ = finished
-    cat = hats.read_hats(path)
+    cat = hats.read_hats(path).main_catalog
     pixels = {(p.order, p.pixel) for p in cat.get_healpix_pixels()}
-    assert pixels == {(ORDER, p) for p in split(table)}
+    # the store's partitions merged into their parents while together at most 150 rows
+    rows = {px: n for px, n in pixels_and_rows(path / "latents").items()}
+    assert set(rows) == pixels and sum(rows.values()) == table.num_rows
+    assert all(n <= 150 for (o, _), n in rows.items() if o < ORDER)  # a larger store partition stays whole
+    assert len(pixels) < len(split(table)) and min(o for o, _ in pixels) < ORDER
     assert cat.catalog_info.total_rows == table.num_rows
     assert cat.catalog_info.ra_column == "ra" and cat.catalog_info.healpix_column == "_healpix_29"
-    info = pd.read_csv(path / "partition_info.csv")
+    info = pd.read_csv(path / "latents" / "partition_info.csv")
     assert list(info.columns) == ["Norder", "Npix"]
     assert set(zip(info.Norder, info.Npix, strict=True)) == pixels
-    assert is_valid_catalog(path, strict=True)
+    assert is_valid_catalog(path / "latents", strict=True)
 
 
 def test_duckdb_counts_and_where(finished):
     path, table, _ = finished
-    files = f"read_parquet('{path}/dataset/**/*.parquet', hive_partitioning=false)"
+    files = f"read_parquet('{path}/latents/dataset/**/*.parquet', hive_partitioning=false)"
     n, n_ids = sql(f"SELECT count(*), count(DISTINCT object_id) FROM {files}")
     assert n == n_ids == table.num_rows
     flags = table["quality_flags"].to_numpy()
@@ -156,21 +171,22 @@ def test_duckdb_counts_and_where(finished):
 
 def test_pandas_reads_a_partition_sorted(finished):
     path, table, _ = finished
-    p, part = max(split(table).items(), key=lambda kv: kv[1].num_rows)
-    df = pd.read_parquet(cpaths.partition_file(path, ORDER, p))
-    assert len(df) == part.num_rows
+    (o, p), n = max(pixels_and_rows(path / "latents").items(), key=lambda kv: kv[1])
+    df = pd.read_parquet(cpaths.published_file(path, o, p))
+    assert len(df) == n
     assert df["_healpix_29"].is_monotonic_increasing
-    assert df["latent_1"].dtype == np.float32 and df["quality_flags"].dtype == np.uint16
-    assert set(df["object_id"]) == set(part["object_id"].to_pylist())
+    assert df["latent_1"].dtype == np.float32 and df["quality_flags"].dtype == np.int32
+    inside = pixel_at_order(healpix_29(table["ra"].to_numpy(), table["dec"].to_numpy()), o) == p
+    assert set(df["object_id"]) == set(table["object_id"].to_numpy()[inside])
 
 
 def test_provenance_in_schema_metadata_and_json(finished):
     path, table, doc = finished
     for f in ("_metadata", "_common_metadata"):
-        meta = json.loads(pq.read_schema(path / "dataset" / f).metadata[b"galspec"])
+        meta = json.loads(pq.read_schema(path / "latents" / "dataset" / f).metadata[b"galspec"])
         assert meta["provenance"] == PROVENANCE
         assert meta["store_fingerprint"] == FINGERPRINT and meta["n_objects"] == table.num_rows
-    part = next(path.glob("dataset/Norder=6/Dir=*/*.parquet"))
+    part = next(path.glob("latents/dataset/Norder=*/Dir=*/*.parquet"))
     assert json.loads(pq.read_schema(part).metadata[b"galspec"])["model_id"] == "cnn-small"
     assert read_provenance(path) == doc
     assert doc["quality_flags"] == {
@@ -195,26 +211,26 @@ def test_truncated_and_unmarked_files_are_redone(tmp_path):
     path = tmp_path / "cat"
     cat, parts = build(path, synthetic(600, seed=1))
     p_cut, p_unmarked, p_dead = sorted(parts)[:3]
-    f = cpaths.partition_file(path, ORDER, p_cut)
+    f = cpaths.work_file(path, ORDER, p_cut)
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # a crash mid-copy
     cpaths.done_marker(path, ORDER, p_unmarked).unlink()  # killed between file and marker
     cpaths.done_marker(path, ORDER, p_dead).unlink()
-    cpaths.partition_file(path, ORDER, p_dead).rename(
-        cpaths.partition_file(path, ORDER, p_dead).with_name(f"Npix={p_dead}.parquet.tmp-deadbeef")
+    cpaths.work_file(path, ORDER, p_dead).rename(
+        cpaths.work_file(path, ORDER, p_dead).with_name(f"p{p_dead}.parquet.tmp-deadbeef")
     )  # killed mid-write
     assert catalog_status(path).to_dict()["done"] == len(parts) - 3
     with pytest.raises(IncompleteOutputError, match=f"Npix={p_cut}"):
         cat.finalize()
     cat = begin(path, parts)  # a rerun resumes
     assert sorted(cat.pending()) == [(ORDER, p) for p in sorted([p_cut, p_unmarked, p_dead])]
-    assert not f.exists() and not list(path.glob("dataset/**/*.tmp-*"))
+    assert not f.exists() and not list(path.glob("_state/parts/**/*.tmp-*"))
     assert cat.pending() == sorted(cat.pending())  # idempotent, nothing else is touched
     for p in (p_cut, p_unmarked, p_dead):
         write_partition(path, ORDER, p, parts[p])
     assert cat.pending() == []
     doc = cat.finalize()
     assert doc["n_objects"] == 600 and len(doc["resumes"]) == 1
-    assert sql(f"SELECT count(DISTINCT object_id) FROM '{path}/dataset/**/*.parquet'") == (600,)
+    assert sql(f"SELECT count(DISTINCT object_id) FROM '{path}/latents/dataset/**/*.parquet'") == (600,)
 
 
 def test_changed_store_and_finished_catalog_are_refused(tmp_path):
@@ -232,7 +248,7 @@ def test_changed_store_and_finished_catalog_are_refused(tmp_path):
     with pytest.raises(InputError, match="is complete"):
         write_partition(path, ORDER, next(iter(parts)), next(iter(parts.values())))
     fresh = begin(path, parts, store_fingerprint="0000", overwrite=True)
-    assert len(fresh.pending()) == len(parts) and not (path / "hats.properties").exists()
+    assert len(fresh.pending()) == len(parts) and not (path / "collection.properties").exists()
 
 
 def test_duplicate_ids_across_partitions_refused_at_finalize(tmp_path):
@@ -250,7 +266,7 @@ def test_duplicate_ids_across_partitions_refused_at_finalize(tmp_path):
         IncompleteOutputError, match=rf"object_id {dup_id} .*Npix={min(pa_, pb)}.*Npix={max(pa_, pb)}"
     ):
         cat.finalize()
-    assert not (path / "hats.properties").exists()
+    assert not (path / "collection.properties").exists()
 
 
 def test_write_partition_refuses_bad_rows(tmp_path):

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 from scipy.special import erf
 
 from galspec_batch.catalog import read_catalog
-from galspec_batch.catalog.paths import derived_file
+from galspec_batch.catalog.extension import read_extension, remove_extension
+from galspec_batch.catalog.paths import derived_dir
 from galspec_batch.cli import main
 from galspec_batch.columns import D4000, DERIVED_COLUMNS, LINES
 from galspec_batch.decode import (
@@ -176,7 +177,7 @@ def test_write_back_and_select(writable_catalog, vae_dir, tmp_path):
         s = decode_catalog(writable_catalog, vae_dir, tmp_path / "a.parquet", where=f"latent_2 > {cut}",
                            n_draws=16,
                            write_back=True)
-        assert s.derived == derived_file(writable_catalog)
+        assert s.derived == derived_dir(writable_catalog)
         decoded = pq.read_table(tmp_path / "a.parquet").to_pandas()
         assert sorted(decoded.object_id) == sorted(df[df.latent_2 > cut].object_id)
         thr = float(decoded.ew_halpha.median())
@@ -185,7 +186,7 @@ def test_write_back_and_select(writable_catalog, vae_dir, tmp_path):
         # a second decode merges by object_id
         decode_catalog(writable_catalog, vae_dir, tmp_path / "b.parquet", ids=[1000, 1001], n_draws=16,
                        write_back=True)
-        side = pq.read_table(derived_file(writable_catalog)).to_pandas()
+        side = read_extension(writable_catalog).to_pandas()
         assert sorted(side.object_id) == sorted(set(decoded.object_id) | {1000, 1001})
         assert list(side.columns) == ["object_id", *DERIVED_COLUMNS]
         # another VAE's quantities are not mixed in
@@ -194,7 +195,7 @@ def test_write_back_and_select(writable_catalog, vae_dir, tmp_path):
             decode_catalog(writable_catalog, other, tmp_path / "c.parquet", ids=[1002], n_draws=16,
                            write_back=True)
     finally:
-        derived_file(writable_catalog).unlink(missing_ok=True)
+        remove_extension(writable_catalog)
 
 
 def test_cli_decode_with_plot(writable_catalog, vae_dir, tmp_path):

@@ -1,13 +1,17 @@
 """The whole chain, small: every step runs and leaves its outputs and numbers."""
 
 import json
+import re
+from pathlib import Path
 
 import lsdb
 
 from galspec_batch.demo import DemoSettings, run_demo
 
+EXAMPLES = Path(__file__).parents[1] / "catalogs" / "examples.md"
 
-def test_demo_runs_the_whole_chain(tmp_path):
+
+def test_demo_runs_the_whole_chain(tmp_path, monkeypatch):
     # 6 CNN epochs: at 3 the CNN had not left the mean (validation RMSE 0.95-1.12 over seeds 0-2 on
     # the old mock too), so the RMSE and AUC bounds below tested the seed, not the chain
     settings = DemoSettings(n_galaxies=400, image_size=24, vae_epochs=8, cnn_epochs=6, mc_samples=8,
@@ -34,3 +38,13 @@ def test_demo_runs_the_whole_chain(tmp_path):
         assert (tmp_path / "demo" / name).exists(), name
     assert json.loads((tmp_path / "demo" / "summary.json").read_text())["numbers"]["catalog_rows"] == 400
     assert "ROC AUC" in str(summary)
+
+    # the outputs open in the ecosystem's readers: catalogs/examples.md, run verbatim in the demo's directory
+    blocks = re.findall(r"```python\n(.*?)```", EXAMPLES.read_text(), re.S)
+    assert len(blocks) == 5
+    monkeypatch.chdir(tmp_path / "demo")
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, str(EXAMPLES), "exec"), namespace)  # noqa: S102 (our own documentation)
+    assert len(namespace["matched"]) == 400 and len(namespace["with_lines"]) == 400
+    assert str(namespace["targets"]["ra"].unit) == "deg" and (tmp_path / "demo" / "coverage.png").exists()

@@ -110,7 +110,7 @@ def test_sigint_and_sigterm_stop_cleanly_and_resume(slow, tmp_path, sig, code):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code
     assert one_line(err) == "galspec: error: interrupted; rerun the same command to resume"
-    assert not list(out.glob("dataset/**/*.tmp-*")) or not catalog_status(out).complete
+    assert not list(out.glob("_state/parts/**/*.tmp-*")) or not catalog_status(out).complete
     rerun = galspec(*predict_args(slow, out))
     _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
@@ -137,7 +137,7 @@ def test_changed_settings_are_refused_on_resume(slow, tmp_path):
     predict_catalog(store, ckpt, out, PredictOptions(mc_samples=8, engine="eager", batch_size=32),
                     cluster="none",
                     progress=False, finalize=False)
-    for partition in list(out.glob("dataset/**/*.parquet"))[:3]:
+    for partition in list(out.glob("_state/parts/**/*.parquet"))[:3]:
         partition.unlink()  # as if killed before these were written
     with pytest.raises(InputError) as info:
         changed = PredictOptions(mc_samples=4, seed=7, precision="bf16", engine="eager", batch_size=32)
@@ -182,7 +182,12 @@ def _finished(slow, tmp_path) -> Path:
 
 
 def _partition_files(catalog: Path) -> list[Path]:
-    return sorted(catalog.glob("dataset/Norder=*/Dir=*/Npix=*.parquet"))
+    """The run's own file of each store partition (what a done marker vouches for)."""
+    return sorted(catalog.glob("_state/parts/o*/d*/p*.parquet"))
+
+
+def _published_files(catalog: Path) -> list[Path]:
+    return sorted(catalog.glob("latents/dataset/Norder=*/Dir=*/Npix=*.parquet"))
 
 
 def test_a_flipped_byte_is_found_refused_and_repaired(slow, tmp_path):
@@ -191,7 +196,7 @@ def test_a_flipped_byte_is_found_refused_and_repaired(slow, tmp_path):
     data = bytearray(victim.read_bytes())
     data[len(data) // 3] ^= 0x01  # inside the column data: the Parquet file still opens
     victim.write_bytes(bytes(data))
-    pixel = int(victim.stem.split("=")[1])
+    pixel = int(victim.stem[1:])
     problems = verify_catalog(out)
     assert len(problems) == 1 and f"Npix={pixel}" in problems[0] and "checksum" in problems[0]
     res = CliRunner().invoke(main, ["verify", str(out)])
@@ -199,21 +204,33 @@ def test_a_flipped_byte_is_found_refused_and_repaired(slow, tmp_path):
     assert not catalog_status(out).complete
     res = CliRunner().invoke(main, ["status", str(out)])
     assert "damaged" in res.output and "complete" not in res.output.splitlines()[0]
-    with pytest.raises(IncompleteOutputError, match=f"Npix={pixel} is damaged"):
-        read_catalog(out)
-    with pytest.raises(IncompleteOutputError, match=f"Npix={pixel} is damaged"):
-        select_targets(out, where="latent_1 > 0")
+    same(out, slow[2])  # what readers see is still what was published, and checked
     res = CliRunner().invoke(main, predict_args(slow, out))  # the same command repairs it
     assert res.exit_code == 0 and "1 of them repaired" in res.output, res.output
     same(out, slow[2])
-    assert verify_catalog(out) == [] and catalog_status(out).complete and (out / "hats.properties").exists()
+    assert verify_catalog(out) == [] and catalog_status(out).complete
+    assert (out / "collection.properties").exists()
+    # a flipped byte in a published file: refused by every reader of galspec, published again
+    victim = _published_files(out)[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    victim.write_bytes(bytes(data))
+    assert any(str(victim) in p and "sha256" in p for p in verify_catalog(out))
+    with pytest.raises(IncompleteOutputError, match="differs from what finalize published"):
+        read_catalog(out)
+    with pytest.raises(IncompleteOutputError, match="differs from what finalize published"):
+        select_targets(out, where="latent_1 > 0")
+    res = CliRunner().invoke(main, predict_args(slow, out))
+    assert res.exit_code == 0 and "published again" in res.output, res.output
+    same(out, slow[2])
+    assert verify_catalog(out) == []
 
 
 @pytest.mark.parametrize("damage", ["delete", "truncate", "unmark"])
 def test_deleted_truncated_or_unmarked_partition_of_a_finished_catalog_is_repaired(slow, tmp_path, damage):
     out = _finished(slow, tmp_path)
     victim = _partition_files(out)[1]
-    pixel = int(victim.stem.split("=")[1])
+    pixel = int(victim.stem[1:])
     if damage == "delete":
         victim.unlink()
     elif damage == "truncate":
@@ -222,8 +239,7 @@ def test_deleted_truncated_or_unmarked_partition_of_a_finished_catalog_is_repair
         cpaths.done_marker(out, 4, pixel).unlink()
     status = CliRunner().invoke(main, ["status", str(out), "--json"])
     assert status.exit_code == 0 and not json.loads(status.output)["complete"]
-    with pytest.raises(IncompleteOutputError, match=f"Npix={pixel}"):
-        select_targets(out, where="latent_1 > 0")
+    assert f"Npix={pixel}" in "".join(verify_catalog(out))
     res = CliRunner().invoke(main, predict_args(slow, out))
     assert res.exit_code == 0, res.output
     same(out, slow[2])
@@ -499,7 +515,7 @@ def test_a_store_rewritten_or_a_config_edited_since_the_run_began_is_refused(tmp
     out = tmp_path / "cat"
     opts = PredictOptions(mc_samples=4, engine="eager")
     predict_catalog(store, ckpt, out, opts, cluster="none", progress=False, finalize=False)
-    next(out.glob("dataset/**/*.parquet")).unlink()
+    next(out.glob("_state/parts/**/*.parquet")).unlink()
     # the same ids and positions, other pixels: the content hash (and so the fingerprint) differs
     again = make_tiny_store(tmp_path / "s_again.zarr", n=240, seed=0)
     images = open_store(again).read(slice(0, 240)).images * 1.5
@@ -521,13 +537,13 @@ def test_a_store_rewritten_or_a_config_edited_since_the_run_began_is_refused(tmp
 @pytest.mark.parametrize("damage", ["stale", "truncated", "deleted", "info", "unfinished"])
 def test_damaged_catalog_metadata_is_found_refused_and_rewritten(slow, tmp_path, damage):
     out = _finished(slow, tmp_path)
-    meta = out / "dataset" / "_metadata"
+    meta = out / "latents" / "dataset" / "_metadata"
     if damage == "stale":  # the footers of all partitions but one
-        files = _partition_files(out)[1:]
+        files = _published_files(out)[1:]
         collector = []
         for f in files:
             md = pq.read_metadata(f)
-            md.set_file_path(str(f.relative_to(out / "dataset")))
+            md.set_file_path(str(f.relative_to(out / "latents" / "dataset")))
             collector.append(md)
         pq.write_metadata(pq.read_schema(meta), meta, metadata_collector=collector)
     elif damage == "truncated":
@@ -535,7 +551,7 @@ def test_damaged_catalog_metadata_is_found_refused_and_rewritten(slow, tmp_path,
     elif damage == "deleted":
         meta.unlink()
     elif damage == "info":
-        info = out / "partition_info.csv"
+        info = out / "latents" / "partition_info.csv"
         info.write_text("\n".join(info.read_text().splitlines()[:-1]) + "\n")
     else:
         cpaths.complete_file(out).unlink()
@@ -546,7 +562,7 @@ def test_damaged_catalog_metadata_is_found_refused_and_rewritten(slow, tmp_path,
     with pytest.raises(IncompleteOutputError):
         read_catalog(out)
     res = CliRunner().invoke(main, predict_args(slow, out))
-    assert res.exit_code == 0 and "its metadata written again" in res.output, res.output
+    assert res.exit_code == 0 and "published again" in res.output, res.output
     assert verify_catalog(out) == [] and len(read_catalog(out)) == len(frame(slow[2]))
     same(out, slow[2])
 
@@ -561,7 +577,7 @@ def test_a_damaged_run_schema_is_written_again(slow, tmp_path):
     assert verify_catalog(out) == []
 
 
-def test_a_changed_derived_sidecar_is_found_and_refused(tmp_path, tiny_store, tiny_checkpoint):
+def test_a_changed_derived_extension_is_found_and_refused(tmp_path, tiny_store, tiny_checkpoint):
     from galspec_batch.decode import write_derived
 
     out = make_tiny_catalog(tiny_store, tiny_checkpoint, tmp_path / "cat", mc_samples=4)
@@ -572,12 +588,12 @@ def test_a_changed_derived_sidecar_is_found_and_refused(tmp_path, tiny_store, ti
     table = pa.table({"object_id": ids, **dict.fromkeys(DERIVED_COLUMNS, ones)})
     write_derived(out, table, {"vae_weights_sha256": "x"})
     assert verify_catalog(out) == []
-    sidecar = cpaths.derived_file(out)
-    data = bytearray(sidecar.read_bytes())
+    victim = next(cpaths.derived_dir(out).glob("dataset/Norder=*/Dir=*/Npix=*.parquet"))
+    data = bytearray(victim.read_bytes())
     data[len(data) // 3] ^= 0x01
-    sidecar.write_bytes(bytes(data))
-    assert any("derived.parquet differs" in p for p in verify_catalog(out))
-    with pytest.raises(IncompleteOutputError, match="derived.parquet differs"):
+    victim.write_bytes(bytes(data))
+    assert any(f"{victim} differs" in p for p in verify_catalog(out))
+    with pytest.raises(IncompleteOutputError, match="differs from the record of its writing"):
         select_targets(out, where="ew_oii > 0")
 
 

@@ -1,6 +1,7 @@
 """SDSS spec-*.fits ingest with the real plate-266 spectra in tests/data/sdss_spectra."""
 
 import itertools
+import json
 import shutil
 from pathlib import Path
 
@@ -11,11 +12,12 @@ from astropy.io import fits
 from click.testing import CliRunner
 
 from galspec_batch.cli import main
+from galspec_batch.columns import NORM_UNIT
 from galspec_batch.errors import FormatError, InputError
 from galspec_batch.ingest import sdss
 from galspec_batch.ingest.sdss import ingest_spectra, plate_mjd_fiber_id, read_sdss_spectrum
-from galspec_batch.spectra import WAVE
-from galspec_batch.spectra_table import read_spectra_table, spectra_arrays
+from galspec_batch.spectra import WAVE, WAVE_EDGES
+from galspec_batch.spectra_table import GRID_KEY, read_spectra_table, spectra_arrays
 
 DATA = Path(__file__).parent / "data" / "sdss_spectra"
 REPEATS = [(166, 174), (526, 525)]  # fibers: the same galaxies on MJD 51602 and 51630
@@ -60,6 +62,9 @@ def test_table_schema_and_normalisation(table):
         assert np.mean(f[iv > 0]) == pytest.approx(1.0, rel=1e-5)  # documented normalisation
         assert (f[iv == 0] == 0).all()
     assert (table["norm"].to_numpy() > 0).all()
+    assert table.schema.field("norm").metadata[b"unit"] == NORM_UNIT.encode()
+    assert table.schema.field("ra").metadata[b"unit"] == b"deg"
+    assert np.array_equal(json.loads(table.schema.metadata[GRID_KEY])["wave_edges"], WAVE_EDGES)
     # only the spectra with bad-column halves lose much of the grid
     coverage = dict(zip(table["fiber"].to_pylist(), (ivar > 0).mean(axis=1), strict=True))
     assert coverage[526] == pytest.approx(0.43, abs=0.01) and coverage[174] == pytest.approx(0.528, abs=0.01)

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from conftest import make_tiny_checkpoint, make_tiny_store
 
 from galspec_batch.catalog import read_catalog, read_provenance
-from galspec_batch.catalog.paths import done_marker, partition_file
+from galspec_batch.catalog.paths import done_marker, work_file
 from galspec_batch.cli import main
 from galspec_batch.columns import QualityFlag
 from galspec_batch.errors import InputError
@@ -61,7 +61,7 @@ def test_lsdb_cone_search_and_duckdb(tiny_catalog):
     assert sorted(got.object_id) == sorted(df.object_id[d <= 1.5])
     con = duckdb.connect()
     n, mean1 = con.execute(
-        f"select count(*), avg(latent_1) from read_parquet('{tiny_catalog}/dataset/**/*.parquet')"
+        f"select count(*), avg(latent_1) from read_parquet('{tiny_catalog}/latents/dataset/**/*.parquet')"
     ).fetchone()
     assert n == len(df) and mean1 == pytest.approx(df.latent_1.mean(), rel=1e-5)
 
@@ -82,13 +82,13 @@ def test_only_runs_a_share_and_resume_finishes(tiny_store, tiny_checkpoint, tmp_
                   PredictOptions(engine="eager"))  # as `galspec submit` does
     s1 = predict_catalog(tiny_store, tiny_checkpoint, out, PredictOptions(engine="eager"), cluster="none",
                          only=first, progress=False)
-    assert s1.partitions_done == 3 and not (out / "hats.properties").exists()
-    kept = partition_file(out, parts[0].order, parts[0].pixel)
+    assert s1.partitions_done == 3 and not (out / "collection.properties").exists()
+    kept = work_file(out, parts[0].order, parts[0].pixel)
     mtime = kept.stat().st_mtime_ns
     s2 = predict_catalog(tiny_store, tiny_checkpoint, out, PredictOptions(engine="eager"), cluster="none",
                          progress=False)
     assert (s2.partitions_done, s2.partitions_skipped) == (len(parts) - 3, 3)
-    assert kept.stat().st_mtime_ns == mtime and (out / "hats.properties").exists()
+    assert kept.stat().st_mtime_ns == mtime and (out / "collection.properties").exists()
     assert _frame(out).object_id.is_unique and len(_frame(out)) == 240
 
 
@@ -100,9 +100,9 @@ def test_resume_after_interrupt_and_truncated_file(tiny_store, tiny_checkpoint, 
     # simulate an interrupted first run: the whole plan, but stop before finalize
     predict_catalog(tiny_store, tiny_checkpoint, out, PredictOptions(engine="eager"), cluster="none",
                     progress=False, finalize=False)
-    kept = partition_file(out, parts[0].order, parts[0].pixel)
+    kept = work_file(out, parts[0].order, parts[0].pixel)
     mtime = kept.stat().st_mtime_ns
-    broken = partition_file(out, parts[1].order, parts[1].pixel)
+    broken = work_file(out, parts[1].order, parts[1].pixel)
     broken.write_bytes(broken.read_bytes()[:200])  # a crash mid-write of an unmarked file
     done_marker(out, parts[1].order, parts[1].pixel).unlink()
     unmarked = parts[2]
@@ -239,7 +239,7 @@ def test_an_array_task_leaves_other_tasks_partitions_alone(tiny_store, tiny_chec
     predict_catalog(tiny_store, tiny_checkpoint, out, PredictOptions(engine="eager"), cluster="none",
                     only=[parts[0].pixel], progress=False)
     # another task is mid-write of its partition: a temporary file, and a file not yet marked done
-    other = partition_file(out, parts[1].order, parts[1].pixel)
+    other = work_file(out, parts[1].order, parts[1].pixel)
     other.parent.mkdir(parents=True, exist_ok=True)
     tmp = other.with_name(other.name + ".tmp-12345678")
     tmp.write_bytes(b"being written")

@@ -1,5 +1,5 @@
 """Target selection: DuckDB filters against pandas, safety of the expression, probability and
-uncertainty ranking, output formats, the derived sidecar."""
+uncertainty ranking, output formats, the derived extension."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from scipy.stats import norm
 
 from galspec_batch.catalog import read_catalog
-from galspec_batch.catalog.paths import derived_file
 from galspec_batch.cli import main
 from galspec_batch.errors import IncompleteOutputError, InputError, MissingFileError, UsageError
 from galspec_batch.regions import parse_region
@@ -125,22 +124,19 @@ def test_outputs_in_four_formats(writable_catalog, df, tmp_path):
         write_targets(t, tmp_path / "t.txt")
 
 
-def test_derived_sidecar_is_joined(writable_catalog, df):
-    import pyarrow.parquet as pq
-
+def test_derived_extension_is_joined(writable_catalog, df):
+    from galspec_batch.catalog.extension import remove_extension, write_extension
     from galspec_batch.catalog.paths import derived_marker
-    from galspec_batch.catalog.state import write_derived_marker
 
-    path = derived_file(writable_catalog)
     ids = df.object_id.to_numpy()[:50]
     ew = np.linspace(0, 49, 50).astype(np.float32)
     side = pa.table({"object_id": ids, "ew_halpha": ew, "ew_halpha_std": np.full(50, 2.0, np.float32)})
-    path.parent.mkdir(exist_ok=True)
-    pq.write_table(side, path)
     try:
+        write_extension(writable_catalog, side, {})
+        derived_marker(writable_catalog).unlink()
         with pytest.raises(IncompleteOutputError, match="has no record of being written whole"):
-            select_targets(writable_catalog, where="ew_halpha > 40")  # not written by galspec
-        write_derived_marker(writable_catalog)
+            select_targets(writable_catalog, where="ew_halpha > 40")  # not written whole by galspec
+        write_extension(writable_catalog, side, {})
         # 190 of the 240 rows have no ew_halpha: a cut on it is refused unless asked for
         with pytest.raises(UsageError, match="190 of 240 rows .* no value for ew_halpha .* --allow-missing"):
             select_targets(writable_catalog, where="ew_halpha > 40")
@@ -159,9 +155,7 @@ def test_derived_sidecar_is_joined(writable_catalog, df):
         assert "190 of 240 rows had no value for ew_halpha or ew_halpha_std and were left out" in res.output
         assert "UNCALIBRATED" in res.output
     finally:
-        path.unlink()
-        path.parent.rmdir()
-        derived_marker(writable_catalog).unlink(missing_ok=True)
+        remove_extension(writable_catalog)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -198,7 +192,7 @@ def test_cli_select_writes_targets(writable_catalog, df, tmp_path):
 
 
 def test_not_a_catalog(tmp_path):
-    with pytest.raises(MissingFileError, match="not a galspec catalog"):
+    with pytest.raises(MissingFileError, match="is not a HATS catalog: it has no collection.properties"):
         select_targets(tmp_path)
 
 

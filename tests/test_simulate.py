@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -9,7 +11,7 @@ from scipy.ndimage import gaussian_filter
 from scipy.stats import spearmanr
 
 from galspec_batch.cli import main
-from galspec_batch.columns import QualityFlag
+from galspec_batch.columns import NORM, NORM_UNIT, QualityFlag
 from galspec_batch.errors import InputError
 from galspec_batch.simulate import (
     dust,
@@ -24,7 +26,7 @@ from galspec_batch.simulate import (
 from galspec_batch.simulate.survey import SURVEY_NAME, id_offset
 from galspec_batch.sky import healpix_29
 from galspec_batch.spectra import WAVE, WAVE_EDGES
-from galspec_batch.spectra_table import read_spectra_table, spectra_arrays
+from galspec_batch.spectra_table import GRID_KEY, read_spectra_table, spectra_arrays
 from galspec_batch.store import open_store
 
 
@@ -69,6 +71,19 @@ def test_shapes_dtypes_and_spectrum_normalisation(batch64):
         obs = WAVE * (1 + z)
         assert np.array_equal(ok, (obs >= 3800) & (obs <= 9200))
         assert np.all(f[~ok] == 0)
+
+
+def test_norm_undoes_the_normalisation_in_sdss_units(batch64):
+    """flux * norm is SDSS's rest-frame (1+z) f_lambda in 1e-17 erg/s/cm^2/A: shifted back to the
+    observed frame, its synthetic r magnitude is the fiber's."""
+    b = batch64
+    assert b.norm.shape == (64,) and 1 < np.median(b.norm) < 100  # like SDSS main-sample galaxies
+    obs_wave = WAVE[None, :] * (1 + b.z[:, None])
+    f_obs = b.flux * b.norm[:, None] * 1e-17 / (1 + b.z[:, None])
+    bands = sed.filters()
+    r = [bands.get_ab_maggies(*bands.pad_spectrum(f, w)).columns[1][0]
+         for f, w in zip(f_obs, obs_wave, strict=True)]
+    np.testing.assert_allclose(-2.5 * np.log10(r), b.truth["truth_fiber_r_mag"], atol=0.02)
 
 
 def test_redshift_range_and_peak_like_sdss_main_sample():
@@ -179,6 +194,9 @@ def test_survey_writes_sorted_store_and_matching_spectra_table(tmp_path):
     for col in ("truth_z", "truth_bulge_frac", "truth_sfr", "truth_anomaly"):
         assert col in table.column_names
     assert np.array_equal(table["z"].to_numpy(), table["truth_z"].to_numpy())
+    assert table.column_names[6] == NORM and (table[NORM].to_numpy() > 0).all()
+    assert table.schema.field(NORM).metadata[b"unit"] == NORM_UNIT.encode()
+    assert np.array_equal(json.loads(table.schema.field("flux").metadata[GRID_KEY])["wave"], WAVE)
     assert np.array_equal(healpix_29(table["ra"].to_numpy(), table["dec"].to_numpy()), st.healpix_29)
     # the same survey in other batches is the same survey
     simulate_survey(tmp_path / "t.zarr", tmp_path / "t.parquet", 40, image_size=32, seed=5, batch_size=40,

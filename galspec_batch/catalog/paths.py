@@ -1,8 +1,9 @@
 """Every on-disk name of a galspec catalog, in one place (layout in catalogs/catalog-format.md).
 
-The public part is the HATS layout (``hats.properties``, ``partition_info.csv``,
-``dataset/Norder=k/Dir=d/Npix=p.parquet``, ``dataset/_metadata``); the run state lives in
-``_state/``, which HATS readers never look at.
+The public part is a HATS collection (``collection.properties``; the primary catalog ``latents/``
+with ``hats.properties``, ``partition_info.csv``, ``dataset/Norder=k/Dir=d/Npix=p.parquet``;
+its margin cache ``latents_<r>arcs/``; the extension ``derived/``). The run's own files, one
+Parquet file per store partition, live in ``_state/``, which HATS readers never look at.
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 FORMAT_NAME = "galspec-catalog"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
-# HATS (hats >= 0.5 layout, "v1.0" of the IVOA note)
+# HATS (hats >= 0.11 layout, "v1.0" of the IVOA note)
+COLLECTION_PROPERTIES_FILENAME = "collection.properties"
+PRIMARY_NAME = "latents"  # the primary catalog of the collection
+DERIVED_NAME = "derived"  # the extension of derived columns (`galspec decode --write-back`)
+EXTENSION_SUFFIX = ".properties"  # <extension>.properties at the collection root
 PROPERTIES_FILENAME = "hats.properties"
 PARTITION_INFO_FILENAME = "partition_info.csv"
 DATASET_DIR = "dataset"
@@ -26,6 +31,10 @@ DIR_STEP = 10_000
 
 # galspec's own files
 PROVENANCE_FILENAME = "galspec-provenance.json"
+PARTS_DIR = "parts"  # in _state/: the run's Parquet file of each store partition (unit of work and resume)
+STAGING_DIR = "publishing"  # in _state/: the collection being built by finalize, moved into place whole
+EXTENSION_STAGING_DIR = "publishing-derived"  # in _state/: the derived extension being built
+PROPERTIES_STAGING_DIR = "publishing-properties"  # in _state/: collection.properties being written
 SCHEMA_METADATA_KEY = b"galspec"
 STATE_DIR = "_state"
 RUN_STATE_FILENAME = "run.json"
@@ -42,15 +51,23 @@ SUBMISSION_DIR_PREFIX = "submit-"
 TASKS_FILENAME = "tasks.json"
 LOG_DIR = "logs"
 
-# derived quantities written back by `galspec decode --write-back`
 DASK_LOG_SUFFIX = ".dask-logs"  # beside the catalog: workers of `submit --mode dask` log there
-DERIVED_DIR = "derived"
-DERIVED_FILENAME = "derived.parquet"
-DERIVED_MARKER_FILENAME = "derived.json"  # in _state/: the sidecar's size and sha256
+DERIVED_MARKER_FILENAME = "derived.json"  # in _state/: the derived extension's files, sizes and sha256
+
+
+def margin_name(arcsec: float) -> str:
+    """The margin cache's directory (lsdb's convention): ``latents_10arcs``."""
+    return f"{PRIMARY_NAME}_{arcsec:g}arcs"
+
+
+def primary_dir(catalog: str | Path) -> Path:
+    """The primary HATS catalog of the collection ``catalog``."""
+    return Path(catalog) / PRIMARY_NAME
 
 
 def dataset_dir(catalog: str | Path) -> Path:
-    return Path(catalog) / DATASET_DIR
+    """The published partitions of the primary catalog."""
+    return primary_dir(catalog) / DATASET_DIR
 
 
 def partition_dir_number(pixel: int) -> int:
@@ -65,8 +82,19 @@ def partition_relpath(order: int, pixel: int) -> str:
     )
 
 
-def partition_file(catalog: str | Path, order: int, pixel: int) -> Path:
+def published_file(catalog: str | Path, order: int, pixel: int) -> Path:
+    """A partition of the published primary catalog."""
     return dataset_dir(catalog) / partition_relpath(order, pixel)
+
+
+def work_file(catalog: str | Path, order: int, pixel: int) -> Path:
+    """The run's Parquet file of one store partition (what a done marker vouches for)."""
+    folder = state_dir(catalog) / PARTS_DIR / f"o{int(order)}" / f"d{partition_dir_number(pixel)}"
+    return folder / f"p{int(pixel)}{PARQUET_SUFFIX}"
+
+
+def staging_dir(catalog: str | Path) -> Path:
+    return state_dir(catalog) / STAGING_DIR
 
 
 def state_dir(catalog: str | Path) -> Path:
@@ -105,9 +133,9 @@ def log_dir(catalog: str | Path) -> Path:
     return submit_dir(catalog) / LOG_DIR
 
 
-def derived_file(catalog: str | Path) -> Path:
-    """The derived-quantity sidecar (``galspec decode --write-back``)."""
-    return Path(catalog) / DERIVED_DIR / DERIVED_FILENAME
+def derived_dir(catalog: str | Path) -> Path:
+    """The derived-quantity extension, a HATS catalog (``galspec decode --write-back``)."""
+    return Path(catalog) / DERIVED_NAME
 
 
 def dask_log_dir(catalog: str | Path) -> Path:

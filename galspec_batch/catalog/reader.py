@@ -1,4 +1,6 @@
-"""Read a finished catalog without lsdb: its provenance and its rows as an Arrow table."""
+"""Read a catalog without lsdb: its provenance and its rows as an Arrow table. A galspec catalog
+is read only when finished, each published file first checked against what finalize published;
+any other HATS catalog or collection (hats-import, ``lsdb ... to_hats``) is read as it is."""
 
 from __future__ import annotations
 
@@ -9,8 +11,8 @@ import pyarrow as pa
 import pyarrow.dataset as pds
 
 from galspec_batch.atomic import read_json
-from galspec_batch.catalog import hats_files, paths, state
-from galspec_batch.errors import IncompleteOutputError, MissingFileError
+from galspec_batch.catalog import paths, publish
+from galspec_batch.errors import FormatError, IncompleteOutputError, InputError, MissingFileError, first_line
 
 
 def read_provenance(path: str | Path) -> dict:
@@ -24,7 +26,10 @@ def read_provenance(path: str | Path) -> dict:
 
 def read_calibration(path: str | Path) -> dict | None:
     """The calibration a finished catalog was predicted with (``Calibration.record()``: targets,
-    scale, nu, ...), or None for a catalog of the network's own spreads."""
+    scale, nu, ...), or None for a catalog of the network's own spreads (or not galspec's)."""
+    if not is_galspec(path):
+        hats_catalog_dir(path)
+        return None
     doc = read_provenance(path)
     return doc.get("provenance", doc).get("calibration") or None
 
@@ -35,14 +40,64 @@ def calibration_values(record: dict, key: str, targets: list[str]) -> np.ndarray
 
 
 def read_catalog(
-    path: str | Path, columns: list[str] | None = None, filter: pds.Expression | None = None
+    path: str | Path, columns: list[str] | None = None, filter: pds.Expression | None = None,
+    *, needed_by: str | None = None,
 ) -> pa.Table:
-    """Rows of a finished catalog as one Arrow table (through ``dataset/_metadata``), e.g.
-    ``read_catalog(p, ["object_id", "latent_1"], pds.field("quality_flags") == 0)``."""
+    """Rows of a finished catalog (or any HATS catalog) as one Arrow table, e.g.
+    ``read_catalog(p, ["object_id", "latent_1"], pds.field("quality_flags") == 0)``. A column
+    the catalog lacks is refused by name (``needed_by`` says what needs it)."""
+    files = partition_files(Path(path))
+    dataset = pds.dataset([str(f) for f in files], format="parquet")
+    missing = [c for c in columns or () if c not in dataset.schema.names]
+    if missing:
+        why = f" ({needed_by} needs {'it' if len(missing) == 1 else 'them'})" if needed_by else ""
+        raise InputError(f"catalog {path} has no column{'s' if len(missing) > 1 else ''} "
+                         f"{', '.join(missing)}{why}; it has {', '.join(dataset.schema.names)}")
+    return dataset.to_table(columns=columns, filter=filter)
+
+
+def is_galspec(path: str | Path) -> bool:
+    """Whether ``path`` is a catalog galspec writes (it has galspec's run state)."""
+    return paths.run_state_file(path).exists()
+
+
+def hats_catalog_dir(path: str | Path) -> Path:
+    """The HATS catalog of ``path``: a collection's primary catalog, or ``path`` itself."""
+    from hats.catalog.catalog_collection import CollectionProperties
+
     path = Path(path)
-    require_whole(path)
-    meta = paths.dataset_dir(path) / paths.PARQUET_METADATA_FILENAME
-    return pds.parquet_dataset(str(meta)).to_table(columns=columns, filter=filter)
+    if (path / paths.COLLECTION_PROPERTIES_FILENAME).is_file():
+        try:
+            primary = CollectionProperties.read_from_dir(path).hats_primary_table_url
+        except ValueError as exc:
+            f = path / paths.COLLECTION_PROPERTIES_FILENAME
+            raise FormatError(f"{f} is not valid ({first_line(exc)})") from None
+        return path / primary
+    if (path / paths.PROPERTIES_FILENAME).is_file():
+        return path
+    if is_galspec(path):
+        _require_complete(path)
+    raise MissingFileError(f"{path} is not a HATS catalog: it has no {paths.COLLECTION_PROPERTIES_FILENAME} "
+                           f"or {paths.PROPERTIES_FILENAME}")
+
+
+def catalog_pixels(path: str | Path) -> list[tuple[int, int]]:
+    """(order, pixel) of every partition of a finished catalog (or any HATS catalog)."""
+    path = Path(path)
+    if is_galspec(path):
+        _require_complete(path)
+    return publish.published_pixels(hats_catalog_dir(path))
+
+
+def partition_files(path: Path, pixels: list[tuple[int, int]] | None = None) -> list[Path]:
+    """The partition files of ``pixels`` (default: all) of a finished catalog, each of a galspec
+    catalog first checked against what finalize published (with all of them, every published
+    file); or of any HATS catalog."""
+    if is_galspec(path):  # all of it, or just the files of these pixels
+        require_whole(path, partitions=pixels)
+    pixels = catalog_pixels(path) if pixels is None else pixels
+    base = hats_catalog_dir(path) / paths.DATASET_DIR
+    return [base / paths.partition_relpath(o, p) for o, p in pixels]
 
 
 def _require_complete(path: Path) -> None:
@@ -56,21 +111,14 @@ def _require_complete(path: Path) -> None:
 
 
 def require_whole(path: Path, partitions: list[tuple[int, int]] | None = None) -> None:
-    """Refuse to read a catalog that is not finished, or whose partitions (default: all) do not
-    match their done markers byte for byte (sha256): every row served is a row written."""
+    """Refuse to read a catalog that is not finished, or whose published files (default: all;
+    else the primary ``partitions``, as (order, pixel)) differ from what finalize published
+    (size and sha256): every row served is a row written."""
     _require_complete(path)
-    whole = partitions is None
-    if whole:
-        partitions = state.read_run_state(path).planned() or state.list_markers(path, paths.DONE_DIR)
-    for order, pixel in partitions:
-        why = state.check_partition(path, order, pixel, checksum=True)
-        if why is not None:
-            raise IncompleteOutputError(
-                f"catalog {path}: partition Norder={order} Npix={pixel} is damaged ({why}); rerun "
-                "`galspec predict` with the same settings to repair it (`galspec verify` lists all)"
-            )
-    if whole:
-        problems = hats_files.check_all(path, [state.read_done(path, o, p) for o, p in partitions])
-        if problems:
-            raise IncompleteOutputError(f"catalog {path}: {problems[0]}; rerun `galspec predict` with the "
-                                        "same settings to write it again")
+    manifest = publish.read_manifest(path)
+    only = None if partitions is None or manifest is None else [
+        publish.published_relpath(o, p) for o, p in partitions]
+    problems = publish.check_published(path, manifest, only=only)
+    if problems:
+        raise IncompleteOutputError(f"catalog {path}: {problems[0]}; rerun `galspec predict` with the "
+                                    "same settings to publish it again (`galspec verify` lists all)")

@@ -87,8 +87,10 @@ def catalog_schema(outputs: Outputs = DEFAULT_OUTPUTS, extra: list[pa.Field] | t
     fields += [pa.field(c, pa.float32(), nullable=True) for c in outputs.values + outputs.spreads]
     fields += [
         pa.field(MC_SAMPLES, pa.int16(), nullable=False),
-        pa.field(QUALITY_FLAGS, pa.uint16(), nullable=False),
-        pa.field(MODEL_ID, pa.dictionary(pa.int32(), pa.string()), nullable=False),
+        # int32 and a plain string: types astropy, VOTable and TOPCAT all read (Parquet still
+        # dictionary-encodes the one model id of a file)
+        pa.field(QUALITY_FLAGS, pa.int32(), nullable=False),
+        pa.field(MODEL_ID, pa.string(), nullable=False),
     ]
     names = {f.name for f in fields}
     for f in extra:
@@ -195,6 +197,6 @@ def _check_rows(table: pa.Table, order: int, pixel: int, model_id: str | None, w
             f"in Npix={int(pixel_at_order(hp[i : i + 1], order)[0])}"
         )
     if model_id is not None and len(table):
-        found = set(table[MODEL_ID].combine_chunks().dictionary_decode().unique().to_pylist())
+        found = set(table[MODEL_ID].unique().to_pylist())
         if found != {model_id}:
             raise InputError(f"{where}: model_id {sorted(found)}; this catalog is made by {model_id!r}")

@@ -40,6 +40,7 @@ class RunState(VersionedFormat):
     settings: dict[str, Any] = field(default_factory=dict)
     model_id: str | None = None
     plan: tuple[tuple[int, int, int], ...] | None = None  # (order, pixel, expected rows or -1)
+    layout: dict[str, Any] = field(default_factory=dict)  # the published layout (catalog.layout.Layout)
     resumes: tuple[dict[str, Any], ...] = ()
 
     def validate(self) -> None:
@@ -156,32 +157,12 @@ def read_failed(catalog: str | Path) -> dict[Pixel, str]:
     return out
 
 
-def write_derived_marker(catalog: str | Path) -> None:
-    """Record the derived sidecar as written: its size and sha256."""
-    f = paths.derived_file(catalog)
-    write_json(paths.derived_marker(catalog), {"bytes": f.stat().st_size, "sha256": file_sha256(f)})
-
-
-def check_derived(catalog: str | Path) -> str | None:
-    """Why the derived sidecar cannot be trusted, or None when there is none or it is whole."""
-    f = paths.derived_file(catalog)
-    if not f.exists():
-        return None
-    try:
-        marker = read_json(paths.derived_marker(catalog))
-    except (OSError, FormatError):
-        return f"{f} has no record of being written whole"
-    if f.stat().st_size != marker.get("bytes") or file_sha256(f) != marker.get("sha256"):
-        return f"{f} differs from the record of its writing (size or sha256)"
-    return None
-
-
 def check_partition(catalog: str | Path, order: int, pixel: int, *, checksum: bool = False) -> str | None:
     """Why the partition is not done (a short reason), or None when its file is whole and marked.
 
     Cheap by default (size, Parquet footer, row count); ``checksum=True`` also re-hashes the file.
     """
-    f = paths.partition_file(catalog, order, pixel)
+    f = paths.work_file(catalog, order, pixel)
     if not f.exists():
         return "no partition file"
     marker = read_done(catalog, order, pixel)

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from galspec_batch.catalog import hats_files, paths, state
+from galspec_batch.catalog import paths, publish, state
+from galspec_batch.catalog.extension import check_extension
 from galspec_batch.errors import GalspecError, first_line
 
 STATES = ("done", "running", "queued", "pending", "failed", "damaged")
@@ -114,7 +115,7 @@ def catalog_status(path: str | Path) -> CatalogStatus:
         else:
             n = max(expected.get((o, p), 0), 0)
             kind = "failed" if (o, p) in failed_msgs else "pending"
-            if marker is not None and paths.partition_file(path, o, p).exists():
+            if marker is not None and paths.work_file(path, o, p).exists():
                 kind, damage[(o, p)] = "damaged", why
         parts.setdefault(kind, []).append(p)
         objs[kind] = objs.get(kind, 0) + n
@@ -125,15 +126,16 @@ def catalog_status(path: str | Path) -> CatalogStatus:
     if run.plan is not None and all(n >= 0 for *_, n in run.plan):
         objects_planned = sum(n for *_, n in run.plan)
     complete = (paths.complete_file(path).exists() and not any(parts.get(k) for k in STATES if k != "done")
-                and not hats_files.check_all(path, [state.read_done(path, o, p) for o, p in pixels]))
+                and not publish.check_published(path, publish.read_manifest(path)))
     return CatalogStatus(path, complete, run.partition_order, parts, objs,
                          None if planned is None else len(planned), objects_planned, failures)
 
 
 def verify_catalog(path: str | Path) -> list[str]:
     """Every problem of a catalog, one line each: a planned partition that is missing, unfinished
-    or damaged (its bytes differ from the sha256 in its done marker), or a finished catalog whose
-    HATS metadata is missing. Empty when the catalog is whole."""
+    or damaged (its bytes differ from the sha256 in its done marker), a finished catalog whose
+    published files are missing or differ from what finalize published, or a damaged derived
+    extension. Empty when the catalog is whole."""
     path = Path(path)
     st = catalog_status(path)
     order = st.partition_order
@@ -143,17 +145,16 @@ def verify_catalog(path: str | Path) -> list[str]:
             why = st.failures.get(f"Norder={order} Npix={pixel}") or state.check_partition(path, order, pixel)
             problems.append(f"{kind} Norder={order} Npix={pixel}: {why}")
     if not problems:
-        planned = state.read_run_state(path).planned() or state.list_markers(path, paths.DONE_DIR)
         if not paths.complete_file(path).exists():
             problems.append(f"not finished: every partition is written, but {paths.complete_file(path)} is "
                             "not (run `galspec finalize`, or rerun `galspec predict`)")
         else:
-            problems += hats_files.check_all(path, [state.read_done(path, o, p) for o, p in planned])
+            problems += publish.check_published(path, publish.read_manifest(path))
         try:
             state.read_schema(path)
         except GalspecError as exc:
             problems.append(first_line(exc))
-    damage = state.check_derived(path)
+    damage = check_extension(path)
     if damage is not None:
         problems.append(f"{damage} (rerun `galspec decode --write-back --overwrite`)")
     return problems

@@ -1,10 +1,10 @@
 """A locked-down DuckDB view of one finished catalog, for queries from users.
 
-The catalog's partition files (and its derived sidecar) are opened first; then the connection is
+The catalog's partition files (and its derived extension) are opened first; then the connection is
 closed to the file system (``enable_external_access=false``, reads limited to the catalog's own
 directories) and its configuration locked, so that a user's expression cannot read or write
 other files. The view ``catalog`` holds the partitions (pruned to a region), LEFT JOINed on
-``object_id`` with the derived sidecar (``galspec decode --write-back``).
+``object_id`` with the derived extension (``galspec decode --write-back``).
 """
 
 from __future__ import annotations
@@ -19,10 +19,9 @@ import pyarrow.parquet as pq
 from scipy import stats
 from scipy.special import ndtr
 
-from galspec_batch.catalog import paths
-from galspec_batch.catalog.reader import read_calibration, require_whole
-from galspec_batch.catalog.state import check_derived, list_markers, read_run_state
-from galspec_batch.columns import DEC, LATENT_RE, OBJECT_ID, RA, catalog_column, std_column
+from galspec_batch.catalog.extension import check_extension, extension_files
+from galspec_batch.catalog.reader import catalog_pixels, is_galspec, partition_files, read_calibration
+from galspec_batch.columns import DEC, HEALPIX, LATENT_RE, OBJECT_ID, RA, catalog_column, std_column
 from galspec_batch.errors import (
     IncompleteOutputError,
     InputError,
@@ -48,47 +47,45 @@ def t_cdf_arrow(x: pa.Array, nu: pa.Array) -> pa.Array:
     return pa.array(v, mask=np.isnan(v))
 
 
-def _partition_files(catalog: Path, region: Region | None) -> tuple[list[Path], int]:
-    """Partition files (pruned to the region's pixels, each verified against its done marker)
-    and the catalog's partition order."""
-    require_whole(catalog, partitions=[])
-    run = read_run_state(catalog)
-    parts = run.planned() or list_markers(catalog, paths.DONE_DIR)
-    if not parts:
+def _partition_files(catalog: Path, region: Region | None) -> list[Path]:
+    """The catalog's partition files, pruned to the region's pixels (a galspec catalog's each
+    checked against what finalize published)."""
+    pixels = catalog_pixels(catalog)
+    if not pixels:
         raise InputError(f"catalog {catalog} has no partitions")
-    order = run.partition_order
     if region is not None:
-        keep = set(region.pixels(order).tolist())
-        n_all, parts = len(parts), [(o, p) for o, p in parts if p in keep]
-        if not parts:
+        keep = {(o, int(p)) for o in {o for o, _ in pixels} for p in region.pixels(o)}
+        n_all, pixels = len(pixels), [px for px in pixels if px in keep]
+        if not pixels:
             raise InputError(f"region {region} overlaps no partition of catalog {catalog} "
-                             f"({n_all} partitions at order {order})")
-    require_whole(catalog, partitions=parts)
-    return [paths.partition_file(catalog, o, p) for o, p in parts], order
+                             f"({n_all} partitions)")
+    return partition_files(catalog, pixels)
 
 
 class CatalogView:
     """A DuckDB connection holding one catalog as the view ``catalog`` (its partitions, pruned to
-    a region, LEFT JOINed with the derived sidecar), closed to all other files. Use as a context
-    manager; ``relation(where)`` gives the filtered rows."""
+    a region, LEFT JOINed with the derived extension), closed to all other files. Any HATS
+    catalog or collection is accepted; one galspec did not write has no calibration or extension.
+    Use as a context manager; ``relation(where)`` gives the filtered rows."""
 
     def __init__(self, catalog: str | Path, region: Region | str | None = None, ids=None):
         self.catalog = Path(catalog)
         self.region = parse_region(region) if region is not None else None
-        files, self.order = _partition_files(self.catalog, self.region)
-        dirs = sorted({str(f.parent.resolve()) + "/" for f in files})
-        sidecar = paths.derived_file(self.catalog)
-        damage = check_derived(self.catalog)
+        files = _partition_files(self.catalog, self.region)
+        extension = extension_files(self.catalog) if is_galspec(self.catalog) else []
+        damage = check_extension(self.catalog) if extension else None
         if damage is not None:
             raise IncompleteOutputError(f"catalog {self.catalog}: {damage}; rerun `galspec decode "
                                         "--write-back --overwrite` to write it again")
-        if sidecar.exists():
-            dirs.append(str(sidecar.parent.resolve()) + "/")
+        dirs = sorted({str(f.parent.resolve()) + "/" for f in files + extension})
         con = duckdb.connect(":memory:")
         self.con = con
         rel = con.read_parquet([str(f.resolve()) for f in files]).set_alias("c")
-        if sidecar.exists():
-            rel = rel.join(con.read_parquet(str(sidecar.resolve())).set_alias("d"), OBJECT_ID, how="left")
+        if extension:
+            derived = con.read_parquet([str(f.resolve()) for f in extension])
+            keep = [f'"{c}"' for c in derived.columns if c not in (RA, DEC, HEALPIX)]
+            derived = derived.project(", ".join(keep))
+            rel = rel.join(derived.set_alias("d"), OBJECT_ID, how="left")
         rel.create_view("_catalog_all")
         keep = []
         if self.region is not None:

@@ -20,10 +20,12 @@ import pyarrow.parquet as pq
 
 from galspec_batch import code_version
 from galspec_batch.atomic import TMP_MARK, atomic_path, file_sha256, write_json
-from galspec_batch.catalog import hats_files, paths, state
+from galspec_batch.catalog import paths, publish, state
+from galspec_batch.catalog.layout import margin_order
 from galspec_batch.catalog.schema import DEFAULT_OUTPUTS, Outputs, catalog_schema, conform_table
 from galspec_batch.columns import HEALPIX, OBJECT_ID, QualityFlag
 from galspec_batch.errors import FormatError, IncompleteOutputError, InputError, MissingFileError, first_line
+from galspec_batch.options import Layout
 
 PlanItem = tuple[int, int] | tuple[int, int, int]
 
@@ -54,17 +56,21 @@ class CatalogWriter:
         return paths.complete_file(self.path).exists()
 
     def _reopen_if_damaged(self) -> None:
-        """Verify a finished catalog; if a partition is damaged or missing, or its HATS metadata no
-        longer describes the partitions, take back the finished state (complete.json and the
-        metadata), so that the damaged partitions are redone and the metadata written again."""
+        """Verify a finished catalog; if a partition is damaged or missing, or a published file
+        differs from what finalize published, take back the finished state (complete.json and the
+        published collection), so that the damaged partitions are redone and it is published again."""
         planned = self.state.planned() or state.list_markers(self.path, paths.DONE_DIR)
         self.repairs = {(o, p): why for o, p in planned
                         if (why := state.check_partition(self.path, o, p, checksum=True)) is not None}
-        self.metadata_problems = [] if self.repairs else hats_files.check_all(
-            self.path, [state.read_done(self.path, o, p) for o, p in planned])
+        self.metadata_problems = [] if self.repairs else publish.check_published(
+            self.path, publish.read_manifest(self.path))
         if self.repairs or self.metadata_problems:
-            hats_files.remove_all(self.path)
-            paths.complete_file(self.path).unlink(missing_ok=True)
+            self._unpublish()
+
+    def _unpublish(self) -> None:
+        paths.complete_file(self.path).unlink(missing_ok=True)
+        publish.remove_published(self.path)
+        (self.path / paths.PROVENANCE_FILENAME).unlink(missing_ok=True)
 
     @classmethod
     def begin(
@@ -79,6 +85,7 @@ class CatalogWriter:
         model_id: str | None = None,
         settings: dict | None = None,
         extra_columns: Sequence[pa.Field] = (),
+        layout: Layout | None = None,
         overwrite: bool = False,
         record_resume: bool = True,
     ) -> CatalogWriter:
@@ -100,6 +107,8 @@ class CatalogWriter:
             raise InputError(f"provenance for {path} must be JSON-serialisable: {exc}") from None
         schema = catalog_schema(outputs, tuple(extra_columns))
         plan_rows = _plan_rows(plan, partition_order)
+        if layout is not None and layout.margin_arcsec > 0:
+            margin_order(layout.margin_arcsec, partition_order)  # a margin too wide is refused now
         settings = dict(settings or {})
         if paths.run_state_file(path).exists():
             if overwrite:
@@ -108,10 +117,15 @@ class CatalogWriter:
                 writer = cls(path, state.read_run_state(path))
                 writer._check_resume(schema, store_fingerprint, partition_order, plan_rows, model_id,
                                      settings)
+                relayout = layout is not None and layout.to_dict() != writer.state.layout
                 if paths.complete_file(path).exists():
                     writer._reopen_if_damaged()
+                    if relayout and record_resume and writer.complete:
+                        was, now = writer.state.layout, layout.to_dict()
+                        writer.metadata_problems = [f"published with layout {was}, now {now}"]
+                        writer._unpublish()
                 if record_resume and not writer.complete:
-                    writer._record_resume(provenance, plan_rows)
+                    writer._record_resume(provenance, plan_rows, layout)
                 return writer
         elif path.exists() and _has_content(path):
             raise InputError(f"{path} exists and is not a galspec catalog; choose an empty or new directory")
@@ -124,6 +138,7 @@ class CatalogWriter:
             created=_now(),
             model_id=model_id,
             plan=plan_rows,
+            layout=(layout or Layout()).to_dict(),
         )
         paths.state_dir(path).mkdir(parents=True, exist_ok=True)
         state.write_schema(path, schema.with_metadata({paths.SCHEMA_METADATA_KEY: _header(run)}))
@@ -159,13 +174,16 @@ class CatalogWriter:
             raise InputError(f"{began} with {was}; this run has {now}. Rerun with the first run's settings "
                              "to resume, or pass --overwrite to start again")
 
-    def _record_resume(self, provenance: dict, plan_rows) -> None:
+    def _record_resume(self, provenance: dict, plan_rows, layout: Layout | None) -> None:
         record = {"at": _now(), "code_version": code_version()}
         if provenance != self.state.provenance:
             record["provenance"] = provenance
         run = self.state.resumed(record)
         if run.plan is None and plan_rows is not None:
             run = replace(run, plan=plan_rows)
+        if layout is not None and layout.to_dict() != run.layout:
+            record["layout"] = layout.to_dict()
+            run = replace(run, layout=layout.to_dict())
         state.write_run_state(self.path, run)
         self.state = run
 
@@ -184,7 +202,8 @@ class CatalogWriter:
         return out
 
     def finalize(self) -> dict:
-        """Check every partition and write the HATS metadata files; returns the provenance document.
+        """Check every partition and publish the catalog as a HATS collection (``catalog.publish``,
+        laid out as the run state's ``layout`` says); returns the provenance document.
 
         Raises IncompleteOutputError naming a partition that is missing, unfinished, damaged (its
         bytes differ from its done marker's hash), or that repeats an object id of another one.
@@ -210,8 +229,12 @@ class CatalogWriter:
         schema = state.read_schema(self.path)
         doc = _provenance_doc(self.path, self.state, markers)
         schema = schema.with_metadata({paths.SCHEMA_METADATA_KEY: json.dumps(doc, sort_keys=True)})
-        hats_files.write_all(self.path, schema, markers, self.state, doc)
-        write_json(paths.complete_file(self.path), {"finalized": doc["finalized"]})
+        paths.complete_file(self.path).unlink(missing_ok=True)
+        layout = Layout(**self.state.layout)
+        files = publish.publish(self.path, markers, schema, self.state, layout)
+        write_json(self.path / paths.PROVENANCE_FILENAME, doc)
+        write_json(paths.complete_file(self.path), {"finalized": doc["finalized"], "layout": layout.to_dict(),
+                                                    "files": files})
         return doc
 
 
@@ -237,7 +260,7 @@ def write_partition(catalog_path: str | Path, order: int, pixel: int, table: pa.
             f"partition Norder={order} Npix={pixel} has {table.num_rows} rows; "
             f"expected {expected if expected is not None else 'at least 1'} (one per store object)"
         )
-    target = paths.partition_file(catalog_path, order, pixel)
+    target = paths.work_file(catalog_path, order, pixel)
     paths.done_marker(catalog_path, order, pixel).unlink(missing_ok=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target, overwrite=True) as tmp:
@@ -323,6 +346,7 @@ def _provenance_doc(path: Path, run: state.RunState, markers: list[state.DoneMar
         "finalized": _now(),
         "resumes": list(run.resumes),
         "partition_order": run.partition_order,
+        "layout": Layout(**run.layout).to_dict(),
         "outputs": run.outputs.to_dict(),
         "n_partitions": len(markers),
         "n_objects": sum(m.n_rows for m in markers),
@@ -349,7 +373,7 @@ def _empty(path: Path) -> None:
 
 
 def _clear_partition(catalog: Path, order: int, pixel: int) -> None:
-    target = paths.partition_file(catalog, order, pixel)
+    target = paths.work_file(catalog, order, pixel)
     target.unlink(missing_ok=True)
     for tmp in target.parent.glob(f"{target.name}{TMP_MARK}*") if target.parent.exists() else ():
         tmp.unlink(missing_ok=True)
@@ -358,14 +382,14 @@ def _clear_partition(catalog: Path, order: int, pixel: int) -> None:
 
 def _check_no_strays(catalog: Path, wanted: set[tuple[int, int]]) -> None:
     """Refuse Parquet files that are not planned partitions; drop leftovers of killed writes."""
-    data = paths.dataset_dir(catalog)
-    for f in sorted(data.glob(f"{paths.PARTITION_ORDER}=*/{paths.PARTITION_DIR}=*/*")):
+    parts = paths.state_dir(catalog) / paths.PARTS_DIR
+    for f in sorted(parts.glob("o*/d*/*")):
         if TMP_MARK in f.name:
             f.unlink(missing_ok=True)
             continue
         try:
-            o = int(f.parent.parent.name.split("=")[1])
-            p = int(f.name.removeprefix(f"{paths.PARTITION_PIXEL}=").removesuffix(paths.PARQUET_SUFFIX))
+            o = int(f.parent.parent.name[1:])
+            p = int(f.name.removeprefix("p").removesuffix(paths.PARQUET_SUFFIX))
         except ValueError:
             o = p = -1
         if (o, p) not in wanted:
@@ -376,7 +400,7 @@ def _check_unique_ids(catalog: Path, markers: list[state.DoneMarker]) -> None:
     """Every object id exactly once across partitions (ids of all partitions held in memory)."""
     ids, owner = [], []
     for i, m in enumerate(markers):
-        col = pq.read_table(paths.partition_file(catalog, m.order, m.pixel), columns=[OBJECT_ID])
+        col = pq.read_table(paths.work_file(catalog, m.order, m.pixel), columns=[OBJECT_ID])
         ids.append(col[OBJECT_ID].to_numpy())
         owner.append(np.full(len(ids[-1]), i, dtype=np.int64))
     if not ids:

@@ -30,14 +30,16 @@ CATALOG = click.argument("catalog", type=click.Path())
               help="Leave out labelled objects the network trained on (else they are refused).")
 @click.option("--plot", type=click.Path(), default=None, help="Calibration plot (PNG) to write.")
 @click.option("--dry-run", is_flag=True, help="Measure and print, but write no calibration.json.")
+@click.option("--raw-spreads", is_flag=True,
+              help="CATALOG is not galspec's (e.g. rewritten by lsdb) and its _std are the network's own.")
 def calibrate_cmd(catalog, labels, checkpoint, split_file, fraction, seed, exclude_trained, plot,
-                  dry_run) -> None:
+                  dry_run, raw_spreads) -> None:
     """Recalibrate the uncertainties of CATALOG's checkpoint on new labelled objects (fit on one
     part, assessed on the rest) and save the calibration with the checkpoint."""
     from galspec_batch.calibrate import calibrate_catalog
 
     r = calibrate_catalog(catalog, labels, checkpoint, fraction=fraction, split_file=split_file, seed=seed,
-                          exclude_trained=exclude_trained, write=not dry_run)
+                          exclude_trained=exclude_trained, write=not dry_run, raw_spreads=raw_spreads)
     click.echo(r.table())
     if r.path is not None:
         click.echo(f"wrote {r.path}")
@@ -102,11 +104,12 @@ def _ids(ctx, param, text: str | None) -> list[int] | None:
 @click.option("--draws", type=click.IntRange(2, 10_000), default=D.DECODE_DRAWS, show_default=True,
               help="Latent draws per object.")
 @click.option("--seed", type=click.IntRange(min=0), default=D.SEED, show_default=True)
-@click.option("--write-back", is_flag=True, help="Store the derived columns in <catalog>/derived/.")
+@click.option("--write-back", is_flag=True,
+              help="Store the derived columns in the catalog's HATS extension <catalog>/derived/.")
 @click.option("--plot", type=click.Path(), default=None, help="Also plot a few decoded spectra (PNG).")
 @click.option("--observed-frame", is_flag=True,
               help="Draw the --plot in the observed frame, at each object's z_phot.")
-@overwrite_option("--out (and a sidecar made by another VAE)")
+@overwrite_option("--out (and a derived extension made by another VAE)")
 @quiet_option
 def decode_cmd(catalog, vae_dir, ids, where, region, out, draws, seed, write_back, plot, observed_frame,
                overwrite, quiet) -> None:

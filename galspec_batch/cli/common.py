@@ -17,8 +17,10 @@ from galspec_batch.options import (
     DEFAULT_MC_SAMPLES,
     ENGINE_NAMES,
     MAX_BATCH_SIZE,
+    MAX_MARGIN_ARCSEC,
     MAX_MC_SAMPLES,
     PRECISIONS,
+    Layout,
     PredictOptions,
 )
 from galspec_batch.regions import FORMS
@@ -147,9 +149,14 @@ _PREDICT_OPTIONS = (
                  help="Put a store at another zero point on the model's flux scale (both must be known)."),
     click.option("--allow-survey-mismatch", is_flag=True,
                  help="Accept a store of another survey name (same filters and depth)."),
+    click.option("--partition-rows", type=click.IntRange(min=1), default=D.PARTITION_ROWS, show_default=True,
+                 help="Published catalog: merge neighbouring partitions up to this many rows."),
+    click.option("--margin-arcsec", type=click.FloatRange(0, MAX_MARGIN_ARCSEC), default=D.MARGIN_ARCSEC,
+                 show_default=True, help="Published catalog: margin cache radius (0: none)."),
 )
 _PREDICT_NAMES = ("mc_samples", "engine", "batch_size", "seed", "precision", "region", "partitions",
-                  "no_calibration", "rescale_flux", "allow_survey_mismatch")
+                  "no_calibration", "rescale_flux", "allow_survey_mismatch", "partition_rows",
+                  "margin_arcsec")
 
 
 def predict_options(func):
@@ -160,9 +167,10 @@ def predict_options(func):
     def wrapper(**kwargs):
         given = {name: kwargs.pop(name) for name in _PREDICT_NAMES}
         calibrate = not given.pop("no_calibration")
+        layout = Layout(given.pop("partition_rows"), given.pop("margin_arcsec"))
 
         def make_options(device: str) -> PredictOptions:
-            return PredictOptions(**given, calibrate=calibrate, device=device)
+            return PredictOptions(**given, calibrate=calibrate, device=device, layout=layout)
 
         return func(make_options=make_options, **kwargs)
 

@@ -44,7 +44,7 @@ def predict_cmd(store, checkpoint, out, make_options, cluster, device, n_workers
                         finalize=not no_finalize, overwrite=overwrite, progress=not quiet)
     uncalibrated = "" if s.calibrated else UNCALIBRATED_NOTE
     if s.partitions_done == 0:
-        done = "its metadata written again" if s.finalized else "nothing to do"
+        done = "published again" if s.finalized else "nothing to do"
         click.echo(f"{s.catalog}: complete, {s.partitions_skipped} partitions verified; {done}{uncalibrated}")
         return
     repaired = f", {s.repaired} of them repaired" if s.repaired else ""
@@ -56,11 +56,13 @@ def predict_cmd(store, checkpoint, out, make_options, cluster, device, n_workers
 @click.command("finalize")
 @click.argument("catalog", type=click.Path())
 def finalize_cmd(catalog) -> None:
-    """Check every partition of CATALOG and write its HATS metadata."""
+    """Check every partition of CATALOG and publish it as a HATS collection (the layout recorded
+    when the catalog began: --partition-rows, --margin-arcsec)."""
     from galspec_batch.predict import finalize_catalog
 
     doc = finalize_catalog(catalog)
-    click.echo(f"{catalog}: complete, {doc['n_objects']} objects in {doc['n_partitions']} partitions")
+    click.echo(f"{catalog}: complete, {doc['n_objects']} objects from {doc['n_partitions']} store "
+               "partitions, published as a HATS collection")
 
 
 @click.command("status")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from galspec_batch import defaults as D
+from galspec_batch.columns import NORM
 from galspec_batch.errors import FormatError, GalspecError, InputError
 from galspec_batch.ingest.fitsio import read_fits
 from galspec_batch.ingest.quarantine import IngestReport, Quarantined, check_output_free, finish
@@ -167,7 +168,7 @@ def ingest_spectra(
         raise InputError(f"unknown id source {id_from!r}; expected one of {ID_SOURCES}")
     check_output_free(output, overwrite)
     paths = find_spectra(inputs)
-    cols: dict[str, list] = {k: [] for k in ("object_id", "ra", "dec", "z", "flux", "ivar", "norm")}
+    cols: dict[str, list] = {k: [] for k in ("object_id", "ra", "dec", "z", "flux", "ivar", NORM)}
     extra: dict[str, list] = {"plate": [], "mjd": [], "fiber": []}
     quarantined: list[Quarantined] = []
     seen: dict[int, Path] = {}
@@ -189,7 +190,7 @@ def ingest_spectra(
             cols[key].append(value)
         cols["flux"].append(rest.flux)
         cols["ivar"].append(rest.ivar)
-        cols["norm"].append(rest.norm)
+        cols[NORM].append(rest.norm)
         for key in extra:
             extra[key].append(getattr(spec, key))
     n = len(cols["object_id"])
@@ -201,7 +202,7 @@ def ingest_spectra(
             np.array(cols["z"]),
             np.stack(cols["flux"]),
             np.stack(cols["ivar"]),
-            extra={"norm": np.array(cols["norm"]), **{k: np.array(v, np.int32) for k, v in extra.items()}},
+            extra={NORM: np.array(cols[NORM]), **{k: np.array(v, np.int32) for k, v in extra.items()}},
         )
         write_spectra_table(output, table, overwrite=overwrite)
     return finish(output, n, quarantined, len(paths))

@@ -117,7 +117,7 @@ def begin_catalog(store: str | Path, checkpoint: str | Path, out: str | Path, op
         out, outputs=outputs, store_fingerprint=fingerprint, provenance=provenance,
         partition_order=store_obj.partition_order, model_id=mid, overwrite=overwrite,
         plan=[(p.order, p.pixel, n) for p, n in plan], record_resume=record_resume,
-        settings=value_settings(options, identity),
+        settings=value_settings(options, identity), layout=options.layout,
     )
     return Begun(writer, plan, identity, options)
 

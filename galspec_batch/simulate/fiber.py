@@ -12,7 +12,9 @@ dispersion, lines by the gas's; see ``kinematics``) weighted by each component's
 fiber, plus the AGN, on the rest-frame grid of the paper, with SDSS-like noise given as inverse
 variance. Pixels outside the observed 3800-9200 A range of an SDSS spectrograph get ivar = 0 (and
 flux 0). Normalisation, as for real spectra from ``ingest-spectra``: flux divided by its mean over
-the valid (ivar > 0) pixels, ivar multiplied by the square of that mean.
+the valid (ivar > 0) pixels, ivar multiplied by the square of that mean. That mean is returned as
+``norm`` in SDSS's unit (``NORM_UNIT``) of the rest-frame flux density the fiber sees, (1+z) times
+the observed f_lambda: the 10-pc spectrum times the distance dimming (10 pc / D_L)^2.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, fields
 
+import astropy.units as u
 import numpy as np
 from scipy.special import ndtri
 
+from galspec_batch.columns import NORM_UNIT
 from galspec_batch.simulate import dust, kinematics, lines, sed
 from galspec_batch.simulate.images import Components
 from galspec_batch.simulate.population import DIG_SHARE, Galaxies, uniforms
@@ -34,6 +38,7 @@ HALPHA_WINDOW = (6500.0, 6630.0)  # A, the continuum under Halpha
 V_WINDOW = (5450.0, 5550.0)  # A, the V band's centre, for A_V
 _HALPHA = sed.LINE_NAMES.index("Halpha")
 _HBETA = sed.LINE_NAMES.index("Hbeta")
+_NORM_SCALE = u.Unit(NORM_UNIT).to(u.erg / u.s / u.cm**2 / u.AA)  # 1e-17: the f_lambda of one NORM_UNIT
 _SKY_LINES = np.array([5578.5, 5891.6, 6301.7, 6365.5, 7341.0, 7794.1, 7993.3, 8344.6, 8399.2, 8430.2,
                        8761.3, 8827.1, 8885.8, 8919.6, 8958.1, 9001.4, 9037.9, 9102.0])
 _SKY_AMPS = np.array([6.0, 3.0, 3.0, 1.5, 1.5, 2.0, 2.0, 3.0, 3.0, 3.0, 3.0, 4.0, 3.0, 3.0, 4.0, 3.0, 3.0,
@@ -166,8 +171,9 @@ def _broad_profiles() -> np.ndarray:
 
 def fiber_spectra(
     gal: Galaxies, lt: Light, fiber_frac: np.ndarray, fiber_r_nmgy: np.ndarray, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised rest-frame flux and ivar [N, 1000] (float32) seen by the fiber.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalised rest-frame flux and ivar [N, 1000] (float32) seen by the fiber, and the ``norm`` [N]
+    the flux was divided by, in ``NORM_UNIT`` (as SDSS ingest's).
 
     ``fiber_frac`` [N, 4]: share of bulge, disk, structure and AGN light inside the fiber;
     ``fiber_r_nmgy``: the fiber's r-band flux, which sets the signal-to-noise.
@@ -189,7 +195,8 @@ def fiber_spectra(
     ivar = np.where(valid, 1.0 / var, 0.0)
     mean = np.array([row[ok].mean() if ok.any() else 1.0 for row, ok in zip(noisy, valid, strict=True)])
     mean = np.where(mean > 0, mean, 1.0)
-    return (noisy / mean[:, None]).astype(np.float32), (ivar * mean[:, None] ** 2).astype(np.float32)
+    norm = mean * sed.distance_dimming(gal.z) / _NORM_SCALE
+    return (noisy / mean[:, None]).astype(np.float32), (ivar * mean[:, None] ** 2).astype(np.float32), norm
 
 
 def _sky_shape(obs: np.ndarray) -> np.ndarray:

@@ -28,11 +28,12 @@ import pyarrow.parquet as pq
 
 from galspec_batch import defaults as D
 from galspec_batch.atomic import atomic_path, refuse_existing
+from galspec_batch.columns import NORM
 from galspec_batch.errors import InputError, UsageError
 from galspec_batch.simulate import fiber, images, kinematics, population
 from galspec_batch.simulate.sed import BANDS
 from galspec_batch.sky import healpix_29
-from galspec_batch.spectra_table import spectra_to_table, validate_spectra_table
+from galspec_batch.spectra_table import described_spectra_schema, spectra_to_table, validate_spectra_table
 from galspec_batch.store import create_store
 
 SURVEY_NAME = "mock-ps1"
@@ -50,6 +51,7 @@ class MockBatch:
     mask: np.ndarray  # [N, 5] bool
     flux: np.ndarray  # [N, 1000] float32, unit mean over valid pixels
     ivar: np.ndarray  # [N, 1000] float32
+    norm: np.ndarray  # [N] what the flux was divided by, in NORM_UNIT (as SDSS ingest's)
     truth: dict[str, np.ndarray]  # truth_* columns
 
     @property
@@ -132,7 +134,7 @@ def simulate_batch(
         for c in fiber.COMPONENTS:
             spec_r[c][rows] = getattr(odd, c)[:, r]
     fiber_r = sum(rendered.fiber_frac[:, k] * spec_r[c] for k, c in enumerate(fiber.COMPONENTS))
-    flux, ivar = fiber.fiber_spectra(spec_gal, spec_lt, rendered.fiber_frac, fiber_r, seed)
+    flux, ivar, norm = fiber.fiber_spectra(spec_gal, spec_lt, rendered.fiber_frac, fiber_r, seed)
     total = sum(getattr(comp, c) for c in fiber.COMPONENTS)
     truth = {
         "truth_z": gal.z,
@@ -158,6 +160,7 @@ def simulate_batch(
         mask=rendered.mask,
         flux=flux,
         ivar=ivar,
+        norm=norm,
         truth=truth,
     )
 
@@ -210,9 +213,11 @@ def simulate_survey(
                                        pixel_scale=pixel_scale, anomaly_rate=anomaly_rate)
                 store.append(batch.object_id, batch.ra, batch.dec, batch.images, batch.mask)
                 table = validate_spectra_table(spectra_to_table(
-                    batch.object_id, batch.ra, batch.dec, batch.z, batch.flux, batch.ivar, batch.truth))
+                    batch.object_id, batch.ra, batch.dec, batch.z, batch.flux, batch.ivar,
+                    {NORM: batch.norm, **batch.truth}))
                 if writer is None:
-                    writer = pq.ParquetWriter(tmp_spectra, table.schema, compression="zstd")
+                    writer = pq.ParquetWriter(tmp_spectra, described_spectra_schema(table.schema),
+                                              compression="zstd")
                 writer.write_table(table)
                 stats.add(batch)
                 if progress is not None:

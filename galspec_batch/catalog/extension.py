@@ -1,0 +1,127 @@
+"""The derived-quantity extension of a catalog (``galspec decode --write-back``): a HATS catalog
+``derived/`` partitioned as the primary catalog, with ``object_id``, the position and the derived
+columns, described by ``derived.properties`` (hats' ``ExtensionProperties``) and listed in
+``collection.properties``, so that lsdb joins it with ``Catalog.load_extension("derived")``.
+
+It is rewritten whole at each write-back (built in ``_state`` and moved into place); its files'
+sizes and sha256 go to ``_state/derived.json``, by which a damaged extension is found.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from galspec_batch.atomic import file_sha256, read_json, write_json
+from galspec_batch.catalog import paths, publish
+from galspec_batch.catalog.reader import catalog_pixels, read_catalog
+from galspec_batch.columns import DEC, HEALPIX, OBJECT_ID, RA
+from galspec_batch.describe import described_schema
+from galspec_batch.errors import FormatError
+from galspec_batch.sky import SPATIAL_INDEX_ORDER
+
+POSITION = [OBJECT_ID, RA, DEC, HEALPIX]
+
+
+def extension_properties_file(catalog: str | Path) -> Path:
+    return Path(catalog) / f"{paths.DERIVED_NAME}{paths.EXTENSION_SUFFIX}"
+
+
+def write_extension(catalog: Path, table: pa.Table, metadata: dict[bytes, bytes]) -> Path:
+    """Publish ``table`` (``object_id`` and derived columns, one row per object of the catalog at
+    most) as the derived extension, replacing the one there; ``metadata`` goes into its schema."""
+    from hats.catalog.dataset.extension_properties import ExtensionProperties
+
+    columns = [c for c in table.column_names if c != OBJECT_ID]
+    where = read_catalog(catalog, POSITION)
+    table = where.join(table, OBJECT_ID, join_type="inner").sort_by([(HEALPIX, "ascending")])
+    table = table.select(POSITION + columns)
+    schema = described_schema(table.schema)
+    schema = schema.with_metadata({**schema.metadata, **metadata})
+    table = table.cast(schema)
+    run_pixels = catalog_pixels(catalog)
+    staging = paths.state_dir(catalog) / paths.EXTENSION_STAGING_DIR
+    shutil.rmtree(staging, ignore_errors=True)
+    base = staging / paths.DERIVED_NAME
+    hp = table[HEALPIX].to_numpy()
+    written = []
+    for o, p in run_pixels:
+        rows = table.filter(pa.array((hp >> (2 * (SPATIAL_INDEX_ORDER - o))) == p))
+        if rows.num_rows:
+            publish.write_partition(base / paths.DATASET_DIR / paths.partition_relpath(o, p), rows, schema)
+            written.append((o, p))
+    publish.finish_catalog(base, paths.DERIVED_NAME, schema, written, None, None,
+                           run=None, catalog_type="object")
+    remove_extension(catalog)
+    os.replace(base, paths.derived_dir(catalog))
+    shutil.rmtree(staging, ignore_errors=True)
+    ExtensionProperties(
+        name=paths.DERIVED_NAME, primary_catalog=Path(catalog).resolve().name, primary_column=OBJECT_ID,
+        join_catalog=paths.DERIVED_NAME, join_column=OBJECT_ID, extension_columns=columns,
+        extension_join_style="left", shares_primary_coordinates=True,
+    ).to_properties_file(catalog)
+    publish.write_collection_properties(catalog)
+    files = {str(f.relative_to(catalog)): [f.stat().st_size, file_sha256(f)]
+             for f in sorted(paths.derived_dir(catalog).rglob("*")) if f.is_file()}
+    write_json(paths.derived_marker(catalog), {"files": files})
+    return paths.derived_dir(catalog)
+
+
+def remove_extension(catalog: Path) -> None:
+    """Take the extension down (its properties file first) and out of ``collection.properties``."""
+    extension_properties_file(catalog).unlink(missing_ok=True)
+    paths.derived_marker(catalog).unlink(missing_ok=True)
+    shutil.rmtree(paths.derived_dir(catalog), ignore_errors=True)
+    if (Path(catalog) / paths.COLLECTION_PROPERTIES_FILENAME).exists():
+        publish.write_collection_properties(Path(catalog))
+
+
+def has_extension(catalog: str | Path) -> bool:
+    return paths.derived_dir(catalog).exists() or extension_properties_file(catalog).exists()
+
+
+def check_extension(catalog: str | Path) -> str | None:
+    """Why the derived extension cannot be trusted, or None when there is none or it is whole."""
+    catalog = Path(catalog)
+    if not has_extension(catalog):
+        return None
+    try:
+        files = read_json(paths.derived_marker(catalog))["files"]
+    except (OSError, FormatError, KeyError, TypeError):
+        return f"{paths.derived_dir(catalog)} has no record of being written whole"
+    if not extension_properties_file(catalog).is_file():
+        return f"{extension_properties_file(catalog)} is missing"
+    for rel, (size, sha) in sorted(files.items()):
+        f = catalog / rel
+        if not f.is_file() or f.stat().st_size != size or file_sha256(f) != sha:
+            return f"{f} differs from the record of its writing (size or sha256)"
+    return None
+
+
+def extension_files(catalog: str | Path) -> list[Path]:
+    """The extension's partition files (none when there is no extension)."""
+    d = paths.derived_dir(catalog) / paths.DATASET_DIR
+    return sorted(d.glob(f"{paths.PARTITION_ORDER}=*/{paths.PARTITION_DIR}=*/*{paths.PARQUET_SUFFIX}"))
+
+
+def read_extension(catalog: str | Path) -> pa.Table | None:
+    """The extension's rows (object_id and derived columns), or None when there is none."""
+    files = extension_files(catalog)
+    if not files:
+        return None
+    t = pa.concat_tables([pq.read_table(f) for f in files])
+    return t.drop_columns([c for c in (RA, DEC, HEALPIX) if c in t.column_names])
+
+
+def merge_rows(old: pa.Table | None, new: pa.Table) -> pa.Table:
+    """``new`` with the rows of ``old`` whose object is not in ``new`` (new rows win), by object_id."""
+    if old is not None:
+        keep = pc.invert(pc.is_in(old[OBJECT_ID], value_set=new[OBJECT_ID]))
+        new = pa.concat_tables([old.select(new.column_names).filter(keep), new])
+    return new.take(pa.array(np.argsort(new[OBJECT_ID].to_numpy(), kind="stable")))
