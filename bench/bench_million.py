@@ -18,12 +18,14 @@ import threading
 import time
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import psutil
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import make_tiny_checkpoint  # noqa: E402
+from hats.io.validation import is_valid_collection  # noqa: E402
 
 from galspec_batch.catalog import catalog_status  # noqa: E402
 from galspec_batch.options import PredictOptions
@@ -107,6 +109,10 @@ def main() -> None:
     print(f"published in {t_publish:.0f} s: {len(primary)} partition files (from {status.count('done')} "
           f"store partitions; largest {largest:,} rows), margin cache {len(margin)} files, "
           f"{margin_rows:,} rows")
+    rows = f"read_parquet('{out}/latents/dataset/**/*.parquet')"
+    (n_rows, n_ids), = duckdb.sql(f"SELECT count(*), count(DISTINCT object_id) FROM {rows}").fetchall()
+    print(f"DuckDB: {n_rows:,} rows, {n_ids:,} distinct ids; hats is_valid_collection(strict=True): "
+          f"{is_valid_collection(out, strict=True)}")
     print(f"catalog: complete={status.complete}, {status.objects.get('done', 0):,} objects in "
           f"{status.count('done')} partitions; {summary.objects:,} galaxies in {summary.seconds:.0f} s "
           f"({summary.rate:,.0f} galaxies/s, MC T={a.mc}, {a.workers} workers)")
