@@ -94,8 +94,8 @@ def count_latents(columns: list[str], what: str) -> int:
 
 
 class QualityFlag(enum.IntFlag):
-    """Per-object quality bits (uint16), shared by the store's ``flags`` and the catalog's
-    ``quality_flags`` (documented in catalogs/catalog-format.md)."""
+    """Per-object quality bits (16 of them), shared by the store's ``flags`` (uint16) and the
+    catalog's ``quality_flags`` (int32; documented in catalogs/catalog-format.md)."""
 
     NAN_PIXELS = 1  # some pixels are NaN (kept in the store, zero for the CNN)
     MISSING_BAND = 2  # a band was not observed (zero-filled or all NaN; mask False)

@@ -24,6 +24,7 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 CLUSTERS = ("local", "cuda", "none")
 MAX_MC_SAMPLES = 4096
 MAX_BATCH_SIZE = 1 << 16
+MIN_MARGIN_ARCSEC = 1.0  # the ring of pixels of a margin doubles with each order: 1" is order 16
 MAX_MARGIN_ARCSEC = 3600.0
 
 
@@ -36,21 +37,31 @@ def default_device(cluster: object) -> str:
 class Layout:
     """The published catalog's layout: ``partition_rows`` the most rows merged into one partition
     file (a store partition larger than that stays whole); ``margin_arcsec`` the margin cache's
-    radius (0: no margin cache)."""
+    radius (0: none). None keeps what the catalog recorded (a new catalog: the defaults)."""
 
-    partition_rows: int = D.PARTITION_ROWS
-    margin_arcsec: float = D.MARGIN_ARCSEC
+    partition_rows: int | None = None
+    margin_arcsec: float | None = None
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.partition_rows, int) and self.partition_rows >= 1):
-            raise UsageError(f"--partition-rows {self.partition_rows!r}: expected an integer >= 1")
-        ok = isinstance(self.margin_arcsec, int | float) and 0 <= self.margin_arcsec <= MAX_MARGIN_ARCSEC
-        if not ok:
-            raise UsageError(f"--margin-arcsec {self.margin_arcsec!r}: expected a number in "
-                             f"[0, {MAX_MARGIN_ARCSEC:g}]")
-        object.__setattr__(self, "margin_arcsec", float(self.margin_arcsec))
+        rows, margin = self.partition_rows, self.margin_arcsec
+        if rows is not None and not (isinstance(rows, int) and rows >= 1):
+            raise UsageError(f"--partition-rows {rows!r}: expected an integer >= 1")
+        if margin is not None:
+            ok = isinstance(margin, int | float) and (margin == 0 or MIN_MARGIN_ARCSEC <= margin)
+            if not ok or margin > MAX_MARGIN_ARCSEC:
+                raise UsageError(f"--margin-arcsec {margin!r}: expected 0 (no margin cache) or a number in "
+                                 f"[{MIN_MARGIN_ARCSEC:g}, {MAX_MARGIN_ARCSEC:g}]")
+            object.__setattr__(self, "margin_arcsec", float(margin))
 
-    def to_dict(self) -> dict:
+    def resolved(self, recorded: dict[str, Any] | None = None) -> Layout:
+        """Every field given: this layout's, else ``recorded``'s, else the default."""
+        recorded = recorded or {}
+        rows = self.partition_rows or recorded.get("partition_rows") or D.PARTITION_ROWS
+        margin = next(v for v in (self.margin_arcsec, recorded.get("margin_arcsec"), D.MARGIN_ARCSEC)
+                      if v is not None)
+        return Layout(rows, margin)
+
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -113,8 +124,11 @@ class PredictOptions:
             args.append("--rescale-flux")
         if self.allow_survey_mismatch:
             args.append("--allow-survey-mismatch")
-        return args + ["--partition-rows", str(self.layout.partition_rows),
-                       "--margin-arcsec", f"{self.layout.margin_arcsec:g}"]
+        if self.layout.partition_rows is not None:
+            args += ["--partition-rows", str(self.layout.partition_rows)]
+        if self.layout.margin_arcsec is not None:
+            args += ["--margin-arcsec", f"{self.layout.margin_arcsec:g}"]
+        return args
 
     def to_dict(self) -> dict[str, Any]:
         """The options as JSON values (region as text)."""

@@ -172,7 +172,7 @@ def test_duckdb_counts_and_where(finished):
 def test_pandas_reads_a_partition_sorted(finished):
     path, table, _ = finished
     (o, p), n = max(pixels_and_rows(path / "latents").items(), key=lambda kv: kv[1])
-    df = pd.read_parquet(cpaths.published_file(path, o, p))
+    df = pd.read_parquet(cpaths.primary_dir(path) / "dataset" / cpaths.partition_relpath(o, p))
     assert len(df) == n
     assert df["_healpix_29"].is_monotonic_increasing
     assert df["latent_1"].dtype == np.float32 and df["quality_flags"].dtype == np.int32

@@ -179,6 +179,8 @@ def test_new_layout_is_published_again(tmp_path, table):
     cat, parts = build(path, small, layout=Layout(partition_rows=100))
     cat.finalize()
     assert len(pixels_and_rows(path / "latents")) > 2
+    same = begin(path, parts)  # a rerun that names no layout keeps the recorded one
+    assert same.complete and not same.metadata_problems and same.state.layout["partition_rows"] == 100
     again = begin(path, parts, layout=Layout(partition_rows=10_000, margin_arcsec=5))
     assert not again.complete and again.pending() == []
     doc = again.finalize()
@@ -234,7 +236,7 @@ def test_the_million_cutout_benchmark_publishes_a_handful_of_files():
     dec = np.degrees(np.arcsin(rng.uniform(np.sin(np.radians(-20)), np.sin(np.radians(20)), n)))
     pixels, counts = np.unique(pixel_at_order(healpix_29(ra, dec), 5), return_counts=True)
     rows = dict(zip(pixels.tolist(), counts.tolist(), strict=True))
-    groups = merge_plan(rows, 5, Layout().partition_rows)
+    groups = merge_plan(rows, 5, Layout().resolved().partition_rows)
     assert len(rows) == 525 and len(groups) == 8  # was 525 files of ~1,900 rows
     sizes = [sum(rows[p] for p in members) for members in groups.values()]
     assert sum(sizes) == n and max(sizes) <= 250_000 and min(sizes) > 50_000
@@ -263,3 +265,52 @@ def test_layout_options_on_the_command_line(tiny_store, tiny_checkpoint, tmp_pat
     parts = split(synthetic(300, seed=5))
     with pytest.raises(UsageError, match="--margin-arcsec 3600 is as wide"):
         begin(tmp_path / "other", parts, layout=Layout(margin_arcsec=3600))
+
+
+@pytest.fixture
+def small(tmp_path, table) -> Path:
+    path = tmp_path / "cat"
+    cat, _ = build(path, table.slice(0, 800), layout=Layout(partition_rows=300))
+    cat.finalize()
+    return path
+
+
+@pytest.mark.parametrize("damage", ["short partition_info", "extra partition", "pointer", "extra derived"])
+def test_a_changed_collection_is_found_by_verify_and_refused_by_readers(small, damage):
+    from galspec_batch.errors import GalspecError
+    from galspec_batch.select import select_targets
+
+    ids = read_catalog(small, [OBJECT_ID])[OBJECT_ID]
+    write_extension(small, pa.table({OBJECT_ID: ids, "ew_halpha": np.ones(len(ids), np.float32)}), {})
+    data = small / "latents" / "dataset"
+    if damage == "short partition_info":  # a reader trusting it would serve part of the catalog
+        info = small / "latents" / "partition_info.csv"
+        info.write_text("".join(info.read_text().splitlines(keepends=True)[:2]))
+    elif damage == "extra partition":  # a DuckDB glob would count its rows twice
+        f = next(data.glob("Norder=*/Dir=*/*.parquet"))
+        (f.parent / "Npix=99999.parquet").write_bytes(f.read_bytes())
+    elif damage == "pointer":  # the collection names its margin as the primary
+        props = small / "collection.properties"
+        props.write_text(props.read_text().replace("hats_primary_table_url=latents", "hats_primary_table_url="
+                                                   "latents_10arcs"))
+    else:  # a file dropped into the extension
+        f = next((small / "derived" / "dataset").glob("Norder=*/Dir=*/*.parquet"))
+        (f.parent / "Npix=99999.parquet").write_bytes(f.read_bytes())
+    assert verify_catalog(small), damage
+    if damage == "extra partition":  # galspec reads only the published files: found, not served
+        assert "was not published by finalize" in verify_catalog(small)[0]
+        assert select_targets(small, where="latent_1 > -100").num_rows == 800
+        return
+    with pytest.raises(GalspecError):
+        select_targets(small, where="latent_1 > -100", region="cone:151.5,2.5,0.5")
+
+
+def test_a_catalog_inside_a_collection_is_not_read_past_its_checks(small, table):
+    from galspec_batch.errors import InputError
+    from galspec_batch.select import select_targets
+
+    for part in ("latents", "latents_10arcs"):
+        with pytest.raises(InputError, match=f"{part} is part of the galspec catalog"):
+            select_targets(small / part, where="latent_1 > 0")
+    with pytest.raises(InputError, match="1 object ids are not in the catalog"):
+        write_extension(small, pa.table({OBJECT_ID: [123], "ew_halpha": [1.0]}), {})

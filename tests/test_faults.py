@@ -49,7 +49,7 @@ def slow(tmp_path_factory):
 
 def frame(catalog: Path) -> pd.DataFrame:
     """Every row of a catalog, sorted by object_id, read without any of galspec's own checks."""
-    files = sorted(cpaths.dataset_dir(catalog).glob("Norder=*/Dir=*/*.parquet"))
+    files = sorted((cpaths.primary_dir(catalog) / "dataset").glob("Norder=*/Dir=*/*.parquet"))
     df = pd.concat([pq.read_table(f).to_pandas() for f in files]).sort_values("object_id")
     return df.reset_index(drop=True)
 

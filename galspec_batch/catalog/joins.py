@@ -37,6 +37,9 @@ def catalog_targets(table: pa.Table) -> tuple[list[str], np.ndarray, np.ndarray]
     mean, std = catalog_latents(table)
     names = latent_names(mean.shape[1])
     if Z_PHOT in table.column_names:
+        if std_column(Z_PHOT) not in table.column_names:
+            raise InputError(f"catalog lacks column {std_column(Z_PHOT)!r}; a galspec catalog with {Z_PHOT} "
+                             "has it")
         names.append(REDSHIFT)
         mean = np.column_stack([mean, table[Z_PHOT].to_numpy(zero_copy_only=False)])
         std = np.column_stack([std, table[std_column(Z_PHOT)].to_numpy(zero_copy_only=False)])

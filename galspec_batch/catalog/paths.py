@@ -55,9 +55,18 @@ DASK_LOG_SUFFIX = ".dask-logs"  # beside the catalog: workers of `submit --mode 
 DERIVED_MARKER_FILENAME = "derived.json"  # in _state/: the derived extension's files, sizes and sha256
 
 
+MARGIN_GLOB = f"{PRIMARY_NAME}_*arcs"  # every margin_name
+WORK_GLOB = "o*/d*/p*.parquet"  # every work_file, under _state/parts
+
+
 def margin_name(arcsec: float) -> str:
     """The margin cache's directory (lsdb's convention): ``latents_10arcs``."""
     return f"{PRIMARY_NAME}_{arcsec:g}arcs"
+
+
+def derived_properties_file(catalog: str | Path) -> Path:
+    """``derived.properties``: hats' description of the derived extension."""
+    return Path(catalog) / f"{DERIVED_NAME}{EXTENSION_SUFFIX}"
 
 
 def primary_dir(catalog: str | Path) -> Path:
@@ -65,12 +74,8 @@ def primary_dir(catalog: str | Path) -> Path:
     return Path(catalog) / PRIMARY_NAME
 
 
-def dataset_dir(catalog: str | Path) -> Path:
-    """The published partitions of the primary catalog."""
-    return primary_dir(catalog) / DATASET_DIR
-
-
 def partition_dir_number(pixel: int) -> int:
+    """HATS' ``Dir=`` of a pixel (and the work files' ``d``): ``Npix // 10000 * 10000``."""
     return (int(pixel) // DIR_STEP) * DIR_STEP
 
 
@@ -82,18 +87,20 @@ def partition_relpath(order: int, pixel: int) -> str:
     )
 
 
-def published_file(catalog: str | Path, order: int, pixel: int) -> Path:
-    """A partition of the published primary catalog."""
-    return dataset_dir(catalog) / partition_relpath(order, pixel)
-
-
 def work_file(catalog: str | Path, order: int, pixel: int) -> Path:
     """The run's Parquet file of one store partition (what a done marker vouches for)."""
     folder = state_dir(catalog) / PARTS_DIR / f"o{int(order)}" / f"d{partition_dir_number(pixel)}"
     return folder / f"p{int(pixel)}{PARQUET_SUFFIX}"
 
 
+def parse_work_file(path: Path) -> tuple[int, int]:
+    """(order, pixel) of a file named by ``work_file``; ValueError for any other name."""
+    pixel = path.name.removeprefix("p").removesuffix(PARQUET_SUFFIX)
+    return int(path.parent.parent.name.removeprefix("o")), int(pixel)
+
+
 def staging_dir(catalog: str | Path) -> Path:
+    """Where finalize builds the collection before moving it into place."""
     return state_dir(catalog) / STAGING_DIR
 
 

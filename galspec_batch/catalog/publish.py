@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from galspec_batch import __version__
-from galspec_batch.atomic import file_sha256, read_json
+from galspec_batch.atomic import file_sha256, read_json, write_json
 from galspec_batch.catalog import paths
 from galspec_batch.catalog.layout import margin_order, margin_pairs, margin_rows, merge_plan
 from galspec_batch.catalog.state import DoneMarker, RunState
@@ -36,10 +36,10 @@ ROW_GROUP_ROWS = 100_000
 BUILDER = f"galspec-batch v{__version__}"
 
 
-def publish(catalog: Path, markers: list[DoneMarker], schema: pa.Schema, run: RunState, layout: Layout
-            ) -> dict[str, list]:
-    """Publish the finished run as a HATS collection; returns the manifest of its files
-    (path relative to the collection: [bytes, sha256])."""
+def publish(catalog: Path, markers: list[DoneMarker], schema: pa.Schema, run: RunState, layout: Layout,
+            doc: dict) -> dict[str, list]:
+    """Publish the finished run as a HATS collection with its provenance ``doc``; returns the
+    manifest of its files (path relative to the collection: [bytes, sha256])."""
     staging = paths.staging_dir(catalog)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -80,7 +80,8 @@ def publish(catalog: Path, markers: list[DoneMarker], schema: pa.Schema, run: Ru
     for name in names:
         os.replace(staging / name, catalog / name)
     shutil.rmtree(staging, ignore_errors=True)
-    write_collection_properties(catalog)
+    write_json(catalog / paths.PROVENANCE_FILENAME, doc)
+    write_collection_properties(catalog)  # last: now a reader finds the collection
     return {str(f.relative_to(catalog)): [f.stat().st_size, file_sha256(f)]
             for name in names for f in sorted((catalog / name).rglob("*")) if f.is_file()}
 
@@ -91,11 +92,11 @@ def write_collection_properties(catalog: Path) -> None:
     from hats.catalog.catalog_collection import CollectionProperties
     from hats.catalog.dataset.hats_properties import HatsProperties
 
-    margins = sorted(d.name for d in catalog.glob(f"{paths.PRIMARY_NAME}_*arcs") if d.is_dir())
+    margins = sorted(d.name for d in catalog.glob(paths.MARGIN_GLOB) if d.is_dir())
     props = {"obs_collection": catalog.resolve().name, "hats_primary_table_url": paths.PRIMARY_NAME}
     if margins:
         props |= {"all_margins": margins, "default_margin": margins[0]}
-    ext = catalog / f"{paths.DERIVED_NAME}{paths.EXTENSION_SUFFIX}"
+    ext = paths.derived_properties_file(catalog)
     if ext.is_file():
         props["all_extensions"] = {paths.DERIVED_NAME: ext.name}
     props |= HatsProperties.new_provenance_dict(builder=BUILDER)
@@ -111,29 +112,48 @@ def remove_published(catalog: Path) -> None:
     """Take the published collection down (``collection.properties`` first, so that no reader
     finds a half-removed one); the run's own files and the derived extension stay."""
     (catalog / paths.COLLECTION_PROPERTIES_FILENAME).unlink(missing_ok=True)
-    for d in [paths.primary_dir(catalog), *catalog.glob(f"{paths.PRIMARY_NAME}_*arcs")]:
+    for d in [paths.primary_dir(catalog), *catalog.glob(paths.MARGIN_GLOB)]:
         shutil.rmtree(d, ignore_errors=True)
 
 
 def check_published(catalog: Path, manifest: dict[str, list] | None, *, checksum: bool = True,
                     only: list[str] | None = None) -> list[str]:
     """What is wrong with the published collection, one line each: ``collection.properties``
-    unreadable, or a file of ``manifest`` (default: all; ``only`` these paths) missing or not
-    the bytes that were published."""
-    problems = []
+    missing or not naming the primary and margin that were published, a file of ``manifest``
+    (default: all; ``only`` these paths) missing or not the bytes that were published, and (when
+    checking all) a file in the published catalogs that finalize did not write."""
     if manifest is None:
         return [f"{paths.complete_file(catalog)} does not list the published files"]
-    props = catalog / paths.COLLECTION_PROPERTIES_FILENAME
-    if not props.is_file():
-        problems.append(f"missing {props}")
+    problems = _check_collection_properties(catalog, manifest)
     for rel in only if only is not None else sorted(manifest):
         f = catalog / rel
+        if rel not in manifest:
+            problems.append(f"{f} is not a file finalize published")
+            continue
         size, sha = manifest[rel]
         if not f.is_file():
             problems.append(f"missing {f}")
         elif f.stat().st_size != size or (checksum and file_sha256(f) != sha):
             problems.append(f"{f} differs from what finalize published (size or sha256)")
+    if only is None:
+        for d in [paths.primary_dir(catalog), *catalog.glob(paths.MARGIN_GLOB)]:
+            problems += [f"{f} was not published by finalize; remove it" for f in sorted(d.rglob("*"))
+                         if f.is_file() and str(f.relative_to(catalog)) not in manifest]
     return problems
+
+
+def _check_collection_properties(catalog: Path, manifest: dict[str, list]) -> list[str]:
+    from hats.catalog.catalog_collection import CollectionProperties
+
+    f = catalog / paths.COLLECTION_PROPERTIES_FILENAME
+    try:
+        props = CollectionProperties.read_from_dir(catalog)
+    except (OSError, ValueError) as exc:
+        return [f"{f} is missing or unreadable ({first_line(exc)})"]
+    margins = sorted({rel.split("/")[0] for rel in manifest} - {paths.PRIMARY_NAME})
+    if props.hats_primary_table_url != paths.PRIMARY_NAME or sorted(props.all_margins or []) != margins:
+        return [f"{f} does not name the published catalogs ({paths.PRIMARY_NAME}, margins {margins})"]
+    return []
 
 
 def read_manifest(catalog: Path) -> dict[str, list] | None:
@@ -143,6 +163,11 @@ def read_manifest(catalog: Path) -> dict[str, list] | None:
     except (OSError, FormatError, AttributeError):
         return None
     return files if isinstance(files, dict) else None
+
+
+def partition_info_relpath() -> str:
+    """The primary's ``partition_info.csv``, relative to the collection (a manifest key)."""
+    return f"{paths.PRIMARY_NAME}/{paths.PARTITION_INFO_FILENAME}"
 
 
 def published_relpath(order: int, pixel: int) -> str:

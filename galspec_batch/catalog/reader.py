@@ -62,30 +62,41 @@ def is_galspec(path: str | Path) -> bool:
 
 
 def hats_catalog_dir(path: str | Path) -> Path:
-    """The HATS catalog of ``path``: a collection's primary catalog, or ``path`` itself."""
+    """The HATS catalog of objects of ``path``: a galspec catalog's primary (``latents/``, whatever
+    ``collection.properties`` says), another collection's primary, or ``path`` itself. A catalog
+    inside a galspec collection (its primary, margin or extension) is refused: galspec checks its
+    files only through the collection."""
+    from hats.catalog import TableProperties
     from hats.catalog.catalog_collection import CollectionProperties
 
     path = Path(path)
+    if is_galspec(path):
+        _require_complete(path)
+        return paths.primary_dir(path)
+    if is_galspec(path.resolve().parent):
+        raise InputError(f"{path} is part of the galspec catalog {path.resolve().parent}; open that "
+                         "directory instead (galspec checks its files only through it)")
     if (path / paths.COLLECTION_PROPERTIES_FILENAME).is_file():
         try:
-            primary = CollectionProperties.read_from_dir(path).hats_primary_table_url
+            path = path / CollectionProperties.read_from_dir(path).hats_primary_table_url
         except ValueError as exc:
             f = path / paths.COLLECTION_PROPERTIES_FILENAME
             raise FormatError(f"{f} is not valid ({first_line(exc)})") from None
-        return path / primary
-    if (path / paths.PROPERTIES_FILENAME).is_file():
-        return path
-    if is_galspec(path):
-        _require_complete(path)
-    raise MissingFileError(f"{path} is not a HATS catalog: it has no {paths.COLLECTION_PROPERTIES_FILENAME} "
-                           f"or {paths.PROPERTIES_FILENAME}")
+    if not (path / paths.PROPERTIES_FILENAME).is_file():
+        raise MissingFileError(f"{path} is not a HATS catalog: it has no "
+                               f"{paths.COLLECTION_PROPERTIES_FILENAME} or {paths.PROPERTIES_FILENAME}")
+    kind = TableProperties.read_from_dir(path).catalog_type
+    if kind not in ("object", "source"):
+        raise InputError(f"{path} is a HATS {kind} catalog, not a catalog of objects")
+    return path
 
 
 def catalog_pixels(path: str | Path) -> list[tuple[int, int]]:
-    """(order, pixel) of every partition of a finished catalog (or any HATS catalog)."""
+    """(order, pixel) of every partition of a finished catalog (its ``partition_info.csv``, of a
+    galspec catalog checked against what finalize published), or of any HATS catalog."""
     path = Path(path)
     if is_galspec(path):
-        _require_complete(path)
+        require_whole(path, partitions=[])
     return publish.published_pixels(hats_catalog_dir(path))
 
 
@@ -112,11 +123,11 @@ def _require_complete(path: Path) -> None:
 
 def require_whole(path: Path, partitions: list[tuple[int, int]] | None = None) -> None:
     """Refuse to read a catalog that is not finished, or whose published files (default: all;
-    else the primary ``partitions``, as (order, pixel)) differ from what finalize published
-    (size and sha256): every row served is a row written."""
+    else ``partition_info.csv`` and the primary ``partitions``, as (order, pixel)) differ from
+    what finalize published (size and sha256): every row served is a row written."""
     _require_complete(path)
     manifest = publish.read_manifest(path)
-    only = None if partitions is None or manifest is None else [
+    only = None if partitions is None or manifest is None else [publish.partition_info_relpath()] + [
         publish.published_relpath(o, p) for o, p in partitions]
     problems = publish.check_published(path, manifest, only=only)
     if problems:

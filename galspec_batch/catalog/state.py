@@ -53,6 +53,8 @@ class RunState(VersionedFormat):
             object.__setattr__(self, "plan", tuple(tuple(int(v) for v in row) for row in self.plan))
             require(all(len(row) == 3 for row in self.plan), "plan rows must be [order, pixel, rows]")
         object.__setattr__(self, "resumes", tuple(self.resumes))
+        require(isinstance(self.layout, dict) and set(self.layout) <= {"partition_rows", "margin_arcsec"},
+                "layout must be an object of partition_rows and margin_arcsec")
 
     @classmethod
     def _decode(cls, body: dict[str, Any]) -> dict[str, Any]:

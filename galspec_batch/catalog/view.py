@@ -72,8 +72,9 @@ class CatalogView:
         self.catalog = Path(catalog)
         self.region = parse_region(region) if region is not None else None
         files = _partition_files(self.catalog, self.region)
-        extension = extension_files(self.catalog) if is_galspec(self.catalog) else []
-        damage = check_extension(self.catalog) if extension else None
+        galspec = is_galspec(self.catalog)
+        damage = check_extension(self.catalog) if galspec else None
+        extension = extension_files(self.catalog) if galspec else []
         if damage is not None:
             raise IncompleteOutputError(f"catalog {self.catalog}: {damage}; rerun `galspec decode "
                                         "--write-back --overwrite` to write it again")

@@ -107,7 +107,8 @@ class CatalogWriter:
             raise InputError(f"provenance for {path} must be JSON-serialisable: {exc}") from None
         schema = catalog_schema(outputs, tuple(extra_columns))
         plan_rows = _plan_rows(plan, partition_order)
-        if layout is not None and layout.margin_arcsec > 0:
+        layout = layout or Layout()
+        if layout.margin_arcsec:
             margin_order(layout.margin_arcsec, partition_order)  # a margin too wide is refused now
         settings = dict(settings or {})
         if paths.run_state_file(path).exists():
@@ -117,7 +118,8 @@ class CatalogWriter:
                 writer = cls(path, state.read_run_state(path))
                 writer._check_resume(schema, store_fingerprint, partition_order, plan_rows, model_id,
                                      settings)
-                relayout = layout is not None and layout.to_dict() != writer.state.layout
+                layout = layout.resolved(writer.state.layout)
+                relayout = layout.to_dict() != writer.state.layout
                 if paths.complete_file(path).exists():
                     writer._reopen_if_damaged()
                     if relayout and record_resume and writer.complete:
@@ -138,7 +140,7 @@ class CatalogWriter:
             created=_now(),
             model_id=model_id,
             plan=plan_rows,
-            layout=(layout or Layout()).to_dict(),
+            layout=layout.resolved().to_dict(),
         )
         paths.state_dir(path).mkdir(parents=True, exist_ok=True)
         state.write_schema(path, schema.with_metadata({paths.SCHEMA_METADATA_KEY: _header(run)}))
@@ -174,14 +176,14 @@ class CatalogWriter:
             raise InputError(f"{began} with {was}; this run has {now}. Rerun with the first run's settings "
                              "to resume, or pass --overwrite to start again")
 
-    def _record_resume(self, provenance: dict, plan_rows, layout: Layout | None) -> None:
+    def _record_resume(self, provenance: dict, plan_rows, layout: Layout) -> None:
         record = {"at": _now(), "code_version": code_version()}
         if provenance != self.state.provenance:
             record["provenance"] = provenance
         run = self.state.resumed(record)
         if run.plan is None and plan_rows is not None:
             run = replace(run, plan=plan_rows)
-        if layout is not None and layout.to_dict() != run.layout:
+        if layout.to_dict() != run.layout:
             record["layout"] = layout.to_dict()
             run = replace(run, layout=layout.to_dict())
         state.write_run_state(self.path, run)
@@ -231,8 +233,7 @@ class CatalogWriter:
         schema = schema.with_metadata({paths.SCHEMA_METADATA_KEY: json.dumps(doc, sort_keys=True)})
         paths.complete_file(self.path).unlink(missing_ok=True)
         layout = Layout(**self.state.layout)
-        files = publish.publish(self.path, markers, schema, self.state, layout)
-        write_json(self.path / paths.PROVENANCE_FILENAME, doc)
+        files = publish.publish(self.path, markers, schema, self.state, layout, doc)
         write_json(paths.complete_file(self.path), {"finalized": doc["finalized"], "layout": layout.to_dict(),
                                                     "files": files})
         return doc
@@ -241,8 +242,9 @@ class CatalogWriter:
 def write_partition(catalog_path: str | Path, order: int, pixel: int, table: pa.Table,
                     written_by: dict | None = None) -> Path:
     """Validate one partition's rows (see ``conform_table``), sort them by ``_healpix_29`` and write
-    ``dataset/Norder=k/Dir=d/Npix=p.parquet`` atomically, then its done marker (with ``written_by``,
-    e.g. the engine that ran). Safe to call from any worker; rewriting a partition replaces it whole."""
+    the run's file of that store partition (``paths.work_file``) atomically, then its done marker
+    (with ``written_by``, e.g. the engine that ran). Safe to call from any worker; rewriting a
+    partition replaces it whole."""
     catalog_path = Path(catalog_path)
     run = state.read_run_state(catalog_path)
     if paths.complete_file(catalog_path).exists():
@@ -388,8 +390,7 @@ def _check_no_strays(catalog: Path, wanted: set[tuple[int, int]]) -> None:
             f.unlink(missing_ok=True)
             continue
         try:
-            o = int(f.parent.parent.name[1:])
-            p = int(f.name.removeprefix("p").removesuffix(paths.PARQUET_SUFFIX))
+            o, p = paths.parse_work_file(f)
         except ValueError:
             o = p = -1
         if (o, p) not in wanted:

@@ -149,10 +149,12 @@ _PREDICT_OPTIONS = (
                  help="Put a store at another zero point on the model's flux scale (both must be known)."),
     click.option("--allow-survey-mismatch", is_flag=True,
                  help="Accept a store of another survey name (same filters and depth)."),
-    click.option("--partition-rows", type=click.IntRange(min=1), default=D.PARTITION_ROWS, show_default=True,
-                 help="Published catalog: merge neighbouring partitions up to this many rows."),
-    click.option("--margin-arcsec", type=click.FloatRange(0, MAX_MARGIN_ARCSEC), default=D.MARGIN_ARCSEC,
-                 show_default=True, help="Published catalog: margin cache radius (0: none)."),
+    click.option("--partition-rows", type=click.IntRange(min=1), default=None,
+                 help=f"Published catalog: merge neighbouring partitions up to this many rows [the "
+                      f"catalog's recorded layout; new: {D.PARTITION_ROWS}]."),
+    click.option("--margin-arcsec", type=click.FloatRange(0, MAX_MARGIN_ARCSEC), default=None,
+                 help=f"Published catalog: margin cache radius, 0 for none [the catalog's recorded layout; "
+                      f"new: {D.MARGIN_ARCSEC:g}]."),
 )
 _PREDICT_NAMES = ("mc_samples", "engine", "batch_size", "seed", "precision", "region", "partitions",
                   "no_calibration", "rescale_flux", "allow_survey_mismatch", "partition_rows",

@@ -57,7 +57,7 @@ def predict_cmd(store, checkpoint, out, make_options, cluster, device, n_workers
 @click.argument("catalog", type=click.Path())
 def finalize_cmd(catalog) -> None:
     """Check every partition of CATALOG and publish it as a HATS collection (the layout recorded
-    when the catalog began: --partition-rows, --margin-arcsec)."""
+    in its run state: --partition-rows, --margin-arcsec)."""
     from galspec_batch.predict import finalize_catalog
 
     doc = finalize_catalog(catalog)
