@@ -13,6 +13,9 @@ SIM_FIELD = (150.0, 2.2, 1.0)  # RA, Dec, radius (degrees) of the sky cap
 SIM_ANOMALY_RATE = 0.01
 SIM_BATCH = 256
 STORE_DTYPE = "float16"
+CPU_COMPUTE_BATCH = 32  # cutouts per forward pass on the CPU, whatever --batch-size reads (bench_predict.py)
+STORE_CODECS = ("zstd", "zstd-1", "lz4", "lz4-bitshuffle", "none")  # the images' codec: --codec
+STORE_CODEC = "zstd"  # chosen by bench/bench_store.py (catalogs/store-format.md)
 
 # the published catalog (finalize): partitions merged up to this many rows, and the margin cache's radius
 PARTITION_ROWS = 250_000

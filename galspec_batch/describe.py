@@ -46,10 +46,12 @@ def column_ucd(name: str) -> str | None:
     return _UCDS.get(name)
 
 
-def described_schema(schema: pa.Schema, *, table_meta: dict | None = None, vo: bool = True) -> pa.Schema:
+def described_schema(schema: pa.Schema, *, table_meta: dict | None = None, vo: bool = True,
+                     string_lengths: dict[str, int] | None = None) -> pa.Schema:
     """``schema`` with every known column's unit, description and UCD in its field metadata, and
     the same in the schema metadata as astropy's YAML header (with ``table_meta`` as the table's
-    ``meta``) and, with ``vo``, as VO-Parquet (flat columns only)."""
+    ``meta``; ``string_lengths``, the longest value of string columns, go beside it as astropy's
+    ``table::len::NAME``, their width) and, with ``vo``, as VO-Parquet (flat columns only)."""
     fields = []
     units, descriptions, ucds = {}, {}, {}
     for f in schema:
@@ -63,6 +65,8 @@ def described_schema(schema: pa.Schema, *, table_meta: dict | None = None, vo: b
         fields.append(f.with_metadata(meta or None))
     meta = dict(schema.metadata or {})
     meta[ASTROPY_KEY] = _astropy_yaml(schema, units, descriptions, table_meta or {}).encode()
+    for name, n in (string_lengths or {}).items():
+        meta[f"table::len::{name}".encode()] = str(int(n)).encode()
     if vo:
         meta[VO_VERSION_KEY] = b"1.0"
         meta[VO_CONTENT_KEY] = _votable_xml(schema, units, descriptions, ucds).encode()

@@ -198,3 +198,22 @@ def test_xarray_opens_the_store_with_named_dimensions(store):
     np.testing.assert_array_equal(got, images[order[:3], 1])
     # the plain zarr reader is unchanged
     assert zarr.open_group(str(s.path), mode="r")["images"].shape == (300, 5, 16, 16)
+
+
+@pytest.mark.parametrize("codec", ["lz4", "none", "zstd"])
+def test_every_codec_writes_a_store_that_reads_back_exactly(tmp_path, codec):
+    from galspec_batch.errors import UsageError
+
+    rng = np.random.default_rng(3)
+    images = rng.normal(0, 1, (40, 5, 24, 24)).astype(np.float16)
+    ids = np.arange(40)
+    with create_store(tmp_path / "s.zarr", image_shape=(24, 24), codec=codec) as w:
+        w.append(ids, rng.uniform(150, 151, 40), rng.uniform(2, 3, 40), images)
+    s = open_store(tmp_path / "s.zarr")
+    got = s.read(slice(0, 40), dtype=None)
+    np.testing.assert_array_equal(got.images, images[got.object_id])  # rows sorted by position; id = index
+    meta = json.loads((tmp_path / "s.zarr" / "images" / "zarr.json").read_text())
+    inner = [c["name"] for c in meta["codecs"][0]["configuration"]["codecs"]]
+    assert inner[-1] == "crc32c" and ("blosc" in inner) == (codec != "none")
+    with pytest.raises(UsageError, match="unknown --codec 'zip'"):
+        create_store(tmp_path / "t.zarr", codec="zip")

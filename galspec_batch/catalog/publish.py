@@ -25,7 +25,7 @@ from galspec_batch.atomic import file_sha256, read_json, write_json
 from galspec_batch.catalog import paths
 from galspec_batch.catalog.layout import margin_order, margin_pairs, margin_rows, merge_plan
 from galspec_batch.catalog.state import DoneMarker, RunState
-from galspec_batch.columns import DEC, HEALPIX, RA
+from galspec_batch.columns import DEC, HEALPIX, MODEL_ID, RA
 from galspec_batch.describe import described_schema
 from galspec_batch.errors import FormatError, first_line
 from galspec_batch.options import Layout
@@ -43,7 +43,7 @@ def publish(catalog: Path, markers: list[DoneMarker], schema: pa.Schema, run: Ru
     staging = paths.staging_dir(catalog)
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    schema = described_schema(schema)
+    schema = described_schema(schema, string_lengths={MODEL_ID: len(run.model_id or "")})
     order = run.partition_order
     groups = merge_plan({m.pixel: m.n_rows for m in markers}, order, layout.partition_rows)
     hist_order = max(POINT_MAP_MIN_ORDER, order)

@@ -46,11 +46,13 @@ def _image_size(ctx, param, text: str | None) -> tuple[int, int] | None:
               help="Share of spectra that do not fit their image.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=D.SIM_BATCH, show_default=True)
 @click.option("--dtype", type=click.Choice(DTYPES), default=D.STORE_DTYPE, show_default=True)
+@click.option("--codec", type=click.Choice(D.STORE_CODECS), default=D.STORE_CODEC, show_default=True,
+              help="Compression of the cutouts (catalogs/store-format.md).")
 @click.option("--plot", type=click.Path(), default=None, help="Also plot a few galaxies (PNG) to this file.")
 @overwrite_option("--out and --out-spectra")
 @quiet_option
 def simulate_cmd(out, out_spectra, n, image_size, pixel_scale, seed, field, anomaly_rate, batch_size,
-                 dtype, plot, overwrite, quiet) -> None:
+                 dtype, codec, plot, overwrite, quiet) -> None:
     """Make a mock survey: grizy cutouts and fiber spectra of the same mock galaxies."""
     from galspec_batch.progress import progress_bar
     from galspec_batch.simulate import simulate_survey
@@ -58,7 +60,8 @@ def simulate_cmd(out, out_spectra, n, image_size, pixel_scale, seed, field, anom
     with progress_bar(n, "simulate", "galaxies", enabled=not quiet) as advance:
         summary = simulate_survey(out, out_spectra, n, image_size=image_size, pixel_scale=pixel_scale,
                                   seed=seed, field=tuple(field), anomaly_rate=anomaly_rate,
-                                  batch_size=batch_size, dtype=dtype, overwrite=overwrite, progress=advance)
+                                  batch_size=batch_size, dtype=dtype, codec=codec, overwrite=overwrite,
+                                  progress=advance)
     click.echo(str(summary))
     if plot:
         from galspec_batch.plots import plot_mock_survey
@@ -81,18 +84,21 @@ def simulate_cmd(out, out_spectra, n, image_size, pixel_scale, seed, field, anom
               help="AB zero point of the pixels, all bands (HSC: 27; default: 22.5 for nanomaggies, "
                    "else unknown).")
 @click.option("--dtype", type=click.Choice(DTYPES), default=D.INGEST_DTYPE, show_default=True)
+@click.option("--codec", type=click.Choice(D.STORE_CODECS), default=D.STORE_CODEC, show_default=True,
+              help="Compression of the cutouts (catalogs/store-format.md).")
 @overwrite_option("store")
 @click.option("--strict", is_flag=True, help="Stop at the first bad object instead of quarantining it.")
 @quiet_option
 def ingest_cmd(inputs, out, catalog, cube_bands, image_size, pixel_scale, survey, flux_unit, zero_point,
-               dtype, overwrite, strict, quiet) -> None:
+               dtype, codec, overwrite, strict, quiet) -> None:
     """FITS cutouts (band cubes or one file per band) into a cutout store."""
     from galspec_batch.ingest.cutouts import ingest_cutouts, parse_bands
 
     report = ingest_cutouts(
         inputs, out, catalog=catalog, cube_bands=parse_bands(cube_bands) if cube_bands else None,
         image_size=image_size, pixel_scale=pixel_scale, survey=survey, flux_unit=flux_unit,
-        zero_point=zero_point, dtype=dtype, overwrite=overwrite, strict=strict, progress=not quiet,
+        zero_point=zero_point, dtype=dtype, codec=codec, overwrite=overwrite, strict=strict,
+        progress=not quiet,
     )
     _echo_report(report)
 

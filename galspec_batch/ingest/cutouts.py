@@ -332,6 +332,7 @@ def ingest_cutouts(
     flux_unit: str | None = None,
     zero_point: float | None = None,
     dtype: str = D.INGEST_DTYPE,
+    codec: str = D.STORE_CODEC,
     partition_order: int = 6,
     overwrite: bool = False,
     strict: bool = False,
@@ -382,6 +383,7 @@ def ingest_cutouts(
                         flux_unit=flux_unit or cut.unit or "unknown",
                         zero_points=None if zero_point is None else dict.fromkeys(bands, zero_point),
                         dtype=dtype,
+                        codec=codec,
                         partition_order=partition_order,
                         overwrite=overwrite,
                     )

@@ -177,6 +177,7 @@ def simulate_survey(
     anomaly_rate: float = D.SIM_ANOMALY_RATE,
     batch_size: int = D.SIM_BATCH,
     dtype: str = D.STORE_DTYPE,
+    codec: str = D.STORE_CODEC,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> SurveySummary:
@@ -202,7 +203,8 @@ def simulate_survey(
     stats = _Stats()
     with (
         create_store(out_store, bands=BANDS, image_shape=shape, pixel_scale=pixel_scale, survey=SURVEY_NAME,
-                     zero_points={b: 22.5 for b in BANDS}, dtype=dtype, overwrite=overwrite) as store,
+                     zero_points={b: 22.5 for b in BANDS}, dtype=dtype, codec=codec,
+                     overwrite=overwrite) as store,
         atomic_path(out_spectra, overwrite=overwrite) as tmp_spectra,
     ):
         writer = None

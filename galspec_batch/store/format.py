@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
+from galspec_batch import defaults as D
 from galspec_batch.columns import DEC, HEALPIX, OBJECT_ID, RA
 from galspec_batch.formats import VersionedFormat, check_float, check_int, check_str, require
 
@@ -106,6 +107,24 @@ class StoreAttrs(VersionedFormat):
 OBJECT_DIM, BAND_DIM = "object", "band"
 
 
+# the images' codecs (``--codec``): Blosc settings by name, None for no compression; every chunk
+# also carries a crc32c. The default is chosen by bench/bench_store.py (catalogs/store-format.md).
+CODECS: dict[str, dict | None] = {
+    "zstd": {"cname": "zstd", "clevel": 3, "shuffle": "shuffle"},
+    "zstd-1": {"cname": "zstd", "clevel": 1, "shuffle": "shuffle"},
+    "lz4": {"cname": "lz4", "clevel": 5, "shuffle": "shuffle"},
+    "lz4-bitshuffle": {"cname": "lz4", "clevel": 5, "shuffle": "bitshuffle"},
+    "none": None,
+}
+assert tuple(CODECS) == D.STORE_CODECS, "defaults.STORE_CODECS names every codec"
+
+
+def image_codecs(codec: str, itemsize: int) -> tuple:
+    """The zarr codecs of the images for ``codec`` (a key of ``CODECS``), checksum last."""
+    settings = CODECS[codec]
+    return (*(() if settings is None else (BloscCodec(**settings, typesize=itemsize),)), Crc32cCodec())
+
+
 def chunking(image_shape: tuple[int, int], bands: int, itemsize: int) -> tuple[int, int]:
     """Cutouts per chunk and per shard: chunks of about 256 KiB, shards of about 32 MiB."""
     per_object = bands * image_shape[0] * image_shape[1] * itemsize
@@ -114,8 +133,9 @@ def chunking(image_shape: tuple[int, int], bands: int, itemsize: int) -> tuple[i
     return chunk, shard
 
 
-def init_group(path: Path, attrs: StoreAttrs) -> None:
-    """Create the arrays of an empty store at ``path`` and write its attributes."""
+def init_group(path: Path, attrs: StoreAttrs, codec: str = D.STORE_CODEC) -> None:
+    """Create the arrays of an empty store at ``path`` (the images compressed with ``codec``, a
+    key of ``CODECS``) and write its attributes."""
     root = zarr.open_group(str(path), mode="w", zarr_format=3)
     h, w = attrs.image_shape
     nb = len(attrs.bands)
@@ -126,8 +146,7 @@ def init_group(path: Path, attrs: StoreAttrs) -> None:
         dtype=attrs.dtype,
         chunks=(chunk, nb, h, w),
         shards=(shard, nb, h, w),
-        compressors=(BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=attrs.itemsize),
-                     Crc32cCodec()),
+        compressors=image_codecs(codec, attrs.itemsize),
         fill_value=0,
         dimension_names=(OBJECT_DIM, BAND_DIM, "y", "x"),
     )

@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import zarr
 
+from galspec_batch import defaults as D
 from galspec_batch.atomic import atomic_path, refuse_existing
 from galspec_batch.columns import DEC, HEALPIX, OBJECT_ID, RA, QualityFlag
-from galspec_batch.errors import InputError
+from galspec_batch.errors import InputError, UsageError
 from galspec_batch.sky import healpix_29, pixel_at_order
 from galspec_batch.store.format import (
+    CODECS,
     DEFAULT_BANDS,
     FLAGS,
     IMAGES,
@@ -39,13 +41,17 @@ def create_store(
     zero_points: dict[str, float | None] | None = None,
     dtype: str = "float16",
     partition_order: int = 6,
+    codec: str = D.STORE_CODEC,
     overwrite: bool = False,
 ) -> StoreWriter:
     """Start a new store; use as a context manager and ``append`` batches of objects.
 
     The store appears at ``path`` only when the ``with`` block ends without error. A band's zero
-    point defaults to 22.5 for nanomaggies and to unknown for other units.
+    point defaults to 22.5 for nanomaggies and to unknown for other units. ``codec`` compresses
+    the images (``store.format.CODECS``).
     """
+    if codec not in CODECS:
+        raise UsageError(f"unknown --codec {codec!r}; expected one of {', '.join(CODECS)}")
     bands = tuple(bands)
     path = Path(path)
     refuse_existing(path, overwrite)
@@ -59,7 +65,7 @@ def create_store(
         )
     except ValueError as exc:
         raise InputError(f"cutout store {path}: {exc}") from None
-    return StoreWriter(path, attrs, overwrite)
+    return StoreWriter(path, attrs, overwrite, codec)
 
 
 def _zero_point(given: dict[str, float | None] | None, band: str, flux_unit: str) -> float | None:
@@ -72,9 +78,10 @@ def _zero_point(given: dict[str, float | None] | None, band: str, flux_unit: str
 class StoreWriter:
     """Writes a new store into a temporary directory and renames it into place on success."""
 
-    def __init__(self, path: Path, attrs: StoreAttrs, overwrite: bool):
+    def __init__(self, path: Path, attrs: StoreAttrs, overwrite: bool, codec: str = D.STORE_CODEC):
         self.path = path
         self._attrs = attrs
+        self._codec = codec
         self._overwrite = overwrite
         self._ctx = None
         self.store: CutoutStore | None = None
@@ -82,7 +89,7 @@ class StoreWriter:
     def __enter__(self) -> StoreWriter:
         self._ctx = atomic_path(self.path, overwrite=self._overwrite)
         tmp = self._ctx.__enter__()
-        init_group(tmp, self._attrs)
+        init_group(tmp, self._attrs, self._codec)
         self.store = CutoutStore(tmp, _writable=True)
         return self
 
