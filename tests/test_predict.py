@@ -250,3 +250,18 @@ def test_an_array_task_leaves_other_tasks_partitions_alone(tiny_store, tiny_chec
     assert s.partitions_done == 1
     assert tmp.exists() and other.exists()
     assert run_state_file(out).read_bytes() == state  # tasks do not rewrite the shared run state
+
+
+def test_cluster_auto_runs_small_stores_in_process(tiny_store, tiny_checkpoint, tmp_path, monkeypatch):
+    from galspec_batch import defaults as D
+    from galspec_batch.predict.runner import resolve_cluster
+
+    assert resolve_cluster("auto", tiny_store, "cpu") == "none"  # 240 cutouts
+    s = predict_catalog(tiny_store, tiny_checkpoint, tmp_path / "a", PredictOptions(engine="eager",
+                        mc_samples=4), progress=False)
+    assert s.cluster == "none" and s.objects == 240
+    monkeypatch.setattr(D, "AUTO_CLUSTER_MIN_OBJECTS", 200)  # 240 cutouts in 8 partitions: 4 a worker
+    assert resolve_cluster("auto", tiny_store, "cpu") == "local"
+    monkeypatch.setattr(D, "AUTO_CLUSTER_MIN_OBJECTS", 241)
+    assert resolve_cluster("auto", tiny_store, "cpu") == "none"
+    assert resolve_cluster("local", tiny_store, "cpu") == "local"

@@ -16,7 +16,8 @@ from galspec_batch.options import CLUSTERS, default_device
 @out_option("Output HATS catalog directory.")
 @predict_options
 @click.option("--cluster", default=D.CLUSTER, show_default=True,
-              help=f"{' | '.join(CLUSTERS)} (in-process) | a Dask scheduler address.")
+              help=f"{' | '.join(CLUSTERS)} (in-process) | a Dask scheduler address; auto: in-process "
+                   f"below {D.AUTO_CLUSTER_MIN_OBJECTS:,} cutouts, else local.")
 @click.option("--device", default=None, help="cpu | cuda (default: cuda with --cluster cuda, else cpu).")
 @click.option("--workers", "n_workers", type=click.IntRange(min=1), default=None,
               help="Dask workers (default: 2 CPU, 1/GPU).")
@@ -48,9 +49,10 @@ def predict_cmd(store, checkpoint, out, make_options, cluster, device, n_workers
         click.echo(f"{s.catalog}: complete, {s.partitions_skipped} partitions verified; {done}{uncalibrated}")
         return
     repaired = f", {s.repaired} of them repaired" if s.repaired else ""
+    where = {"none": "in-process", "local": "local Dask cluster"}.get(s.cluster, s.cluster)
     click.echo(f"{s.catalog}: {s.objects} galaxies in {s.partitions_done} partitions{repaired} "
-               f"({s.partitions_skipped} already done) in {s.seconds:.1f} s, {s.rate:,.0f} galaxies/s"
-               f"{uncalibrated}")
+               f"({s.partitions_skipped} already done) in {s.seconds:.1f} s, {s.rate:,.0f} galaxies/s "
+               f"({where}){uncalibrated}")
 
 
 @click.command("finalize")

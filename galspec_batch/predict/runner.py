@@ -41,6 +41,7 @@ class PredictSummary:
     repaired: int = 0  # damaged or missing partitions of a finished catalog, written again
     finalized: bool = False  # this run wrote the catalog's HATS metadata
     calibrated: bool = True  # the spreads are calibrated (the checkpoint had a calibration)
+    cluster: str = "none"  # where it ran: none (in-process), local, cuda, or a scheduler
 
     @property
     def rate(self) -> float:
@@ -67,15 +68,18 @@ def predict_catalog(
 ) -> PredictSummary:
     """Predict every object of ``store`` selected by ``options`` into the catalog ``out``.
 
-    ``cluster`` is ``"local"`` (a local CPU Dask cluster), ``"cuda"`` (one worker per GPU, with
-    dask-cuda), ``"none"`` (in this process, no Dask), a scheduler address, or a
-    ``distributed.Client``. A rerun resumes: finished partitions are kept, the rest are redone.
-    ``only`` runs just these partitions of a catalog its coordinator already began (one SLURM
-    array task's share), with the identity the coordinator recorded, and never finalizes.
+    ``cluster`` is ``"auto"`` (see :func:`resolve_cluster`), ``"local"`` (a local CPU Dask
+    cluster), ``"cuda"`` (one worker per GPU, with dask-cuda), ``"none"`` (in this process, no
+    Dask), a scheduler address, or a ``distributed.Client``. A rerun resumes: finished partitions
+    are kept, the rest are redone. ``only`` runs just these partitions of a catalog its
+    coordinator already began (one SLURM array task's share), with the identity the coordinator
+    recorded, and never finalizes.
     """
     t0 = time.perf_counter()
     options = options or PredictOptions()
     _check_cluster(cluster)  # a command line that cannot run is refused before the catalog begins
+    cluster = resolve_cluster(cluster, store, options.device)
+    ran_on = cluster if isinstance(cluster, str) else "client"
     workers = n_workers or _default_workers(cluster)
     threads = max(1, (os.cpu_count() or 1) // workers) if options.device == "cpu" else 0
     # a coordinator holds the catalog alone; the array tasks of one submission share it
@@ -88,7 +92,7 @@ def predict_catalog(
         todo = [(p.order, p.pixel) for p, _ in begun.plan]
         if begun.writer.complete:  # finished and verified whole: nothing to do
             return PredictSummary(Path(out), 0, len(todo), 0, time.perf_counter() - t0,
-                                  calibrated=begun.identity.std_scale is not None)
+                                  calibrated=begun.identity.std_scale is not None, cluster=ran_on)
         by_key = {(p.order, p.pixel): (p, n) for p, n in begun.plan}
         pending = [by_key[k] for k in begun.writer.pending(todo)]
         ident = begun.identity
@@ -110,7 +114,8 @@ def predict_catalog(
     done_rows = sum(n for _, n in pending)
     return PredictSummary(Path(out), len(jobs), len(todo) - len(pending), done_rows,
                           time.perf_counter() - t0, failed, repaired=len(begun.writer.repairs),
-                          finalized=finalize, calibrated=begun.identity.std_scale is not None)
+                          finalized=finalize, calibrated=begun.identity.std_scale is not None,
+                          cluster=ran_on)
 
 
 def _resume_note(out, repairs: dict, n_done: int, n_todo: int) -> str | None:
@@ -152,6 +157,23 @@ def finalize_catalog(out: str | Path) -> dict:
         return CatalogWriter(Path(out), read_run_state(out)).finalize()
 
 
+def resolve_cluster(cluster: object, store: str | Path, device: str) -> object:
+    """``auto``: on a GPU, one worker per GPU with more than one, else in-process; on the CPU, a
+    local cluster for a store of at least ``AUTO_CLUSTER_MIN_OBJECTS`` in 4 partitions a worker or
+    more, else in-process. Any other value as it is."""
+    if cluster != "auto":
+        return cluster
+    if device.startswith("cuda"):
+        import torch
+
+        return "cuda" if torch.cuda.device_count() > 1 else "none"
+    from galspec_batch.store import open_store
+
+    s = open_store(store)
+    big = s.n_objects >= D.AUTO_CLUSTER_MIN_OBJECTS and len(s.partitions()) >= 4 * _default_workers("local")
+    return "local" if big else "none"
+
+
 def _check_cluster(cluster: object) -> None:
     if isinstance(cluster, str) and cluster not in CLUSTERS and "://" not in cluster:
         raise UsageError(f"unknown --cluster {cluster!r}; use one of {', '.join(CLUSTERS)} or a scheduler "
@@ -179,10 +201,12 @@ def _run_local(jobs: list[PartitionJob], spec: ModelSpec) -> Iterator[tuple[Part
 def _run_dask(client, jobs: list[PartitionJob], spec: ModelSpec, retries: int):
     from distributed import as_completed
 
+    # largest first (and ranked so), so that no big partition starts last and runs alone
     futures = {
         client.submit(run_partition, job, spec, key=f"galspec-{job.partition.order}-{job.partition.pixel}-"
-                      f"{os.getpid()}-{time.time_ns()}", retries=retries, pure=False): job
-        for job in jobs
+                      f"{os.getpid()}-{time.time_ns()}", retries=retries, pure=False,
+                      priority=job.partition.n): job
+        for job in sorted(jobs, key=lambda j: -j.partition.n)
     }
     for fut in as_completed(futures):
         job = futures[fut]
