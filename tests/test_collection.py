@@ -317,3 +317,20 @@ def test_a_catalog_inside_a_collection_is_not_read_past_its_checks(small, table)
             select_targets(small / part, where="latent_1 > 0")
     with pytest.raises(InputError, match="1 object ids are not in the catalog"):
         write_extension(small, pa.table({OBJECT_ID: [123], "ew_halpha": [1.0]}), {})
+
+
+def test_empty_sky_is_hats_negative_tree():
+    from hats.pixel_math import HealpixPixel
+    from hats.pixel_tree.negative_tree import compute_negative_tree_pixels
+    from hats.pixel_tree.pixel_tree import PixelTree
+
+    from galspec_batch.catalog.layout import empty_sky
+
+    rng = np.random.default_rng(1)
+    coarse = {int(p) for p in rng.integers(0, 12 * 4**3, 5)}
+    fine = {int(p) for p in rng.integers(0, 12 * 4**6, 60) if int(p) >> 6 not in coarse}
+    parts = [(3, p) for p in coarse] + [(6, p) for p in fine]
+    tree = PixelTree.from_healpix([HealpixPixel(o, p) for o, p in parts])
+    want = sorted((px.order, px.pixel) for px in compute_negative_tree_pixels(tree))
+    assert sorted(empty_sky(parts)) == want and len(want) > 100
+    assert sorted(empty_sky([])) == [(0, p) for p in range(12)]

@@ -50,20 +50,40 @@ def margin_pairs(partitions: list[tuple[int, int]], order: int) -> pd.DataFrame:
     """Every (margin pixel at ``order``, partition order, partition pixel) with the margin pixel in
     the ring around the partition: the catalog's partitions and the empty sky around them (hats'
     negative tree), so that a crossmatch beside the catalog's edge finds its rows too."""
-    from hats.pixel_math import HealpixPixel, get_margin
-    from hats.pixel_tree.negative_tree import compute_negative_tree_pixels
-    from hats.pixel_tree.pixel_tree import PixelTree
+    from hats.pixel_math import get_margin
 
-    pixels = [HealpixPixel(o, p) for o, p in partitions]
-    pixels += compute_negative_tree_pixels(PixelTree.from_healpix(pixels))
     margin, orders, owners = [], [], []
-    for px in pixels:
-        ring = get_margin(px.order, px.pixel, order - px.order)
+    for o, p in [*partitions, *empty_sky(partitions)]:
+        ring = get_margin(o, p, order - o)
         margin.append(np.asarray(ring, np.int64))
-        orders.append(np.full(len(ring), px.order, np.int64))
-        owners.append(np.full(len(ring), px.pixel, np.int64))
+        orders.append(np.full(len(ring), o, np.int64))
+        owners.append(np.full(len(ring), p, np.int64))
     return pd.DataFrame({"margin_pixel": np.concatenate(margin), "order": np.concatenate(orders),
                          "pixel": np.concatenate(owners)})
+
+
+def empty_sky(partitions: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The largest pixels that hold no partition and lie in none: with ``partitions`` they tile
+    the sky (hats' negative tree; computed here because hats' numba version compiles for 8 s in
+    every process that finalizes)."""
+    have = set(partitions)
+    if not have:
+        return [(0, p) for p in range(12)]
+    top = max(o for o, _ in have)
+    # every ancestor of a partition holds part of the catalog and is split further
+    split = {(o, p >> (2 * (po - o))) for po, p in have for o in range(po)}
+    out, level = [], [(0, p) for p in range(12)]
+    while level:
+        nxt = []
+        for o, p in level:
+            if (o, p) in have:
+                continue
+            if (o, p) in split and o < top:
+                nxt += [(o + 1, 4 * p + k) for k in range(4)]
+            else:
+                out.append((o, p))
+        level = nxt
+    return out
 
 
 def margin_rows(table: pa.Table, healpix: np.ndarray, pairs: pd.DataFrame, order: int
