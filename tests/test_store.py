@@ -224,3 +224,33 @@ def test_every_codec_writes_a_store_that_reads_back_exactly(tmp_path, codec):
     assert inner[-1] == "crc32c" and ("blosc" in inner) == (codec != "none")
     with pytest.raises(UsageError, match="unknown --codec 'zip'"):
         create_store(tmp_path / "t.zarr", codec="zip")
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4-bitshuffle", "none"])
+def test_the_fast_reader_equals_zarr_on_every_range_and_refuses_damage(tmp_path, codec):
+    from galspec_batch.store.fastread import ChunkError, layout_of, read_rows
+    from galspec_batch.store.format import image_codecs
+
+    rng = np.random.default_rng(5)
+    data = rng.normal(0, 1, (50, 5, 8, 8)).astype(np.float16)
+    arr = zarr.create_array(str(tmp_path / "a"), shape=data.shape, dtype="float16", chunks=(4, 5, 8, 8),
+                            shards=(12, 5, 8, 8), compressors=image_codecs(codec, 2), fill_value=0,
+                            config={"write_empty_chunks": True})
+    arr[:] = data
+    layout = layout_of(tmp_path / "a")
+    assert layout is not None and (layout.shard, layout.chunk, layout.n) == (12, 4, 50)
+    for start, stop in [(0, 50), (0, 1), (3, 5), (4, 8), (11, 13), (23, 49), (48, 50), (7, 7)]:
+        np.testing.assert_array_equal(read_rows(layout, start, stop, threads=2), data[start:stop])
+    # a flipped byte in the third shard's first chunk, then that shard gone
+    shard = tmp_path / "a" / "c" / "2" / "0" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[10] ^= 1
+    shard.write_bytes(bytes(raw))
+    np.testing.assert_array_equal(read_rows(layout, 0, 24), data[:24])  # the others still read
+    with pytest.raises(ChunkError, match="differ from their checksum") as info:
+        read_rows(layout, 20, 30)
+    assert info.value.rows == (24, 27)
+    shard.unlink()
+    with pytest.raises(ChunkError, match="cannot be read"):
+        read_rows(layout, 20, 30)
+    assert layout_of(tmp_path / "nothing") is None

@@ -7,7 +7,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from galspec_batch.columns import DEC, HEALPIX, OBJECT_ID, RA
 from galspec_batch.errors import FormatError, InputError, MissingFileError, first_line
 from galspec_batch.options import DEFAULT_BATCH_SIZE
 from galspec_batch.sky import pixel_at_order
+from galspec_batch.store.fastread import layout_of, read_rows
 from galspec_batch.store.format import FLAGS, IMAGES, MASK, PARTITIONS, StoreAttrs
 
 
@@ -71,9 +72,15 @@ class CutoutStore:
         self.attrs = StoreAttrs.from_dict(raw, f"cutout store {self.path}")
         self._every_chunk_written = raw["format_version"] >= 2  # version 1 skipped chunks of zeros
         self._cache: dict[str, np.ndarray] = {}
+        # the images' own layout, read without zarr's per-chunk work (a store being appended to
+        # changes its shape: it reads through zarr)
+        self._fast = None if _writable or not self._every_chunk_written else layout_of(self.path / IMAGES)
+        if self._fast is not None:
+            self._fast = replace(self._fast, n=min(self._fast.n, self.n_objects))
         self._id_set: set[int] | None = None  # built by the first append, for O(batch) id checks
 
     def _writable_root(self):
+        self._fast = None  # an append changes the images' shape
         if self._root.read_only:
             self._root = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
         return self._root
@@ -196,7 +203,10 @@ class CutoutStore:
         if isinstance(rows, slice):
             start, stop, _ = rows.indices(self.n_objects)
             idx = np.arange(start, stop)
-            images = self._images(idx, lambda: self._root[IMAGES][start:stop])
+            if self._fast is not None:
+                images = self._images(idx, lambda: read_rows(self._fast, start, max(start, stop)))
+            else:
+                images = self._images(idx, lambda: self._root[IMAGES][start:stop])
         else:
             idx = np.asarray(rows, dtype=np.int64)
             if idx.size and (idx.min() < 0 or idx.max() >= self.n_objects):
