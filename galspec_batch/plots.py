@@ -256,19 +256,20 @@ def plot_sky_map(catalog, column: str | None = None, partition_order: int | None
                  gridsize: int | None = None,
                  path: str | Path | None = None):
     """RA/Dec map of a catalog (path, Arrow table or DataFrame): object counts per cell, or the mean of
-    ``column`` per cell; RA increases to the left. The catalog's partition boundaries are drawn (from
-    its run state, or at ``partition_order`` for a table)."""
+    ``column`` per cell; RA increases to the left. The catalog's partitions are drawn (those of a
+    path's HATS catalog, of mixed orders, or those at ``partition_order`` of a table)."""
     import cdshealpix.nested
     import pandas as pd
 
     from galspec_batch.sky import healpix_29, pixel_at_order
 
     plt = _pyplot(path)
+    parts: list[tuple[int, int]] = []
     if isinstance(catalog, (str, Path)):
-        from galspec_batch.catalog import catalog_status, read_catalog
+        from galspec_batch.catalog import read_catalog
+        from galspec_batch.catalog.reader import catalog_pixels
 
-        if partition_order is None:
-            partition_order = catalog_status(catalog).partition_order
+        parts = catalog_pixels(catalog) if partition_order is None else []
         catalog = read_catalog(catalog)
     df = catalog if isinstance(catalog, pd.DataFrame) else catalog.to_pandas()
     if column is not None and column not in df.columns:
@@ -290,12 +291,18 @@ def plot_sky_map(catalog, column: str | None = None, partition_order: int | None
     fig.colorbar(hb, ax=ax, label=label, shrink=0.8)
     if partition_order is not None and len(df):
         hp = df["_healpix_29"].to_numpy() if "_healpix_29" in df.columns else healpix_29(ra_raw, dec)
-        pixels = np.unique(pixel_at_order(hp, partition_order))
-        lon, lat = cdshealpix.nested.vertices(pixels.astype(np.uint64), partition_order)
-        for k, (v_ra, v_dec) in enumerate(zip(lon.to_value("deg"), lat.to_value("deg"), strict=True)):
-            v_ra = _unwrap_ra(v_ra, ref)
-            ax.fill(v_ra, v_dec, fill=False, ec="tab:orange", lw=0.8, label="partitions" if k == 0 else None)
-        ax.legend(loc="upper right", fontsize=8, title=f"HEALPix order {partition_order}", title_fontsize=8)
+        parts = [(partition_order, int(p)) for p in np.unique(pixel_at_order(hp, partition_order))]
+    orders = sorted({o for o, _ in parts})
+    for k, (o, p) in enumerate(parts):  # a big pixel's edges curve: more vertices along them
+        lon, lat = cdshealpix.nested.vertices(np.array([p], np.uint64), o, step=max(1, 2 ** (6 - o)))
+        ax.fill(_unwrap_ra(lon.to_value("deg")[0], ref), lat.to_value("deg")[0], fill=False, ec="tab:orange",
+                lw=0.8, label=f"partitions (HEALPix orders {orders})" if k == 0 else None)
+    if parts:
+        ax.legend(loc="upper right", fontsize=8)
+    if len(df):  # the objects fill the frame; a partition larger than the field is cut at its edge
+        pad = max(0.05 * max(np.ptp(ra), np.ptp(dec)), 0.05)
+        ax.set_xlim(ra.min() - pad, ra.max() + pad)
+        ax.set_ylim(dec.min() - pad, dec.max() + pad)
     ax.set_aspect(1 / max(np.cos(np.radians(np.median(dec))), 0.05))
     ax.invert_xaxis()
     ax.set(xlabel="RA (deg)", ylabel="Dec (deg)",

@@ -82,9 +82,14 @@ def test_plot_sky_map_of_a_catalog(tiny_catalog, tmp_path):
     ax, cbar = fig.axes
     assert ax.xaxis_inverted() and ax.get_xlabel() == "RA (deg)"
     assert cbar.get_ylabel() == "objects per cell"
+    from galspec_batch.catalog.reader import catalog_pixels
+
+    published = catalog_pixels(tiny_catalog)  # the published partitions, merged by size
+    assert len(ax.patches) == len(published) >= 1
+    assert str(sorted({o for o, _ in published})) in ax.get_legend().get_texts()[0].get_text()
     t = read_catalog(tiny_catalog)
     n_partitions = len(np.unique(pixel_at_order(t["_healpix_29"].to_numpy(), 4)))
-    assert len(ax.patches) == n_partitions
+    assert len(plot_sky_map(tiny_catalog, partition_order=4).axes[0].patches) == n_partitions
     fig = plot_sky_map(t, column="latent_1")
     assert fig.axes[1].get_ylabel() == "mean latent_1 per cell" and not fig.axes[0].patches
 
