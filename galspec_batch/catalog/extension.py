@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from galspec_batch.atomic import file_sha256, read_json, write_json
+from galspec_batch.atomic import read_json, write_json
 from galspec_batch.catalog import paths, publish
 from galspec_batch.catalog.reader import catalog_pixels, read_catalog
 from galspec_batch.columns import DEC, HEALPIX, OBJECT_ID, RA
@@ -55,22 +55,21 @@ def write_extension(catalog: Path, table: pa.Table, metadata: dict[bytes, bytes]
     shutil.rmtree(staging, ignore_errors=True)
     base = staging / paths.DERIVED_NAME
     hp = table[HEALPIX].to_numpy()
-    written = []
+    counts = {}
     for o, p in catalog_pixels(catalog):  # partitioned as the primary is now
         rows = table.filter(pa.array((hp >> (2 * (SPATIAL_INDEX_ORDER - o))) == p))
         if rows.num_rows:
             publish.write_partition(base / paths.DATASET_DIR / paths.partition_relpath(o, p), rows, schema)
-            written.append((o, p))
-    publish.finish_catalog(base, paths.DERIVED_NAME, schema, written, None, None,
-                           run=None, catalog_type="object")
-    files = {f"{paths.DERIVED_NAME}/{f.relative_to(base)}": [f.stat().st_size, file_sha256(f)]
-             for f in sorted(base.rglob("*")) if f.is_file()}
+            counts[(o, p)] = rows.num_rows
+    publish.finish_catalog(base, paths.DERIVED_NAME, schema, counts, None, None, run=None,
+                           catalog_type="object")
     # the old extension is moved aside, not deleted, until the new one is in place
     paths.derived_properties_file(catalog).unlink(missing_ok=True)
     old = staging / "old"
     if paths.derived_dir(catalog).exists():
         os.replace(paths.derived_dir(catalog), old)
     os.replace(base, paths.derived_dir(catalog))
+    files = publish.record_files(catalog, [paths.derived_dir(catalog)])
     write_json(paths.derived_marker(catalog), {"files": files})
     ExtensionProperties(
         name=paths.DERIVED_NAME, primary_catalog=Path(catalog).resolve().name, primary_column=OBJECT_ID,
@@ -116,15 +115,10 @@ def check_extension(catalog: str | Path) -> str | None:
         return f"{paths.derived_dir(catalog)} has no record of being written whole"
     if not paths.derived_properties_file(catalog).is_file():
         return f"{paths.derived_properties_file(catalog)} is missing"
-    for rel, (size, sha) in sorted(files.items()):
-        f = catalog / rel
-        if not f.is_file() or f.stat().st_size != size or file_sha256(f) != sha:
-            return f"{f} differs from the record of its writing (size or sha256)"
-    extra = [f for f in sorted(paths.derived_dir(catalog).rglob("*"))
-             if f.is_file() and str(f.relative_to(catalog)) not in files]
-    if extra:
-        return f"{extra[0]} is not part of the extension as it was written"
-    return None
+    problems = publish.check_files(catalog, files, differs="differs from the record of its writing",
+                                   stray="is not part of the extension as it was written",
+                                   dirs=[paths.derived_dir(catalog)])
+    return problems[0] if problems else None
 
 
 def extension_files(catalog: str | Path) -> list[Path]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,27 +55,31 @@ def publish(catalog: Path, markers: list[DoneMarker], schema: pa.Schema, run: Ru
         pairs = margin_pairs(list(groups), m_order)
     margins: dict[tuple[int, int], list[pa.Table]] = {}
     primary = staging / paths.PRIMARY_NAME
+    counts = {}
     for (o, p), pixels in sorted(groups.items()):
         # nested pixels in ascending order, each file sorted by _healpix_29: the whole stays sorted
         table = pa.concat_tables([pq.read_table(paths.work_file(catalog, order, q)) for q in pixels])
         table = table.replace_schema_metadata(None).cast(schema)
         write_partition(primary / paths.DATASET_DIR / paths.partition_relpath(o, p), table, schema)
+        counts[(o, p)] = table.num_rows
         hp = table[HEALPIX].to_numpy()
         histogram += np.bincount(hp >> (2 * (SPATIAL_INDEX_ORDER - hist_order)), minlength=len(histogram))
         if pairs is not None:
             for key, rows in margin_rows(table, hp, pairs, m_order).items():
                 margins.setdefault(key, []).append(rows)
-    finish_catalog(primary, paths.PRIMARY_NAME, schema, sorted(groups), histogram, hist_order,
-            run=run, catalog_type="object")
+    finish_catalog(primary, paths.PRIMARY_NAME, schema, counts, histogram, hist_order, run=run,
+                   catalog_type="object")
     names = [paths.PRIMARY_NAME]
     if pairs is not None:
         name = paths.margin_name(layout.margin_arcsec)
         margin_dir = staging / name
+        margin_counts = {}
         for (o, p), parts in sorted(margins.items()):
             rows = pa.concat_tables(parts).sort_by([(HEALPIX, "ascending")])
             write_partition(margin_dir / paths.DATASET_DIR / paths.partition_relpath(o, p), rows, schema)
-        finish_catalog(margin_dir, name, schema, sorted(margins), None, None, run=run, catalog_type="margin",
-                primary_catalog=paths.PRIMARY_NAME, margin_threshold=layout.margin_arcsec)
+            margin_counts[(o, p)] = rows.num_rows
+        finish_catalog(margin_dir, name, schema, margin_counts, None, None, run=run, catalog_type="margin",
+                       primary_catalog=paths.PRIMARY_NAME, margin_threshold=layout.margin_arcsec)
         names.append(name)
     remove_published(catalog)
     for name in names:
@@ -82,8 +87,31 @@ def publish(catalog: Path, markers: list[DoneMarker], schema: pa.Schema, run: Ru
     shutil.rmtree(staging, ignore_errors=True)
     write_json(catalog / paths.PROVENANCE_FILENAME, doc)
     write_collection_properties(catalog)  # last: now a reader finds the collection
-    return {str(f.relative_to(catalog)): [f.stat().st_size, file_sha256(f)]
-            for name in names for f in sorted((catalog / name).rglob("*")) if f.is_file()}
+    return record_files(catalog, [catalog / name for name in names])
+
+
+def record_files(root: Path, dirs: list[Path]) -> dict[str, list]:
+    """Size and sha256 of every file under ``dirs``, keyed by its path relative to ``root``."""
+    return {str(f.relative_to(root)): [f.stat().st_size, file_sha256(f)]
+            for d in dirs for f in sorted(d.rglob("*")) if f.is_file()}
+
+
+def check_files(root: Path, records: dict[str, list], *, differs: str, stray: str, dirs: Sequence[Path] = (),
+                only: list[str] | None = None, checksum: bool = True) -> list[str]:
+    """One line for each file of ``records`` (default all; ``only`` these) that is missing or
+    ``differs`` in size or sha256, and each file under ``dirs`` that ``records`` lacks (``stray``)."""
+    problems = []
+    for rel in only if only is not None else sorted(records):
+        f = root / rel
+        if rel not in records:
+            problems.append(f"{f} {stray}")
+        elif not f.is_file():
+            problems.append(f"missing {f}")
+        elif f.stat().st_size != records[rel][0] or (checksum and file_sha256(f) != records[rel][1]):
+            problems.append(f"{f} {differs} (size or sha256)")
+    problems += [f"{f} {stray}" for d in dirs for f in sorted(d.rglob("*"))
+                 if f.is_file() and str(f.relative_to(root)) not in records]
+    return problems
 
 
 def write_collection_properties(catalog: Path) -> None:
@@ -124,22 +152,10 @@ def check_published(catalog: Path, manifest: dict[str, list] | None, *, checksum
     checking all) a file in the published catalogs that finalize did not write."""
     if manifest is None:
         return [f"{paths.complete_file(catalog)} does not list the published files"]
-    problems = _check_collection_properties(catalog, manifest)
-    for rel in only if only is not None else sorted(manifest):
-        f = catalog / rel
-        if rel not in manifest:
-            problems.append(f"{f} is not a file finalize published")
-            continue
-        size, sha = manifest[rel]
-        if not f.is_file():
-            problems.append(f"missing {f}")
-        elif f.stat().st_size != size or (checksum and file_sha256(f) != sha):
-            problems.append(f"{f} differs from what finalize published (size or sha256)")
-    if only is None:
-        for d in [paths.primary_dir(catalog), *catalog.glob(paths.MARGIN_GLOB)]:
-            problems += [f"{f} was not published by finalize; remove it" for f in sorted(d.rglob("*"))
-                         if f.is_file() and str(f.relative_to(catalog)) not in manifest]
-    return problems
+    dirs = [] if only is not None else [paths.primary_dir(catalog), *catalog.glob(paths.MARGIN_GLOB)]
+    return _check_collection_properties(catalog, manifest) + check_files(
+        catalog, manifest, differs="differs from what finalize published",
+        stray="was not published by finalize; remove it", dirs=dirs, only=only, checksum=checksum)
 
 
 def _check_collection_properties(catalog: Path, manifest: dict[str, list]) -> list[str]:
@@ -199,12 +215,13 @@ def write_partition(target: Path, table: pa.Table, schema: pa.Schema) -> None:
     pq.write_table(table, target, **kwargs)
 
 
-def finish_catalog(base: Path, name: str, schema: pa.Schema, pixels: list[tuple[int, int]],
+def finish_catalog(base: Path, name: str, schema: pa.Schema, counts: dict[tuple[int, int], int],
                    histogram: np.ndarray | None, hist_order: int | None, *, run: RunState | None,
                    **kind) -> None:
-    """The catalog-level files of one HATS catalog whose partitions are written (``pixels``):
-    Parquet metadata with per-partition statistics, ``partition_info.csv``, with a
-    ``histogram`` the point map and skymap, and ``hats.properties`` (galspec's keys from ``run``)."""
+    """The catalog-level files of one HATS catalog whose partitions are written (``counts``: rows
+    of each (order, pixel)): Parquet metadata with per-partition statistics,
+    ``partition_info.csv``, with a ``histogram`` the point map and skymap, and
+    ``hats.properties`` (galspec's keys from ``run``)."""
     import hats
     from hats.catalog import PartitionInfo, TableProperties
     from hats.catalog.dataset.hats_properties import HatsProperties
@@ -214,11 +231,9 @@ def finish_catalog(base: Path, name: str, schema: pa.Schema, pixels: list[tuple[
     from hats.pixel_math import HealpixPixel
 
     base.mkdir(parents=True, exist_ok=True)
-    rows, max_rows = 0, 0
+    pixels = sorted(counts)
     if pixels:
-        rows = hats.io.write_parquet_metadata(base, create_per_partition_stats=True)
-        max_rows = max(pq.read_metadata(base / paths.DATASET_DIR / paths.partition_relpath(o, p)).num_rows
-                       for o, p in pixels)
+        hats.io.write_parquet_metadata(base, create_per_partition_stats=True)
     else:  # a margin with no rows: the schema alone
         (base / paths.DATASET_DIR).mkdir(parents=True, exist_ok=True)
         for f in (paths.PARQUET_METADATA_FILENAME, paths.PARQUET_COMMON_METADATA_FILENAME):
@@ -235,8 +250,9 @@ def finish_catalog(base: Path, name: str, schema: pa.Schema, pixels: list[tuple[
                   "galspec_store_fingerprint": run.store_fingerprint,
                   "galspec_provenance": f"../{paths.PROVENANCE_FILENAME}"}
     props = TableProperties(
-        catalog_name=name, total_rows=rows, ra_column=RA, dec_column=DEC, healpix_column=HEALPIX,
-        healpix_order=SPATIAL_INDEX_ORDER, hats_max_rows=max_rows,
+        catalog_name=name, total_rows=sum(counts.values()), ra_column=RA, dec_column=DEC,
+        healpix_column=HEALPIX, healpix_order=SPATIAL_INDEX_ORDER,
+        hats_max_rows=max(counts.values(), default=0),
         hats_order=max((o for o, _ in pixels), default=0),
         moc_sky_fraction=float(f"{info.calculate_fractional_coverage():.5g}") if pixels else 0.0,
         obs_regime="Optical", obs_title="galspec-batch spectral latents predicted from grizy images",

@@ -104,11 +104,11 @@ def partition_files(path: Path, pixels: list[tuple[int, int]] | None = None) -> 
     """The partition files of ``pixels`` (default: all) of a finished catalog, each of a galspec
     catalog first checked against what finalize published (with all of them, every published
     file); or of any HATS catalog."""
-    if is_galspec(path):  # all of it, or just the files of these pixels
+    if is_galspec(path):  # all of it (partition_info.csv too), or just the files of these pixels
         require_whole(path, partitions=pixels)
-    pixels = catalog_pixels(path) if pixels is None else pixels
-    base = hats_catalog_dir(path) / paths.DATASET_DIR
-    return [base / paths.partition_relpath(o, p) for o, p in pixels]
+    catalog_dir = hats_catalog_dir(path)
+    pixels = publish.published_pixels(catalog_dir) if pixels is None else pixels
+    return [catalog_dir / paths.DATASET_DIR / paths.partition_relpath(o, p) for o, p in pixels]
 
 
 def _require_complete(path: Path) -> None:

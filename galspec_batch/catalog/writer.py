@@ -232,7 +232,7 @@ class CatalogWriter:
         doc = _provenance_doc(self.path, self.state, markers)
         schema = schema.with_metadata({paths.SCHEMA_METADATA_KEY: json.dumps(doc, sort_keys=True)})
         paths.complete_file(self.path).unlink(missing_ok=True)
-        layout = Layout(**self.state.layout)
+        layout = Layout().resolved(self.state.layout)
         files = publish.publish(self.path, markers, schema, self.state, layout, doc)
         write_json(paths.complete_file(self.path), {"finalized": doc["finalized"], "layout": layout.to_dict(),
                                                     "files": files})
@@ -348,7 +348,7 @@ def _provenance_doc(path: Path, run: state.RunState, markers: list[state.DoneMar
         "finalized": _now(),
         "resumes": list(run.resumes),
         "partition_order": run.partition_order,
-        "layout": Layout(**run.layout).to_dict(),
+        "layout": Layout().resolved(run.layout).to_dict(),
         "outputs": run.outputs.to_dict(),
         "n_partitions": len(markers),
         "n_objects": sum(m.n_rows for m in markers),

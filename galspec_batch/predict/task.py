@@ -49,7 +49,8 @@ def run_partition(job: PartitionJob, spec: ModelSpec) -> dict:
     region, batch_size = spec.options.region, spec.options.batch_size
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("object_id", "ra", "dec", "healpix_29", "flags")}
     predicted: dict[str, list[np.ndarray]] = {}
-    for batch in store.iter_partition(job.partition, batch_size, predictor.read_dtype, prefetch=True):
+    # the store's own dtype: the predictor converts it (Predictor.to_device)
+    for batch in store.iter_partition(job.partition, batch_size, dtype=None, prefetch=True):
         if region is not None:
             batch = _select(batch, region.contains(batch.ra, batch.dec))
             if len(batch.rows) == 0:

@@ -69,13 +69,9 @@ class Predictor:
             factors = torch.tensor(spec.flux_scale, dtype=torch.float32, device=self.device)
             self.flux_scale = factors.view(1, -1, 1, 1)
 
-    @property
-    def read_dtype(self) -> str | None:
-        """The store's own dtype: float16 halves the bytes read and copied, and torch converts it
-        (on the GPU, or with vector instructions on the CPU: 3.7x numpy's ``astype``)."""
-        return None
-
     def to_device(self, images: np.ndarray) -> torch.Tensor:
+        """Images as the store keeps them (float16 halves the bytes read and copied) to float32 on
+        the device: torch converts on the GPU, or with vector instructions (3.7x numpy's ``astype``)."""
         x = torch.from_numpy(images)
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
@@ -88,10 +84,10 @@ class Predictor:
         ``std_epistemic`` and (a gaussian head) ``std_aleatoric``, as :func:`mc_predict` names them.
         On the CPU the network sees sub-batches of ``CPU_COMPUTE_BATCH`` (a batch of 256 at 224 px
         spends most of its extra time in page faults); a GPU takes the whole batch."""
-        step = len(images) if self.device.type == "cuda" else D.CPU_COMPUTE_BATCH
+        n = max(len(images), 1)  # an empty batch is one (empty) step
+        step = n if self.device.type == "cuda" else D.CPU_COMPUTE_BATCH
         features = torch.cat([self.engine.features(self.to_device(images[a:a + step])).float()
-                              for a in range(0, len(images), step)]) if len(images) else \
-            self.engine.features(self.to_device(images)).float()
+                              for a in range(0, n, step)])
         out = mc_predict(
             features, torch.from_numpy(object_id), self.weight, self.bias, self.p,
             T=self.spec.options.mc_samples, seed=self.spec.options.seed, head=self.head,
