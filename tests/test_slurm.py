@@ -390,12 +390,9 @@ def e2e_inputs(tmp_path_factory):
 
 
 def _catalog_ids(catalog: Path) -> np.ndarray:
-    import pyarrow.dataset as ds
+    from galspec_batch.catalog.reader import read_catalog
 
-    table = ds.dataset(catalog / "dataset", format="parquet", partitioning=None).to_table(
-        columns=["object_id"]
-    )
-    return np.sort(table["object_id"].to_numpy())
+    return np.sort(read_catalog(catalog, columns=["object_id"])["object_id"].to_numpy())
 
 
 def _region_ids(store: Path, region: str | None) -> np.ndarray:
