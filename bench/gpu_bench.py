@@ -13,6 +13,11 @@ xresnet18 (random weights: speed does not depend on them), 5 bands, 224x224, gal
   h2d_pinned_{fp16,fp32}    host-to-device copies of pinned image batches
   end_to_end_zarr        store -> features -> MC statistics -> host, at the smallest batch size,
                          reading with 8 threads (the store is read once before the timed pass)
+  feed_sequential        the predictor (a saved checkpoint, fp16 compile or eager) batch after
+                         batch: read, pin a fresh buffer, copy, compute, copy back, in turn
+  feed_pipelined         the same through predict/feed.py: reused pinned buffers read ahead, the
+                         copy of batch k+1 on its own stream while batch k computes
+  predict_catalog        `galspec predict --cluster none` on the same store: the whole command
 Images for the model rows are already on the GPU; only h2d and end_to_end include the copies.
 Prints a table; writes gpu_bench.json under $OUT when that is set.
 """
@@ -165,6 +170,49 @@ def end_to_end(store_path: Path, engine, net, batch, T, readers=8):
            engine=engine.name, n_objects=store.n_objects, readers=readers)
 
 
+def feed_rows(store_path: Path, tmp: Path, batch: int, T: int, engine: str) -> None:
+    """The predictor fed batch after batch against the pipelined feed, and the whole command."""
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from conftest import make_tiny_checkpoint
+
+    from galspec_batch.checkpoint import load_checkpoint
+    from galspec_batch.options import PredictOptions
+    from galspec_batch.predict import predict_catalog
+    from galspec_batch.predict.feed import run_feed
+    from galspec_batch.predict.worker import ModelSpec, Predictor
+    from galspec_batch.store import open_store
+    from galspec_batch.store.reader import batch_groups
+
+    ckpt = make_tiny_checkpoint(tmp / "ckpt", model="xresnet18", size=SIZE)
+    ck = load_checkpoint(ckpt)
+    opts = PredictOptions(device=str(DEV), engine=engine, precision="fp16" if DEV.type == "cuda" else "fp32",
+                          batch_size=batch, mc_samples=T)
+    predictor = Predictor(ModelSpec(str(ckpt), ck.model_hash, ck.config.value_hash(), opts))
+    store = open_store(store_path)
+    groups = batch_groups([(0, store.n_objects)], batch)
+
+    def sequential():
+        for g in groups:
+            b = store.read_group(g, None)
+            images = torch.from_numpy(b.images)
+            images = images.pin_memory() if DEV.type == "cuda" else images
+            predictor.fetch(predictor.launch(predictor.upload(images), b.object_id))
+
+    def pipelined():
+        for _ in run_feed(predictor, store, groups):
+            pass
+
+    for name, fn in (("feed_sequential", sequential), ("feed_pipelined", pipelined)):
+        fn()  # warm: compile, cudnn autotuning, page cache
+        record(name, batch, timed(fn, store.n_objects, min_seconds=0, max_iters=2), engine=engine)
+    t0 = time.perf_counter()
+    predict_catalog(store_path, ckpt, tmp / "cat", opts, cluster="none", progress=False)
+    record("predict_catalog", batch, store.n_objects / (time.perf_counter() - t0), engine=engine,
+           n_objects=int(np.int64(store.n_objects)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", default="256,1024")
@@ -198,6 +246,8 @@ def main() -> None:
                 make_store(Path(tmp) / "bench.zarr", args.make_store)
                 print(f"(wrote a {args.make_store}-object store in {time.perf_counter() - t1:.0f} s)")
                 end_to_end(Path(tmp) / "bench.zarr", best, net, min(batches), args.T)
+                feed_rows(Path(tmp) / "bench.zarr", Path(tmp), min(batches), args.T,
+                          "eager" if args.skip_compile else "compile")
     except ImportError as exc:
         print(f"end_to_end_zarr skipped: {exc}")
     print(f"total {time.perf_counter() - t0:.0f} s")

@@ -13,6 +13,8 @@ SIM_FIELD = (150.0, 2.2, 1.0)  # RA, Dec, radius (degrees) of the sky cap
 SIM_ANOMALY_RATE = 0.01
 SIM_BATCH = 256
 STORE_DTYPE = "float16"
+MAX_TASK_ROWS = 16_384  # rows of one predict task at most: big partitions are cut (predict/tasks.py)
+TASKS_PER_WORKER = 4  # and tasks made smaller until each worker has this many (bench_schedule.py)
 CPU_COMPUTE_BATCH = 32  # cutouts per forward pass on the CPU, whatever --batch-size reads (bench_predict.py)
 STORE_CODECS = ("zstd", "zstd-1", "lz4", "lz4-bitshuffle", "none")  # the images' codec: --codec
 STORE_CODEC = "zstd"  # chosen by bench/bench_store.py (catalogs/store-format.md)
@@ -24,8 +26,11 @@ MARGIN_ARCSEC = 10.0
 # ingest
 INGEST_SURVEY = "unknown"
 INGEST_DTYPE = "float32"
+# PS1 stacks' AB zero point per second of EXPTIME: a store of PS1 images without --zero-point is put on it
+PS1_ZERO_POINT = 25.0
 SPECTRA_ID_FROM = "specobjid"
 MIN_GRID_COVERAGE = 0.5
+SPECTRA_CLASSES = ("GALAXY",)  # the pipeline's CLASS values ingest-spectra keeps (--classes)
 
 # the spectrum VAE and the CNN
 N_LATENTS = 6
@@ -63,3 +68,22 @@ AUTO_CLUSTER_MIN_OBJECTS = 50_000
 JOB_NAME = "galspec"
 DASK_JOB_NAME = "galspec-dask"
 DEMO_OUT = "galspec-demo"
+
+# downloads from the survey archives (galspec download): polite by default, one budget for all workers
+DOWNLOAD_CONCURRENCY = 4  # requests in flight at once
+DOWNLOAD_RATE = 5.0  # requests per second, all workers together (a token bucket)
+DOWNLOAD_TIMEOUT = 60.0  # seconds to connect, and for each read of the answer
+DOWNLOAD_RETRIES = 5  # tries after the first, on 429/5xx, timeouts, dropped connections, bad bodies
+DOWNLOAD_BACKOFF = 2.0  # seconds before the first retry; doubled each time, with jitter
+DOWNLOAD_BACKOFF_MAX = 120.0
+DOWNLOAD_RETRY_AFTER_MAX = 600.0  # a server that asks for a longer wait fails the request instead
+DOWNLOAD_MAX_BYTES = 256 << 20  # a larger answer is refused: no cutout or spectrum is that big
+CUTOUT_SURVEYS = ("ps1", "legacy")
+CUTOUT_SURVEY = "ps1"
+CUTOUT_SIZE = 224  # pixels a side (the paper's input)
+PS1_URL = "https://ps1images.stsci.edu"
+LEGACY_URL = "https://www.legacysurvey.org"
+LEGACY_LAYER = "ls-dr10"
+SDSS_URL = "https://data.sdss.org"
+SDSS_RELEASE = "dr17"
+USER_AGENT = "galspec-batch/{version} (survey-archive client; python-urllib3/{urllib3}{contact})"

@@ -10,6 +10,7 @@ with an error naming it, leaving the rest for a rerun.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -22,12 +23,15 @@ from pathlib import Path
 from galspec_batch import defaults as D
 from galspec_batch.catalog import CatalogWriter, mark_failed
 from galspec_batch.catalog.lock import catalog_lock
+from galspec_batch.catalog.state import check_partition
 from galspec_batch.errors import GalspecError, UsageError, first_line
 from galspec_batch.options import CLUSTERS, PredictOptions
 from galspec_batch.predict.begin import begin_catalog, join_catalog
-from galspec_batch.predict.task import PartitionJob, run_partition
+from galspec_batch.predict.task import TaskJob, run_task, write_slices
+from galspec_batch.predict.tasks import plan_tasks, task_rows
 from galspec_batch.predict.worker import ModelPlugin, ModelSpec
 from galspec_batch.progress import Progress
+from galspec_batch.store import Partition
 
 
 @dataclass
@@ -65,6 +69,7 @@ def predict_catalog(
     overwrite: bool = False,
     progress: bool = True,
     retries: int = 2,
+    max_task_rows: int | None = D.MAX_TASK_ROWS,
 ) -> PredictSummary:
     """Predict every object of ``store`` selected by ``options`` into the catalog ``out``.
 
@@ -73,7 +78,8 @@ def predict_catalog(
     Dask), a scheduler address, or a ``distributed.Client``. A rerun resumes: finished partitions
     are kept, the rest are redone. ``only`` runs just these partitions of a catalog its
     coordinator already began (one SLURM array task's share), with the identity the coordinator
-    recorded, and never finalizes.
+    recorded, and never finalizes. Tasks hold at most ``max_task_rows`` rows (see
+    :mod:`galspec_batch.predict.tasks`; None: one task per partition, as before that existed).
     """
     t0 = time.perf_counter()
     options = options or PredictOptions()
@@ -98,21 +104,25 @@ def predict_catalog(
         ident = begun.identity
         spec = ModelSpec(str(checkpoint), ident.model_hash, ident.config_hash, begun.options, threads,
                          ident.std_scale, ident.flux_scale)
-        jobs = [PartitionJob(str(store), str(out), p, ident.model_id, ident.outputs) for p, _ in pending]
+        parts = [p for p, _ in pending]
+        rows = max_task_rows and task_rows(sum(p.n for p in parts), workers, begun.options.batch_size,
+                                           max_task_rows)
+        jobs = [TaskJob(str(store), str(out), t, ident.model_id, ident.outputs)
+                for t in plan_tasks(parts, rows or None)]
         failed = _run(jobs, spec, cluster, workers, retries, out, sum(n for _, n in pending), progress,
                       note=_resume_note(out, begun.writer.repairs, len(todo) - len(pending), len(todo)))
         if failed:
             first = next(iter(failed.items()))
-            written = len(jobs) - len(failed)
+            written = len(parts) - len(failed)
             raise PartitionsFailed(
-                f"{len(failed)} of {len(jobs)} partitions of {out} failed (e.g. {first[0]}: {first[1]}); "
+                f"{len(failed)} of {len(parts)} partitions of {out} failed (e.g. {first[0]}: {first[1]}); "
                 f"{written} were written now and {len(todo) - len(pending)} before: rerun the same command "
                 "to retry the failed ones"
             )
         if finalize:
             begun.writer.finalize()
     done_rows = sum(n for _, n in pending)
-    return PredictSummary(Path(out), len(jobs), len(todo) - len(pending), done_rows,
+    return PredictSummary(Path(out), len(pending), len(todo) - len(pending), done_rows,
                           time.perf_counter() - t0, failed, repaired=len(begun.writer.repairs),
                           finalized=finalize, calibrated=begun.identity.std_scale is not None,
                           cluster=ran_on)
@@ -128,9 +138,9 @@ def _resume_note(out, repairs: dict, n_done: int, n_todo: int) -> str | None:
     return None
 
 
-def _run(jobs: list[PartitionJob], spec: ModelSpec, cluster: object, workers: int, retries: int, out,
+def _run(jobs: list[TaskJob], spec: ModelSpec, cluster: object, workers: int, retries: int, out,
          total_rows: int, progress: bool, note: str | None) -> dict[str, str]:
-    """Run the partition jobs; the failed ones by name, each recorded in the catalog."""
+    """Run the tasks; the partitions that failed by name, each recorded in the catalog."""
     failed: dict[str, str] = {}
     with Progress(progress) as bar:
         if note:
@@ -139,13 +149,18 @@ def _run(jobs: list[PartitionJob], spec: ModelSpec, cluster: object, workers: in
         if not jobs:
             return failed
         with _client(cluster, workers, spec) as client:
-            results = _run_local(jobs, spec) if client is None else _run_dask(client, jobs, spec, retries)
-            for job, result in results:
+            if client is None:
+                results = _run_local(jobs, spec, advance)
+            else:
+                results = _run_dask(client, jobs, spec, retries)
+            for parts, result in results:
                 if isinstance(result, BaseException):
-                    failed[job.partition.name] = f"{type(result).__name__}: {first_line(result)}"
-                    mark_failed(out, job.partition.order, job.partition.pixel, result)
-                    continue
-                advance(result["rows"])
+                    for p in parts:
+                        if check_partition(out, p.order, p.pixel) is not None:  # not written
+                            failed[p.name] = f"{type(result).__name__}: {first_line(result)}"
+                            mark_failed(out, p.order, p.pixel, result)
+                elif client is not None:
+                    advance(result["rows"])
     return failed
 
 
@@ -190,30 +205,53 @@ def _default_workers(cluster: object) -> int:
     return max(1, min(2, os.cpu_count() or 1))
 
 
-def _run_local(jobs: list[PartitionJob], spec: ModelSpec) -> Iterator[tuple[PartitionJob, object]]:
+def _run_local(jobs: list[TaskJob], spec: ModelSpec, advance) -> Iterator[tuple[list[Partition], object]]:
+    slices: dict[tuple[int, int], list[dict]] = {}
     for job in jobs:
         try:
-            yield job, run_partition(job, spec)
-        except Exception as exc:  # noqa: BLE001 - recorded as the partition's failure, the run goes on
-            yield job, exc
+            result = run_task(job, spec, on_rows=advance)
+        except Exception as exc:  # noqa: BLE001 - recorded as the partitions' failure, the run goes on
+            yield job.task.partitions, exc
+            continue
+        yield [], result
+        for piece in job.task.pieces:
+            if not piece.whole:
+                done = slices.setdefault((piece.partition.order, piece.partition.pixel), [])
+                done.append(result)
+                if len(done) == piece.of:
+                    try:
+                        yield [piece.partition], write_slices(job.catalog, piece.partition, piece.of, *done)
+                    except Exception as exc:  # noqa: BLE001 - as above
+                        yield [piece.partition], exc
 
 
-def _run_dask(client, jobs: list[PartitionJob], spec: ModelSpec, retries: int):
+def _run_dask(client, jobs: list[TaskJob], spec: ModelSpec, retries: int):
+    """Submit the tasks largest first (ranked so, so that no big one starts last and runs alone),
+    and for each partition cut into slices a task that writes it once its slices are done."""
     from distributed import as_completed
 
-    # largest first (and ranked so), so that no big partition starts last and runs alone
-    futures = {
-        client.submit(run_partition, job, spec, key=f"galspec-{job.partition.order}-{job.partition.pixel}-"
-                      f"{os.getpid()}-{time.time_ns()}", retries=retries, pure=False,
-                      priority=job.partition.n): job
-        for job in sorted(jobs, key=lambda j: -j.partition.n)
-    }
+    run = f"{os.getpid()}-{time.time_ns()}"
+    numbers = itertools.count()
+
+    def key(what: str) -> str:
+        return f"galspec-{what}-{run}-{next(numbers)}"
+
+    futures = {client.submit(run_task, job, spec, key=key("task"), retries=retries, pure=False,
+                             priority=job.task.n): job.task.partitions for job in jobs}
+    by_partition: dict[Partition, list] = {}
+    for fut, job in zip(futures, jobs, strict=True):
+        for piece in job.task.pieces:
+            if not piece.whole:
+                by_partition.setdefault(piece.partition, []).append((fut, piece.of))
+    for part, found in by_partition.items():
+        fut = client.submit(write_slices, jobs[0].catalog, part, found[0][1], *[f for f, _ in found],
+                            key=key("write"), retries=retries, pure=False, priority=part.n)
+        futures[fut] = [part]
     for fut in as_completed(futures):
-        job = futures[fut]
         try:
-            yield job, fut.result()
+            yield futures[fut], fut.result()
         except Exception as exc:  # noqa: BLE001 - a task's failure is recorded, the run goes on
-            yield job, exc
+            yield futures[fut], exc
 
 
 @contextlib.contextmanager

@@ -64,37 +64,72 @@ class Predictor:
         self.target_std = net.target_std.detach().to(self.device, torch.float32)
         self.std_scale = (torch.ones_like(self.target_std) if spec.std_scale is None
                           else torch.tensor(spec.std_scale, dtype=torch.float32, device=self.device))
+        self._copy_stream = None
+        self._parts: list[str] = []
         self.flux_scale = None
         if spec.flux_scale is not None:
             factors = torch.tensor(spec.flux_scale, dtype=torch.float32, device=self.device)
             self.flux_scale = factors.view(1, -1, 1, 1)
 
-    def to_device(self, images: np.ndarray) -> torch.Tensor:
-        """Images as the store keeps them (float16 halves the bytes read and copied) to float32 on
-        the device: torch converts on the GPU, or with vector instructions (3.7x numpy's ``astype``)."""
-        x = torch.from_numpy(images)
-        if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
+    @property
+    def asynchronous(self) -> bool:
+        """Whether ``launch`` returns before the work is done (a GPU), for the feed."""
+        return self.device.type == "cuda"
+
+    @property
+    def pin(self) -> bool:
+        """Whether the feed's host buffers should be page-locked (a GPU)."""
+        return self.device.type == "cuda"
+
+    def upload(self, images: torch.Tensor) -> torch.Tensor:
+        """Host images, as the store keeps them (float16 halves the bytes read and copied), onto
+        the device: on a GPU a copy on a stream of its own, which the compute stream waits for (the
+        copy of the next batch overlaps this one's compute); on the CPU the tensor itself."""
+        if self.device.type != "cuda":
+            return images
+        if self._copy_stream is None:
+            self._copy_stream = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(self._copy_stream):
+            x = images.to(self.device, non_blocking=True)
+        compute = torch.cuda.current_stream(self.device)
+        compute.wait_stream(self._copy_stream)
+        x.record_stream(compute)  # the allocator must not reuse x's memory before compute is done with it
+        return x
+
+    def _float(self, x: torch.Tensor) -> torch.Tensor:
+        """To float32 by torch (on the GPU, or with vector instructions: 3.7x numpy's ``astype``)."""
         x = x.float()
         return x if self.flux_scale is None else x * self.flux_scale
 
     @torch.inference_mode()
-    def predict(self, images: np.ndarray, object_id: np.ndarray) -> dict[str, np.ndarray]:
-        """float32 [N, n_targets] arrays: ``mean``, the calibrated 1-sigma ``std`` and its parts
-        ``std_epistemic`` and (a gaussian head) ``std_aleatoric``, as :func:`mc_predict` names them.
-        On the CPU the network sees sub-batches of ``CPU_COMPUTE_BATCH`` (a batch of 256 at 224 px
-        spends most of its extra time in page faults); a GPU takes the whole batch."""
-        n = max(len(images), 1)  # an empty batch is one (empty) step
+    def launch(self, x: torch.Tensor, object_id: np.ndarray) -> torch.Tensor:
+        """Start the network and the MC head on uploaded images; returns the outputs still on the
+        device, stacked [parts, N, n_targets] (see ``fetch``). On the CPU the network sees
+        sub-batches of ``CPU_COMPUTE_BATCH`` (a batch of 256 at 224 px spends most of its extra
+        time in page faults); a GPU takes the whole batch."""
+        n = max(len(x), 1)  # an empty batch is one (empty) step
         step = n if self.device.type == "cuda" else D.CPU_COMPUTE_BATCH
-        features = torch.cat([self.engine.features(self.to_device(images[a:a + step])).float()
+        features = torch.cat([self.engine.features(self._float(x[a:a + step])).float()
                               for a in range(0, n, step)])
         out = mc_predict(
             features, torch.from_numpy(object_id), self.weight, self.bias, self.p,
             T=self.spec.options.mc_samples, seed=self.spec.options.seed, head=self.head,
         )
-        scaled = {"mean": out.pop("mean") * self.target_std + self.target_mean}
-        scaled.update({k: v * self.target_std * self.std_scale for k, v in out.items()})
-        return {k: v.cpu().numpy() for k, v in scaled.items()}
+        self._parts = ["mean", *(k for k in out if k != "mean")]
+        scaled = [out["mean"] * self.target_std + self.target_mean]
+        scaled += [out[k] * self.target_std * self.std_scale for k in self._parts[1:]]
+        return torch.stack(scaled)
+
+    def fetch(self, launched: torch.Tensor) -> dict[str, np.ndarray]:
+        """float32 [N, n_targets] arrays of launched work (one copy back, which waits for it):
+        ``mean``, the calibrated 1-sigma ``std`` and its parts ``std_epistemic`` and (a gaussian
+        head) ``std_aleatoric``, as :func:`mc_predict` names them."""
+        values = launched.cpu().numpy()
+        return dict(zip(self._parts, values, strict=True))
+
+    def predict(self, images: np.ndarray, object_id: np.ndarray) -> dict[str, np.ndarray]:
+        """Images in, results out, in one call (see ``launch`` and ``fetch``)."""
+        return self.fetch(self.launch(self.upload(torch.from_numpy(images)), object_id))
 
 
 def get_predictor(spec: ModelSpec) -> Predictor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -197,16 +197,18 @@ class CutoutStore:
         return [Partition(order, p, tuple(rs)) for p, rs in sorted(by_pixel.items())]
 
     # -- reading -----------------------------------------------------------------------------
-    def read(self, rows: np.ndarray | slice, dtype: str | None = "float32") -> Batch:
+    def read(self, rows: np.ndarray | slice, dtype: str | None = "float32",
+             out: np.ndarray | None = None) -> Batch:
         """Read the given rows (a slice or sorted row indices); ``dtype=None`` keeps the stored
-        dtype (half the bytes to copy to a GPU for a float16 store)."""
+        dtype (half the bytes to copy to a GPU for a float16 store). A slice's images go into
+        ``out`` (in the stored dtype) when given, e.g. a reused, page-locked buffer."""
         if isinstance(rows, slice):
             start, stop, _ = rows.indices(self.n_objects)
             idx = np.arange(start, stop)
             if self._fast is not None:
-                images = self._images(idx, lambda: read_rows(self._fast, start, max(start, stop)))
+                images = self._images(idx, lambda: read_rows(self._fast, start, max(start, stop), out))
             else:
-                images = self._images(idx, lambda: self._root[IMAGES][start:stop])
+                images = self._images(idx, lambda: _into(out, self._root[IMAGES][start:stop]))
         else:
             idx = np.asarray(rows, dtype=np.int64)
             if idx.size and (idx.min() < 0 or idx.max() >= self.n_objects):
@@ -240,30 +242,48 @@ class CutoutStore:
         """Yield consecutive batches of rows [start, stop); memory is bounded by ``batch_size``.
 
         With ``prefetch`` the next batch is read in a thread while the caller works on this one
-        (Zarr decompression releases the GIL), so reading overlaps compute.
+        (decompression releases the GIL), so reading overlaps compute.
         """
         stop = self.n_objects if stop is None else min(stop, self.n_objects)
-        yield from self._read_all([(a, min(a + batch_size, stop)) for a in range(start, stop, batch_size)],
-                                  dtype, prefetch)
+        yield from self.iter_ranges([(start, stop)], batch_size, dtype, prefetch)
 
     def iter_partition(self, partition: Partition, batch_size: int = DEFAULT_BATCH_SIZE,
                        dtype: str | None = "float32",
                        prefetch: bool = False) -> Iterator[Batch]:
-        """Yield the batches of one sky partition (see ``iter_batches``)."""
-        bounds = [(a, min(a + batch_size, stop)) for start, stop in partition.ranges
-                  for a in range(start, stop, batch_size)]
-        yield from self._read_all(bounds, dtype, prefetch)
+        """Yield the batches of one sky partition (see ``iter_ranges``)."""
+        yield from self.iter_ranges(partition.ranges, batch_size, dtype, prefetch)
 
-    def _read_all(self, bounds: list[tuple[int, int]], dtype: str | None, prefetch: bool) -> Iterator[Batch]:
-        if not prefetch or len(bounds) < 2:
-            for a, b in bounds:
-                yield self.read(slice(a, b), dtype)
+    def iter_ranges(self, ranges: Iterable[tuple[int, int]], batch_size: int = DEFAULT_BATCH_SIZE,
+                    dtype: str | None = "float32", prefetch: bool = False) -> Iterator[Batch]:
+        """Yield batches of ``batch_size`` rows (the last may be short) from the row ranges in
+        turn (see ``iter_batches``, and ``batch_groups``)."""
+        yield from self._read_all(batch_groups(ranges, batch_size), dtype, prefetch)
+
+    def read_group(self, group: list[tuple[int, int]], dtype: str | None = "float32",
+                   out: np.ndarray | None = None) -> Batch:
+        """The rows of several slices as one batch (into ``out``, as ``read``)."""
+        if len(group) == 1:
+            a, b = group[0]
+            return self.read(slice(a, b), dtype, None if out is None else out[: b - a])
+        parts, at = [], 0
+        for a, b in group:
+            parts.append(self.read(slice(a, b), dtype, None if out is None else out[at:at + b - a]))
+            at += b - a
+        fields = {k: np.concatenate([getattr(b, k) for b in parts]) for k in vars(parts[0]) if k != "images"}
+        in_out = out is not None and dtype is None
+        return Batch(images=out[:at] if in_out else np.concatenate([b.images for b in parts]), **fields)
+
+    def _read_all(self, groups: list[list[tuple[int, int]]], dtype: str | None,
+                  prefetch: bool) -> Iterator[Batch]:
+        if not prefetch or len(groups) < 2:
+            for g in groups:
+                yield self.read_group(g, dtype)
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="galspec-read") as pool:
-            future = pool.submit(self.read, slice(*bounds[0]), dtype)
-            for nxt in bounds[1:]:
+            future = pool.submit(self.read_group, groups[0], dtype)
+            for nxt in groups[1:]:
                 batch = future.result()
-                future = pool.submit(self.read, slice(*nxt), dtype)
+                future = pool.submit(self.read_group, nxt, dtype)
                 yield batch
             yield future.result()
 
@@ -276,6 +296,36 @@ class CutoutStore:
         for arr in (self.object_id, self.ra, self.dec, *self._index_rows()):
             h.update(np.ascontiguousarray(arr).tobytes())
         return h.hexdigest()[:16]
+
+
+def batch_groups(ranges: Iterable[tuple[int, int]], batch_size: int) -> list[list[tuple[int, int]]]:
+    """The row ranges cut into batches of ``batch_size`` rows (the last may be short), each a list
+    of slices: a batch may span ranges, so ranges smaller than a batch (small partitions) still
+    make whole batches and are read ahead."""
+    groups: list[list[tuple[int, int]]] = []
+    group: list[tuple[int, int]] = []
+    room = batch_size
+    for a, b in ranges:
+        while a < b:
+            take = min(b - a, room)
+            if group and group[-1][1] == a:
+                group[-1] = (group[-1][0], a + take)
+            else:
+                group.append((a, a + take))
+            a, room = a + take, room - take
+            if room == 0:
+                groups.append(group)
+                group, room = [], batch_size
+    if group:
+        groups.append(group)
+    return groups
+
+
+def _into(out: np.ndarray | None, images: np.ndarray) -> np.ndarray:
+    if out is None:
+        return images
+    out[...] = images
+    return out
 
 
 def ranges(pix: np.ndarray, offset: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

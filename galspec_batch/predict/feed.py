@@ -1,0 +1,138 @@
+"""The feed: store -> reused host buffers -> device -> results, each stage overlapping the next.
+
+- A reader thread reads batch k+1.. (up to ``READ_AHEAD`` batches) into buffers taken from a pool
+  of host buffers reused across batches: page-locked on a GPU (so the copy to the device runs
+  asynchronously), plain memory on the CPU (no fresh allocation, and page faults, per batch).
+- The device stage (:class:`Stage`, the predictor) uploads a batch (on a GPU: on its own CUDA
+  stream, which the compute stream waits for) and launches the network and the MC head on it
+  without waiting; only the output columns come back when its results are fetched.
+- On an asynchronous device one batch stays launched while the next is uploaded and launched,
+  so the copy of batch k+1 runs while batch k computes; a buffer goes back to the pool once its
+  batch's results are fetched (by then its copy is long done).
+
+The logic is tested on the CPU with a stand-in slow asynchronous stage (``tests/test_feed.py``).
+"""
+
+from __future__ import annotations
+
+import queue
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from galspec_batch.store import Batch, CutoutStore
+
+READ_AHEAD = 2  # batches read ahead of the one being uploaded
+
+
+class Stage(Protocol):
+    """The device side of the feed (the predictor is one)."""
+
+    asynchronous: bool  # launch returns before the work is done (a GPU)
+    pin: bool  # host buffers should be page-locked
+
+    def upload(self, images: torch.Tensor) -> torch.Tensor: ...
+    def launch(self, x: torch.Tensor, object_id: np.ndarray) -> object: ...
+    def fetch(self, launched: object) -> dict[str, np.ndarray]: ...
+
+
+class PoolClosed(Exception):
+    """The feed stopped while a read waited for a buffer."""
+
+
+class BufferPool:
+    """``n`` host buffers of ``shape`` (one batch of images), handed out and given back; ``take``
+    waits while all are in use, which bounds memory whatever the reader's speed."""
+
+    def __init__(self, n: int, shape: tuple[int, ...], dtype: np.dtype, pin: bool = False) -> None:
+        dt = torch.from_numpy(np.zeros(0, dtype)).dtype
+        self.buffers = [torch.empty(shape, dtype=dt, pin_memory=pin) for _ in range(n)]
+        self._free: queue.SimpleQueue[torch.Tensor] = queue.SimpleQueue()
+        self.closed = False
+        for b in self.buffers:
+            self._free.put(b)
+
+    def take(self) -> torch.Tensor:
+        while True:
+            try:
+                return self._free.get(timeout=0.05)
+            except queue.Empty:
+                if self.closed:  # the feed stopped: a reader waiting here gives up
+                    raise PoolClosed from None
+
+    def give(self, buffer: torch.Tensor) -> None:
+        self._free.put(buffer)
+
+
+def read_ahead(store: CutoutStore, groups: list[list[tuple[int, int]]],
+               pool: BufferPool) -> Iterator[tuple[Batch, torch.Tensor]]:
+    """Each batch of ``groups`` read into a buffer of ``pool`` (its images a view of it) by one
+    thread, ``READ_AHEAD`` batches ahead; the caller gives each buffer back when done with it."""
+
+    def read(group: list[tuple[int, int]]) -> tuple[Batch, torch.Tensor]:
+        buffer = pool.take()
+        try:
+            return store.read_group(group, None, buffer.numpy()), buffer
+        except BaseException:
+            pool.give(buffer)
+            raise
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="galspec-read") as reader:
+        pending: deque[Future] = deque(reader.submit(read, g) for g in groups[:READ_AHEAD])
+        nxt = len(pending)
+        try:
+            while pending:
+                batch, buffer = pending.popleft().result()
+                if nxt < len(groups):
+                    pending.append(reader.submit(read, groups[nxt]))
+                    nxt += 1
+                yield batch, buffer
+        finally:  # a consumer that stopped early: no read is left waiting for a buffer
+            pool.closed = True
+            for f in pending:
+                f.cancel()
+
+
+def run_feed(stage: Stage, store: CutoutStore, groups: list[list[tuple[int, int]]],
+             select: Callable[[Batch], np.ndarray] | None = None,
+             ) -> Iterator[tuple[Batch, dict[str, np.ndarray], int]]:
+    """Each batch of ``groups`` with its results and the number of rows read for it, in order.
+    ``select(batch)`` may give a boolean mask of the rows to predict (a region cut); the batch
+    is yielded cut to them, without its images (their buffer is already reading another batch)."""
+    if not groups:
+        return
+    rows = max(sum(b - a for a, b in g) for g in groups)
+    shape = (rows, len(store.bands), *store.image_shape)
+    pool = BufferPool(READ_AHEAD + 2, shape, np.dtype(store.attrs.dtype), stage.pin)
+    launched: deque[tuple[Batch, torch.Tensor, object, int]] = deque()
+    stream = read_ahead(store, groups, pool)
+    try:
+        for batch, buffer in stream:
+            n_read = len(batch.rows)
+            keep = None if select is None else select(batch)
+            if keep is not None and not keep.all():
+                batch = Batch(**{k: v[keep] for k, v in vars(batch).items()})  # a copy: the buffer is free
+            if len(batch.rows) == 0:
+                pool.give(buffer)
+                yield replace(batch, images=batch.images[:0]), {}, n_read
+                continue
+            x = stage.upload(torch.from_numpy(batch.images))
+            launched.append((batch, buffer, stage.launch(x, batch.object_id), n_read))
+            while len(launched) > int(stage.asynchronous):
+                yield _fetch(stage, pool, *launched.popleft())
+        while launched:
+            yield _fetch(stage, pool, *launched.popleft())
+    finally:
+        stream.close()
+
+
+def _fetch(stage: Stage, pool: BufferPool, batch: Batch, buffer: torch.Tensor, work: object,
+           n_read: int) -> tuple[Batch, dict[str, np.ndarray], int]:
+    out = stage.fetch(work)
+    pool.give(buffer)  # its batch's results are back: its copy to the device is long done
+    return replace(batch, images=batch.images[:0]), out, n_read

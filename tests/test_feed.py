@@ -1,0 +1,120 @@
+"""The feed's pipelining, on the CPU: a stand-in asynchronous device stage whose copy reads the host
+buffer late (as a DMA copy does) and whose compute runs on its own thread (as a CUDA stream does)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny_store
+
+from galspec_batch.predict import feed
+from galspec_batch.predict.feed import BufferPool, read_ahead, run_feed
+from galspec_batch.store import open_store
+from galspec_batch.store.reader import batch_groups
+
+
+class SlowDevice:
+    """Upload: a copy on its own 'stream' that reads the host buffer after ``copy_s``; launch: the
+    compute on another, waiting for the copy, taking ``compute_s``; fetch: the results back."""
+
+    pin = False
+
+    def __init__(self, copy_s: float, compute_s: float, asynchronous: bool = True):
+        self.copy_s, self.compute_s, self.asynchronous = copy_s, compute_s, asynchronous
+        self.copy = ThreadPoolExecutor(1)
+        self.compute = ThreadPoolExecutor(1)
+        self.buffers: set[int] = set()
+
+    def upload(self, images: torch.Tensor):
+        self.buffers.add(images.data_ptr())
+
+        def copy():
+            time.sleep(self.copy_s)
+            return images.clone()  # reads the host buffer now, as a DMA copy would
+
+        f = self.copy.submit(copy)
+        return f if self.asynchronous else f.result()
+
+    def launch(self, x, object_id: np.ndarray):
+        def compute():
+            time.sleep(self.compute_s)
+            data = x.result() if hasattr(x, "result") else x
+            return {"sum": data.float().nan_to_num().sum(dim=(1, 2, 3)).numpy(), "id": object_id.copy()}
+
+        f = self.compute.submit(compute)
+        return f if self.asynchronous else f.result()
+
+    def fetch(self, launched):
+        return launched.result() if hasattr(launched, "result") else launched
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return open_store(make_tiny_store(tmp_path_factory.mktemp("feed") / "s.zarr", n=240))
+
+
+def _truth(store) -> dict[int, float]:
+    images = store.read(slice(0, store.n_objects), dtype=None).images
+    sums = torch.from_numpy(images).float().nan_to_num().sum(dim=(1, 2, 3)).numpy()
+    return dict(zip(store.object_id.tolist(), sums.tolist(), strict=True))
+
+
+def test_async_copy_overlaps_compute_and_no_buffer_is_reused_too_early(store):
+    groups = batch_groups([(0, store.n_objects)], 20)  # 12 batches
+    truth = _truth(store)
+    timings = {}
+    for asynchronous in (False, True):
+        device = SlowDevice(copy_s=0.03, compute_s=0.03, asynchronous=asynchronous)
+        t0 = time.perf_counter()
+        seen = {}
+        for batch, out, n_read in run_feed(device, store, groups):
+            assert n_read == len(batch.rows) == len(out["id"]) and np.array_equal(out["id"], batch.object_id)
+            seen.update(zip(out["id"].tolist(), out["sum"].tolist(), strict=True))
+        timings[asynchronous] = time.perf_counter() - t0
+        assert seen == truth  # every copy read its own batch: no buffer was refilled before that
+        assert len(device.buffers) <= feed.READ_AHEAD + 2  # the same few buffers, reused
+    # 12 batches: in sequence about 12 x (copy + compute), pipelined about 12 x compute
+    assert timings[True] < 0.75 * timings[False], timings
+
+
+@pytest.mark.parametrize("read_ahead", [1, 2])
+def test_no_buffer_is_refilled_before_its_slow_copy_read_it(store, monkeypatch, read_ahead):
+    monkeypatch.setattr(feed, "READ_AHEAD", read_ahead)
+    device = SlowDevice(copy_s=0.02, compute_s=0.0)
+    seen = {}
+    for _, out, _ in run_feed(device, store, batch_groups([(0, store.n_objects)], 16)):
+        seen.update(zip(out["id"].tolist(), out["sum"].tolist(), strict=True))
+    assert seen == _truth(store) and len(device.buffers) == read_ahead + 2
+
+
+def test_reader_is_bounded_by_the_pool_and_stops_cleanly(store):
+    groups = batch_groups([(0, store.n_objects)], 10)
+    pool = BufferPool(3, (10, 5, *store.image_shape), np.dtype(store.attrs.dtype))
+    stream = read_ahead(store, groups, pool)
+    held = [next(stream) for _ in range(3)]  # the caller keeps every buffer: the reader must wait
+    assert len({b.data_ptr() for _, b in held}) == 3
+    threads = threading.active_count()
+    stream.close()  # a consumer that stops early: the waiting read gives up, nothing hangs
+    time.sleep(0.2)
+    assert threading.active_count() <= threads
+    for batch, buffer in held:  # each batch's images are a view of its buffer
+        assert np.shares_memory(batch.images, buffer.numpy())
+        np.testing.assert_array_equal(batch.images, store.read(batch.rows, dtype=None).images)
+
+
+def test_a_region_cut_keeps_the_counts_of_rows_read(store):
+    groups = batch_groups([(0, 100), (150, 240)], 32)
+    device = SlowDevice(0.0, 0.0)
+    keep_dec = lambda b: b.dec > 0  # noqa: E731
+    got, read = [], 0
+    for batch, out, n_read in run_feed(device, store, groups, keep_dec):
+        read += n_read
+        assert (batch.dec > 0).all() and len(batch.images) == 0
+        got += out.get("id", np.zeros(0)).tolist()
+    rows = np.r_[0:100, 150:240]
+    assert read == len(rows) and sorted(got) == sorted(store.object_id[rows][store.dec[rows] > 0].tolist())
