@@ -112,7 +112,12 @@ def test_default_coverage_threshold_quarantines_the_half_masked_spectrum(tmp_pat
     assert report.n_ingested == 7 and len(report.quarantined) == 1
     q = pd.read_csv(report.quarantine_file)
     assert list(q.columns) == ["path", "object_id", "reason"]
-    assert q.path[0].endswith("spec-0266-51602-0526.fits") and "43%" in q.reason[0]
+    assert q.path[0].endswith("spec-0266-51602-0526.fits")
+    # the redshift is fine; masked pixels (a bad-column half) leave the grid short
+    assert q.reason[0].endswith(
+        "spec-0266-51602-0526.fits: 43% of the rest-frame grid has data (needs 50%): 52% of the pixels "
+        "at observed 3478-8544 A are masked (and_mask set or ivar=0)"
+    )
     assert read_spectra_table(out).num_rows == 7
 
 
@@ -148,9 +153,12 @@ def test_bad_spectra_are_quarantined_naming_the_file(tmp_path):
     reasons = {Path(q.path).name: q.reason for q in report.quarantined}
     assert len(report.quarantined) == 6
     assert "duplicate object id 299535031829817344" in reasons["spec-0266-51602-0166.fits"]
-    assert "no usable redshift (Z = nan)" in reasons["spec-nanz.fits"]
-    assert "no usable redshift (Z = 0.0)" in reasons["spec-zeroz.fits"]
-    assert "ZWARNING = 4" in reasons["spec-zwarn.fits"]
+    assert reasons["spec-nanz.fits"].endswith("spec-nanz.fits: no redshift measured (Z=nan)")
+    assert "spec-zeroz.fits: Z=0.00000 is no galaxy redshift (z <= 0" in reasons["spec-zeroz.fits"]
+    assert reasons["spec-zwarn.fits"].endswith(
+        "spec-zwarn.fits: ZWARNING=4 (SMALL_DELTA_CHI2: the best fit's reduced chi2 is within 0.01 of the "
+        "next best's: an ambiguous z); pass --allow-zwarning to keep it"
+    )
     assert "truncated FITS file" in reasons["spec-trunc.fits"]
     assert "not a readable FITS file" in reasons["spec-text.fits"]
     for name, reason in reasons.items():
@@ -162,7 +170,7 @@ def test_bad_spectra_are_quarantined_naming_the_file(tmp_path):
 
 def test_single_bad_file_and_strict_raise_one_line_errors(tmp_path):
     bad = _bad_inputs(tmp_path)
-    with pytest.raises(InputError, match=r"spec-nanz\.fits: no usable redshift"):
+    with pytest.raises(InputError, match=r"spec-nanz\.fits: no redshift measured"):
         ingest_spectra([bad["nan_z"]], tmp_path / "a.parquet")
     with pytest.raises(FormatError, match=r"spec-trunc\.fits: truncated"):
         ingest_spectra([DATA, bad["truncated"]], tmp_path / "b.parquet", strict=True, min_grid_coverage=0.4)
@@ -180,7 +188,7 @@ def test_cli(tmp_path):
     r = runner.invoke(main, ["ingest-spectra", str(DATA), str(bad["nan_z"]), "-o", str(out)])
     assert r.exit_code == 0, r.output
     assert "ingested 7 objects" in r.stdout and "quarantined 2" in r.stdout
-    assert "spec-nanz.fits: no usable redshift" in r.stderr
+    assert "spec-nanz.fits: no redshift measured (Z=nan)" in r.stderr
     r = runner.invoke(main, ["ingest-spectra", str(DATA), "-o", str(out)])
     assert r.exit_code == 2 and "already exists" in r.stderr
     r = runner.invoke(main, ["ingest-spectra", str(bad["nan_z"]), "-o", str(tmp_path / "x.parquet")])
@@ -245,7 +253,10 @@ def test_high_redshift_loses_the_red_end_then_is_quarantined(tmp_path):
     high = _edit_specobj(src, tmp_path / "spec-z09.fits", Z=0.9, SPECOBJID="9")
     report = ingest_spectra([mid, high], tmp_path / "z.parquet")
     assert report.n_ingested == 1
-    assert "spec-z09.fits: covers 40% of the rest-frame grid at z = 0.9000" in report.quarantined[0].reason
+    assert report.quarantined[0].reason.endswith(
+        "spec-z09.fits: z=0.9000 puts the rest-frame grid 3387-8321 A at observed 6435-15811 A, mostly "
+        "outside the observed 3789-9186 A: 40% of the rest-frame grid has data (needs 50%)"
+    )
     flux, ivar = spectra_arrays(read_spectra_table(tmp_path / "z.parquet"))
     red_end = 10 ** _loglam_max(src) / 1.5
     assert (ivar[0][WAVE > red_end + 5] == 0).all() and (ivar[0][WAVE < red_end - 5] > 0).mean() > 0.99
@@ -254,3 +265,125 @@ def test_high_redshift_loses_the_red_end_then_is_quarantined(tmp_path):
 def _loglam_max(path: Path) -> float:
     with fits.open(path) as h:
         return float(h[1].data["loglam"][-1])
+
+
+# -- BOSS/eBOSS layout and refusals in physical terms --------------------------------------------------
+
+
+def _specobjid(plate: int, fiber: int, mjd: int, run2d: int = 26) -> int:
+    """SDSS's SPECOBJID bits: plate 50-63, fiber 38-49, mjd - 50000 24-37, run2d 10-23."""
+    return plate << 50 | fiber << 38 | (mjd - 50000) << 24 | run2d << 10
+
+
+def _boss_layout(src: Path, dst: Path, plate: int, fiber_name: str = "FIBERID") -> Path:
+    """``src`` laid out as a BOSS/eBOSS spec-lite file: the redshift row in HDU SPALL (the spAll
+    copy) with SPECOBJID a 64-bit integer, unsigned (TZERO 2**63) once the plate reaches bit 63,
+    instead of SDSS-I/II's string, and FIBERID under ``fiber_name`` (spAll-lite says FIBER)."""
+    with fits.open(src) as h:
+        row = h["SPECOBJ"].data
+        fiber, mjd = int(row["FIBERID"][0]), int(row["MJD"][0])
+        specobjid = _specobjid(plate, fiber, mjd)
+        cols = []
+        for c in h["SPECOBJ"].columns:
+            if c.name == "SPECOBJID" and specobjid >= 2**63:
+                value = np.array([specobjid], np.uint64)
+                cols.append(fits.Column("SPECOBJID", "K", bzero=2**63, array=value))
+            elif c.name == "SPECOBJID":
+                cols.append(fits.Column("SPECOBJID", "K", array=np.array([specobjid], np.int64)))
+            elif c.name == "PLATE":
+                cols.append(fits.Column("PLATE", "J", array=[plate]))
+            else:
+                name = fiber_name if c.name == "FIBERID" else c.name
+                cols.append(fits.Column(name, c.format, dim=c.dim, array=row[c.name]))
+        spall = fits.BinTableHDU.from_columns(cols, name="SPALL")
+        fits.HDUList([h[0].copy(), h["COADD"].copy(), spall]).writeto(dst)
+    return dst
+
+
+def test_boss_spall_files_ingest_to_the_same_spectrum(tmp_path):
+    legacy = DATA / "spec-0266-51602-0166.fits"
+    assert _specobjid(266, 166, 51602) == read_sdss_spectrum(legacy).object_id  # the bit layout is SDSS's
+    eboss = _boss_layout(legacy, tmp_path / "spec-8500-51602-0166.fits", plate=8500)
+    boss = _boss_layout(legacy, tmp_path / "spec-0266-51602-0166.fits", plate=266, fiber_name="FIBER")
+    with fits.open(eboss) as h:
+        assert [x.name for x in h] == ["PRIMARY", "COADD", "SPALL"] and "SPECOBJ" not in h
+        assert h["SPALL"].data["SPECOBJID"].dtype == np.uint64
+    ingest_spectra([legacy], tmp_path / "legacy.parquet")
+    for path in (eboss, boss):
+        report = ingest_spectra([path], tmp_path / f"{path.stem}.parquet")
+        assert report.n_ingested == 1 and not report.quarantined
+    ref = read_spectra_table(tmp_path / "legacy.parquet")
+    a = read_spectra_table(tmp_path / "spec-8500-51602-0166.parquet")
+    b = read_spectra_table(tmp_path / "spec-0266-51602-0166.parquet")
+    for t in (a, b):
+        for col in ("z", "ra", "dec", "norm", "mjd", "fiber"):
+            assert t[col].to_pylist() == ref[col].to_pylist(), col
+        for x, y in zip(spectra_arrays(t), spectra_arrays(ref), strict=True):
+            np.testing.assert_array_equal(x, y)
+    # eBOSS-era plate: SPECOBJID is past int64, so the id is plate-mjd-fiber
+    assert a["object_id"].to_pylist() == [plate_mjd_fiber_id(8500, 51602, 166)] == [8500516020166]
+    assert a["plate"].to_pylist() == [8500]
+    assert b["object_id"].to_pylist() == ref["object_id"].to_pylist() == [299535031829817344]
+
+
+def test_zwarning_bits_are_named():
+    assert sdss.zwarning_text(1) == "SKY: a sky fibre, no object"
+    text = sdss.zwarning_text(2**5 | 2**9 | 2**12)
+    assert text == (
+        "Z_FITLIMIT: the chi2 minimum is at the edge of the redshift range searched; "
+        "NODATA: no data for this fibre (ivar = 0 everywhere); bit 12: not a documented flag"
+    )
+
+
+def test_class_redshift_and_flux_refusals_are_physical(tmp_path):
+    good = DATA / "spec-0266-51602-0166.fits"
+    star = _edit_specobj(good, tmp_path / "spec-star.fits", CLASS="STAR", SPECOBJID="11")
+    qso = _edit_specobj(good, tmp_path / "spec-qso.fits", CLASS="QSO", SPECOBJID="12")
+    unplugged = _edit_specobj(good, tmp_path / "spec-unpl.fits", ZWARNING=2**7 | 2**2, SPECOBJID="13")
+    far = _edit_specobj(good, tmp_path / "spec-z3.fits", Z=3.0, SPECOBJID="14")
+    dark = tmp_path / "spec-dark.fits"
+    with fits.open(good) as h:
+        h[1].data["flux"] = -np.abs(h[1].data["flux"])
+        h.writeto(dark)
+    report = ingest_spectra([star, qso, unplugged, far, dark, good], tmp_path / "s.parquet")
+    assert report.n_ingested == 1
+    r = {Path(q.path).name: q.reason for q in report.quarantined}
+    assert r["spec-star.fits"] == f"{star}: CLASS=STAR (a star); pass --classes to keep it"
+    assert r["spec-qso.fits"].endswith(
+        "spec-qso.fits: CLASS=QSO (a quasar, its light dominated by the nucleus); pass --classes to keep it"
+    )
+    assert r["spec-unpl.fits"].endswith(
+        "ZWARNING=132 (SMALL_DELTA_CHI2: the best fit's reduced chi2 is within 0.01 of the next best's: an "
+        "ambiguous z; UNPLUGGED: the fibre was unplugged: no spectrum); pass --allow-zwarning to keep it"
+    )
+    assert r["spec-z3.fits"].endswith(
+        "z=3.0000 puts the rest-frame grid 3387-8321 A at observed 13548-33286 A, outside the observed "
+        "3789-9186 A: 0% of the rest-frame grid has data (needs 50%)"
+    )
+    assert r["spec-dark.fits"].endswith(
+        "the flux at observed 3460-8501 A (the rest-frame grid at z=0.0216) does not average above zero: "
+        "no continuum to normalise by"
+    )
+    # other classes on request
+    report = ingest_spectra([star, qso], tmp_path / "t.parquet", classes=("GALAXY", "QSO", "STAR"))
+    assert report.n_ingested == 2
+
+
+def test_cli_boss_and_classes(tmp_path):
+    eboss = _boss_layout(DATA / "spec-0266-51602-0166.fits", tmp_path / "spec-8500-51602-0166.fits", 8500)
+    star = _edit_specobj(DATA / "spec-0266-51630-0461.fits", tmp_path / "spec-star.fits", CLASS="STAR")
+    runner = CliRunner()
+    r = runner.invoke(main, ["ingest-spectra", str(eboss), str(star), "-o", str(tmp_path / "a.parquet"),
+                             "-q"])
+    assert r.exit_code == 0, r.output
+    assert "ingested 1 objects" in r.stdout and "quarantined 1" in r.stdout
+    assert r.stderr == f"galspec: quarantined: {star}: CLASS=STAR (a star); pass --classes to keep it\n"
+    r = runner.invoke(main, ["ingest-spectra", str(star), "-o", str(tmp_path / "b.parquet"), "-q"])
+    assert r.exit_code == 1
+    assert r.stderr == f"galspec: error: {star}: CLASS=STAR (a star); pass --classes to keep it\n"
+    r = runner.invoke(main, ["ingest-spectra", str(eboss), str(star), "-o", str(tmp_path / "c.parquet"),
+                             "--classes", "galaxy, star", "-q"])
+    assert r.exit_code == 0 and "ingested 2 objects" in r.stdout, r.output
+    r = runner.invoke(main, ["ingest-spectra", str(star), "-o", str(tmp_path / "d.parquet"),
+                             "--classes", ","])
+    assert r.exit_code == 2 and "galspec: error:" in r.stderr and "--classes" in r.stderr

@@ -112,6 +112,15 @@ class GalspecGroup(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+def echo_report(report) -> None:
+    """Print a batch's quarantined inputs (one line each, on stderr) and its summary."""
+    for q in report.quarantined[:20]:
+        click.echo(f"galspec: quarantined: {q.reason}", err=True)
+    if len(report.quarantined) > 20:
+        click.echo(f"galspec: ... and {len(report.quarantined) - 20} more", err=True)
+    click.echo(report.summary())
+
+
 # -- options shared by several commands ----------------------------------------------------------
 
 

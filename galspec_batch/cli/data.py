@@ -5,17 +5,8 @@ from __future__ import annotations
 import click
 
 from galspec_batch import defaults as D
-from galspec_batch.cli.common import out_option, overwrite_option, quiet_option
+from galspec_batch.cli.common import echo_report, out_option, overwrite_option, quiet_option
 from galspec_batch.store.format import DTYPES
-
-
-def _echo_report(report) -> None:
-    """Print the quarantined inputs (one line each, on stderr) and the summary."""
-    for q in report.quarantined[:20]:
-        click.echo(f"galspec: quarantined: {q.reason}", err=True)
-    if len(report.quarantined) > 20:
-        click.echo(f"galspec: ... and {len(report.quarantined) - 20} more", err=True)
-    click.echo(report.summary())
 
 
 def _image_size(ctx, param, text: str | None) -> tuple[int, int] | None:
@@ -25,6 +16,13 @@ def _image_size(ctx, param, text: str | None) -> tuple[int, int] | None:
     if len(parts) not in (1, 2) or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
         raise click.BadParameter(f"expected N or HxW (e.g. 64 or 64x64), got {text!r}")
     return (int(parts[0]), int(parts[-1]))
+
+
+def _classes(ctx, param, text: str) -> tuple[str, ...]:
+    names = tuple(c.strip().upper() for c in text.split(",") if c.strip())
+    if not names:
+        raise click.BadParameter(f"expected CLASS names such as GALAXY,QSO, got {text!r}")
+    return names
 
 
 @click.command("simulate")
@@ -81,7 +79,8 @@ def simulate_cmd(out, out_spectra, n, image_size, pixel_scale, seed, field, anom
 @click.option("--survey", default=D.INGEST_SURVEY, show_default=True, help="Survey name stored in the store.")
 @click.option("--flux-unit", help="Pixel unit (default: the header BUNIT, else 'unknown').")
 @click.option("--zero-point", type=click.FloatRange(-100, 100),
-              help="AB zero point of the pixels, all bands (HSC: 27; default: 22.5 for nanomaggies, "
+              help="AB zero point of the store, all bands (HSC: 27); Pan-STARRS images with EXPTIME are "
+                   f"rescaled onto it (default: {D.PS1_ZERO_POINT:g} for them, 22.5 for nanomaggies, "
                    "else unknown).")
 @click.option("--dtype", type=click.Choice(DTYPES), default=D.INGEST_DTYPE, show_default=True)
 @click.option("--codec", type=click.Choice(D.STORE_CODECS), default=D.STORE_CODEC, show_default=True,
@@ -100,7 +99,7 @@ def ingest_cmd(inputs, out, catalog, cube_bands, image_size, pixel_scale, survey
         zero_point=zero_point, dtype=dtype, codec=codec, overwrite=overwrite, strict=strict,
         progress=not quiet,
     )
-    _echo_report(report)
+    echo_report(report)
 
 
 @click.command("ingest-spectra")
@@ -109,20 +108,23 @@ def ingest_cmd(inputs, out, catalog, cube_bands, image_size, pixel_scale, survey
 @click.option("--id-from", type=click.Choice(["specobjid", "bestobjid", "plate-mjd-fiber"]),
               default=D.SPECTRA_ID_FROM, show_default=True, help="Where object ids come from.")
 @click.option("--allow-zwarning", is_flag=True, help="Keep spectra whose ZWARNING is set.")
+@click.option("--classes", callback=_classes, default=",".join(D.SPECTRA_CLASSES), show_default=True,
+              help="The pipeline CLASS values to keep, e.g. GALAXY,QSO.")
 @click.option("--min-coverage", type=click.FloatRange(0, 1), default=D.MIN_GRID_COVERAGE, show_default=True,
               help="Least fraction of the rest-frame grid a spectrum must cover.")
 @overwrite_option("table")
 @click.option("--strict", is_flag=True, help="Stop at the first bad spectrum instead of quarantining it.")
 @quiet_option
-def ingest_spectra_cmd(inputs, out, id_from, allow_zwarning, min_coverage, overwrite, strict, quiet) -> None:
-    """SDSS spec-*.fits spectra (files or directories) into a rest-frame spectra table."""
+def ingest_spectra_cmd(inputs, out, id_from, allow_zwarning, classes, min_coverage, overwrite, strict,
+                       quiet) -> None:
+    """SDSS and BOSS/eBOSS spec-*.fits spectra (files or directories) into a rest-frame spectra table."""
     from galspec_batch.ingest.sdss import ingest_spectra
 
     report = ingest_spectra(
         inputs, out, id_from=id_from, allow_zwarning=allow_zwarning, min_grid_coverage=min_coverage,
-        overwrite=overwrite, strict=strict, progress=not quiet,
+        classes=classes, overwrite=overwrite, strict=strict, progress=not quiet,
     )
-    _echo_report(report)
+    echo_report(report)
 
 
 COMMANDS = (simulate_cmd, ingest_cmd, ingest_spectra_cmd)

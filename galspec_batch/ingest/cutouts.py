@@ -21,6 +21,12 @@ the two axes), recorded in the store; cutouts are never resampled, so a differen
 shape is an error for that object unless ``image_size`` asks for a centre crop/pad (padding is
 NaN: no data). A missing band is zero-filled with mask False (flag MISSING_BAND); NaN pixels are
 kept and flagged (NAN_PIXELS).
+
+Pan-STARRS (``ingest.ps1``): a 2-d image with ``BSOFTEN`` and ``BOFFSET`` (PS1 stack images) is
+turned from asinh-scaled back into linear flux; a PS1 image with ``EXPTIME`` carries its AB zero
+point, ``25 + 2.5 log10(EXPTIME)``. The store has one zero point a band: ``zero_point`` when given,
+else 25 for PS1 images (each plane rescaled onto it, ``10**(0.4 * (25 - zp))``), else 22.5 for
+nanomaggies or unknown; the rule is ``ps1.ZeroPoints``.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from astropy.wcs.utils import proj_plane_pixel_scales
 from galspec_batch import defaults as D
 from galspec_batch.columns import OBJECT_ID
 from galspec_batch.errors import FormatError, GalspecError, InputError, MissingFileError
+from galspec_batch.ingest import ps1
 from galspec_batch.ingest.fitsio import first_image_hdu, fits_stem, is_fits_name, read_fits
 from galspec_batch.ingest.quarantine import IngestReport, Quarantined, check_output_free, finish
 from galspec_batch.progress import track
@@ -72,7 +79,8 @@ class ObjectFiles:
 
 @dataclass
 class Cutout:
-    """One object read and checked: ``image`` [bands, H, W] float32 in the store's band order."""
+    """One object read and checked: ``image`` [bands, H, W] float32 in the store's band order, linear
+    flux; ``zero_points`` the header AB zero points of the bands that have one."""
 
     object_id: int
     ra: float
@@ -81,6 +89,7 @@ class Cutout:
     mask: np.ndarray
     pixel_scale: float | None
     unit: str | None
+    zero_points: dict[str, float] = field(default_factory=dict)
 
 
 def parse_bands(text: str) -> tuple[str, ...]:
@@ -257,8 +266,10 @@ def load_object(
         raise InputError(obj.problem)
     planes: dict[str, tuple[np.ndarray, Path]] = {}
     headers: dict[str, object] = {}
+    zero_points: dict[str, float] = {}
     if obj.cube is not None:
         data, header = _read_image(obj.cube)
+        data, zp = ps1.calibrate(data, header, obj.cube)
         if data.ndim == 3:
             names = _cube_band_names(header, data.shape[0], cube_bands, obj.cube)
             planes = {b: (plane, obj.cube) for b, plane in zip(names, data, strict=True)}
@@ -271,6 +282,7 @@ def load_object(
                 )
             planes = {band: (data, obj.cube)}
         headers = dict.fromkeys(planes, header)
+        zero_points = dict.fromkeys(planes, zp) if zp is not None else {}
     else:
         for band, path in obj.files.items():
             data, header = _read_image(path)
@@ -279,7 +291,10 @@ def load_object(
             in_header = _header_band(header)
             if in_header is not None and in_header != band:
                 raise InputError(f"{path}: listed as band {band} but its header filter is {in_header}")
+            data, zp = ps1.calibrate(data, header, path)
             planes[band], headers[band] = (data, path), header
+            if zp is not None:
+                zero_points[band] = zp
     unknown = sorted(set(planes) - set(bands))
     if unknown:
         raise InputError(f"object {obj.name}: bands {unknown} are not among the store's bands {bands}")
@@ -316,7 +331,7 @@ def load_object(
             raise InputError(f"{source}: header {found[0][0]} = {found[0][1]!r} is not an int64 object id")
         object_id = int(found[0][1]) if found else object_id_from_name(obj.name)
     unit = str(header["BUNIT"]) if "BUNIT" in header else None
-    return Cutout(int(object_id), float(ra), float(dec), image, mask, scale, unit)
+    return Cutout(int(object_id), float(ra), float(dec), image, mask, scale, unit, zero_points)
 
 
 def ingest_cutouts(
@@ -341,9 +356,11 @@ def ingest_cutouts(
 ) -> IngestReport:
     """FITS cutouts (files, directories or a catalog CSV) into a new cutout store at ``output``.
 
-    Per-object problems (unreadable file, mismatched band shapes, duplicate id, a shape or pixel
-    scale unlike the store's) are quarantined in ``<output>.quarantine.csv`` while the rest go on;
-    with ``strict`` the first problem raises instead. Raises InputError when nothing was ingested.
+    Per-object problems (unreadable file, mismatched band shapes, duplicate id, a shape, pixel
+    scale or zero point unlike the store's, PS1 scaling that cannot be undone) are quarantined in
+    ``<output>.quarantine.csv`` while the rest go on; with ``strict`` the first problem raises
+    instead. Raises InputError when nothing was ingested. ``zero_point`` is the store's in every
+    band; header zero points are rescaled onto it (``ps1.ZeroPoints``).
     """
     output = Path(output)
     check_output_free(output, overwrite)
@@ -352,6 +369,7 @@ def ingest_cutouts(
         raise InputError("give FITS files or a catalog CSV, not both")
     objects = objects_from_catalog(catalog) if catalog is not None else find_objects(inputs)
     shape, scale = image_size, pixel_scale
+    zero_points = ps1.ZeroPoints(tuple(bands), zero_point)
     quarantined: list[Quarantined] = []
     seen: dict[int, str] = {}
     buffer: list[Cutout] = []
@@ -364,6 +382,8 @@ def ingest_cutouts(
             try:
                 cut = load_object(obj, bands, cube_bands, image_size)
                 _check_consistent(cut, label, seen, shape, scale)
+                zero_points.apply(cut.image, cut.mask, cut.zero_points, flux_unit or cut.unit or "unknown",
+                                  label)
             except (GalspecError, FileNotFoundError) as exc:
                 if strict:
                     raise
@@ -381,7 +401,7 @@ def ingest_cutouts(
                         pixel_scale=scale,
                         survey=survey,
                         flux_unit=flux_unit or cut.unit or "unknown",
-                        zero_points=None if zero_point is None else dict.fromkeys(bands, zero_point),
+                        zero_points=zero_points.store,
                         dtype=dtype,
                         codec=codec,
                         partition_order=partition_order,
