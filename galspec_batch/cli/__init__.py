@@ -7,7 +7,7 @@ from __future__ import annotations
 import click
 
 from galspec_batch import __version__
-from galspec_batch.cli import analysis, data, demo, predict, submit, train, vae
+from galspec_batch.cli import analysis, data, demo, download, predict, submit, train, vae
 from galspec_batch.cli.common import GalspecGroup
 
 
@@ -17,6 +17,6 @@ def main() -> None:
     """Predict galaxy spectra from multi-band images, at survey scale."""
 
 
-for _module in (data, vae, train, predict, submit, analysis, demo):
+for _module in (data, download, vae, train, predict, submit, analysis, demo):
     for _command in _module.COMMANDS:
         main.add_command(_command)
