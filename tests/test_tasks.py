@@ -101,3 +101,19 @@ def test_a_damaged_partition_fails_alone_and_a_rerun_finishes(tmp_path, tiny_che
                            max_task_rows=16)
     assert done.partitions_done == len(failed) and done.partitions_skipped == len(parts) - len(failed)
     assert np.array_equal(np.sort(_frame(out).object_id), np.sort(s.object_id))
+
+
+def test_a_region_that_misses_whole_slices_writes_what_it_holds(tiny_store, tiny_checkpoint, tmp_path):
+    s = open_store(tiny_store)
+    big = max(s.partitions(), key=lambda p: p.n)
+    row = big.ranges[0][0] + 1  # one object of the big partition: most of its slices hold none
+    region = f"cone:{s.ra[row]},{s.dec[row]},0.01"
+    frames = []
+    for limit in (None, 16):
+        out = tmp_path / f"cut-{limit}"
+        opts = PredictOptions(mc_samples=4, engine="eager", batch_size=8, region=region)
+        predict_catalog(tiny_store, tiny_checkpoint, out, opts, cluster="none", progress=False,
+                        max_task_rows=limit)
+        frames.append(_frame(out).drop(columns="model_id"))
+    assert frames[0].object_id.tolist() == [int(s.object_id[row])]
+    pd.testing.assert_frame_equal(frames[0], frames[1])

@@ -117,11 +117,13 @@ def run_feed(stage: Stage, store: CutoutStore, groups: list[list[tuple[int, int]
             keep = None if select is None else select(batch)
             if keep is not None and not keep.all():
                 batch = Batch(**{k: v[keep] for k, v in vars(batch).items()})  # a copy: the buffer is free
-            if len(batch.rows) == 0:
-                pool.give(buffer)
-                yield replace(batch, images=batch.images[:0]), {}, n_read
-                continue
-            x = stage.upload(torch.from_numpy(batch.images))
+                if len(batch.rows) == 0:
+                    pool.give(buffer)
+                    yield replace(batch, images=batch.images[:0]), {}, n_read
+                    continue
+                x = stage.upload(torch.from_numpy(batch.images))
+            else:  # the pool's own tensor: torch then knows the copy reads pinned memory
+                x = stage.upload(buffer[:n_read])
             launched.append((batch, buffer, stage.launch(x, batch.object_id), n_read))
             while len(launched) > int(stage.asynchronous):
                 yield _fetch(stage, pool, *launched.popleft())

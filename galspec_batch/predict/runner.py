@@ -1,10 +1,11 @@
-"""The batch runner: a store in, a HATS catalog out, one Dask task per sky partition.
+"""The batch runner: a store in, a HATS catalog out, in tasks of bounded size.
 
 The coordinator plans the partitions (optionally cut to a region), begins or resumes the
-catalog, submits the pending partitions to a Dask cluster (or runs them in-process), shows a
-progress bar, and finalizes the catalog once every partition is written. Dask retries the task
-of a worker that died; a partition that keeps failing is recorded as failed and the run ends
-with an error naming it, leaving the rest for a rerun.
+catalog, cuts the pending partitions into tasks (:mod:`galspec_batch.predict.tasks`), submits
+them to a Dask cluster (or runs them in-process), shows a progress bar, and finalizes the
+catalog once every partition is written. The partition stays the unit of output and resume.
+Dask retries the task of a worker that died; a partition that keeps failing is recorded as
+failed and the run ends with an error naming it, leaving the rest for a rerun.
 """
 
 from __future__ import annotations
@@ -155,10 +156,12 @@ def _run(jobs: list[TaskJob], spec: ModelSpec, cluster: object, workers: int, re
                 results = _run_dask(client, jobs, spec, retries)
             for parts, result in results:
                 if isinstance(result, BaseException):
+                    why = f"{type(result).__name__}: {first_line(result)}"
                     for p in parts:
                         if check_partition(out, p.order, p.pixel) is not None:  # not written
-                            failed[p.name] = f"{type(result).__name__}: {first_line(result)}"
-                            mark_failed(out, p.order, p.pixel, result)
+                            # a packed task stops at its first failing partition; the rest never ran
+                            failed[p.name] = why if p.name in why else f"not run: its task stopped ({why})"
+                            mark_failed(out, p.order, p.pixel, failed[p.name])
                 elif client is not None:
                     advance(result["rows"])
     return failed
@@ -206,7 +209,7 @@ def _default_workers(cluster: object) -> int:
 
 
 def _run_local(jobs: list[TaskJob], spec: ModelSpec, advance) -> Iterator[tuple[list[Partition], object]]:
-    slices: dict[tuple[int, int], list[dict]] = {}
+    slices: dict[Partition, list[dict]] = {}
     for job in jobs:
         try:
             result = run_task(job, spec, on_rows=advance)
@@ -216,42 +219,59 @@ def _run_local(jobs: list[TaskJob], spec: ModelSpec, advance) -> Iterator[tuple[
         yield [], result
         for piece in job.task.pieces:
             if not piece.whole:
-                done = slices.setdefault((piece.partition.order, piece.partition.pixel), [])
+                done = slices.setdefault(piece.partition, [])
                 done.append(result)
                 if len(done) == piece.of:
+                    del slices[piece.partition]  # its rows are written now: not kept to the end
                     try:
                         yield [piece.partition], write_slices(job.catalog, piece.partition, piece.of, *done)
                     except Exception as exc:  # noqa: BLE001 - as above
                         yield [piece.partition], exc
 
 
+def _summary(result: dict) -> dict:
+    """What the coordinator needs of a task's result (not the slices' rows)."""
+    return {"rows": result["rows"], "written": result["written"]}
+
+
 def _run_dask(client, jobs: list[TaskJob], spec: ModelSpec, retries: int):
-    """Submit the tasks largest first (ranked so, so that no big one starts last and runs alone),
-    and for each partition cut into slices a task that writes it once its slices are done."""
+    """Run the tasks on Dask (see ``_submit``); each finished one's partitions and summary."""
     from distributed import as_completed
 
+    watched = _submit(client, jobs, spec, retries)
+    for fut in as_completed(list(watched)):
+        parts = watched.pop(fut)
+        try:
+            yield parts, fut.result()
+        except Exception as exc:  # noqa: BLE001 - a task's failure is recorded, the run goes on
+            yield parts, exc
+
+
+def _submit(client, jobs: list[TaskJob], spec: ModelSpec, retries: int) -> dict:
+    """Submit the tasks largest first (ranked so, so that no big one starts last and runs alone),
+    and for each partition cut into slices a task that writes it once its slices are done. Only
+    summaries are watched here: a slice's rows go from worker to worker and are released once
+    written, as no reference to a task's full result is kept."""
     run = f"{os.getpid()}-{time.time_ns()}"
     numbers = itertools.count()
 
     def key(what: str) -> str:
         return f"galspec-{what}-{run}-{next(numbers)}"
 
-    futures = {client.submit(run_task, job, spec, key=key("task"), retries=retries, pure=False,
-                             priority=job.task.n): job.task.partitions for job in jobs}
+    watched: dict = {}
     by_partition: dict[Partition, list] = {}
-    for fut, job in zip(futures, jobs, strict=True):
+    for job in jobs:
+        task = client.submit(run_task, job, spec, key=key("task"), retries=retries, pure=False,
+                             priority=job.task.n)
+        watched[client.submit(_summary, task, key=key("summary"), pure=False)] = job.task.partitions
         for piece in job.task.pieces:
             if not piece.whole:
-                by_partition.setdefault(piece.partition, []).append((fut, piece.of))
-    for part, found in by_partition.items():
-        fut = client.submit(write_slices, jobs[0].catalog, part, found[0][1], *[f for f, _ in found],
-                            key=key("write"), retries=retries, pure=False, priority=part.n)
-        futures[fut] = [part]
-    for fut in as_completed(futures):
-        try:
-            yield futures[fut], fut.result()
-        except Exception as exc:  # noqa: BLE001 - a task's failure is recorded, the run goes on
-            yield futures[fut], exc
+                by_partition.setdefault(piece.partition, []).append(task)
+    for part, tasks in by_partition.items():
+        write = client.submit(write_slices, jobs[0].catalog, part, len(tasks), *tasks, key=key("write"),
+                              retries=retries, pure=False, priority=part.n)
+        watched[write] = [part]
+    return watched
 
 
 @contextlib.contextmanager

@@ -35,7 +35,8 @@ from galspec_batch.predict.worker import ModelSpec, Predictor, get_predictor
 from galspec_batch.store import Partition, open_store
 from galspec_batch.store.reader import batch_groups
 
-_COLUMNS = ("object_id", "ra", "dec", "healpix_29", "flags")
+_COLUMNS = {"object_id": np.int64, "ra": np.float64, "dec": np.float64, "healpix_29": np.int64,
+            "flags": np.uint16}
 
 
 class PieceFailed(GalspecError, RuntimeError):
@@ -126,7 +127,7 @@ def _written_by(predictor: Predictor) -> dict:
 def _table(job: TaskJob, spec: ModelSpec, acc: dict[str, list[np.ndarray]]) -> pa.Table:
     """One piece's catalog rows; a prediction that is not a finite number is never written as one:
     null, and the row flagged."""
-    cat = {k: np.concatenate(acc[k]) if k in acc else np.zeros(0) for k in _COLUMNS}
+    cat = {k: np.concatenate(acc[k]) if k in acc else np.zeros(0, dtype) for k, dtype in _COLUMNS.items()}
     out = {k: np.concatenate(v) for k, v in acc.items() if k not in _COLUMNS}
     n = len(cat["object_id"])
     bad = ~np.all([np.isfinite(v).all(axis=1) for v in out.values()], axis=0) if n else np.zeros(0, bool)
