@@ -77,7 +77,8 @@ def test_async_copy_overlaps_compute_and_no_buffer_is_reused_too_early(store):
             seen.update(zip(out["id"].tolist(), out["sum"].tolist(), strict=True))
         timings[asynchronous] = time.perf_counter() - t0
         assert seen == truth  # every copy read its own batch: no buffer was refilled before that
-        assert len(device.buffers) <= feed.READ_AHEAD + 2  # the same few buffers, reused
+        # the same few buffers, reused: one read ahead on a synchronous device, more on an asynchronous
+        assert len(device.buffers) == (feed.READ_AHEAD + 2 if asynchronous else 2)
     # 12 batches: in sequence about 12 x (copy + compute), pipelined about 12 x compute
     assert timings[True] < 0.75 * timings[False], timings
 

@@ -1,6 +1,6 @@
 """The feed: store -> reused host buffers -> device -> results, each stage overlapping the next.
 
-- A reader thread reads batch k+1.. (up to ``READ_AHEAD`` batches) into buffers taken from a pool
+- A reader thread reads the next batches (``READ_AHEAD`` on a GPU, one on the CPU) into buffers from a pool
   of host buffers reused across batches: page-locked on a GPU (so the copy to the device runs
   asynchronously), plain memory on the CPU (no fresh allocation, and page faults, per batch).
 - The device stage (:class:`Stage`, the predictor) uploads a batch (on a GPU: on its own CUDA
@@ -27,7 +27,8 @@ import torch
 
 from galspec_batch.store import Batch, CutoutStore
 
-READ_AHEAD = 2  # batches read ahead of the one being uploaded
+READ_AHEAD = 2  # batches read ahead of the one being uploaded, on a GPU (on the CPU, which computes
+# a batch far slower than it reads one, 1: at 224 px a batch of 256 is 128 MB)
 
 
 class Stage(Protocol):
@@ -69,10 +70,10 @@ class BufferPool:
         self._free.put(buffer)
 
 
-def read_ahead(store: CutoutStore, groups: list[list[tuple[int, int]]],
-               pool: BufferPool) -> Iterator[tuple[Batch, torch.Tensor]]:
+def read_ahead(store: CutoutStore, groups: list[list[tuple[int, int]]], pool: BufferPool,
+               ahead: int = READ_AHEAD) -> Iterator[tuple[Batch, torch.Tensor]]:
     """Each batch of ``groups`` read into a buffer of ``pool`` (its images a view of it) by one
-    thread, ``READ_AHEAD`` batches ahead; the caller gives each buffer back when done with it."""
+    thread, ``ahead`` batches ahead; the caller gives each buffer back when done with it."""
 
     def read(group: list[tuple[int, int]]) -> tuple[Batch, torch.Tensor]:
         buffer = pool.take()
@@ -83,7 +84,7 @@ def read_ahead(store: CutoutStore, groups: list[list[tuple[int, int]]],
             raise
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="galspec-read") as reader:
-        pending: deque[Future] = deque(reader.submit(read, g) for g in groups[:READ_AHEAD])
+        pending: deque[Future] = deque(reader.submit(read, g) for g in groups[:ahead])
         nxt = len(pending)
         try:
             while pending:
@@ -108,9 +109,11 @@ def run_feed(stage: Stage, store: CutoutStore, groups: list[list[tuple[int, int]
         return
     rows = max(sum(b - a for a, b in g) for g in groups)
     shape = (rows, len(store.bands), *store.image_shape)
-    pool = BufferPool(READ_AHEAD + 2, shape, np.dtype(store.attrs.dtype), stage.pin)
+    ahead = READ_AHEAD if stage.asynchronous else 1
+    # buffers: those read ahead, the one being uploaded, and on a GPU the one still launched
+    pool = BufferPool(ahead + 1 + int(stage.asynchronous), shape, np.dtype(store.attrs.dtype), stage.pin)
     launched: deque[tuple[Batch, torch.Tensor, object, int]] = deque()
-    stream = read_ahead(store, groups, pool)
+    stream = read_ahead(store, groups, pool, ahead)
     try:
         for batch, buffer in stream:
             n_read = len(batch.rows)
