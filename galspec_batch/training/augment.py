@@ -14,16 +14,19 @@ def d4_transform(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.flip(y, dims=(-1,)) if k >= 4 else y
 
 
+def d4_elements(h: int, w: int) -> tuple[int, ...]:
+    """The D4 elements that keep an [h, w] image's shape: all 8 when square, else 0, 2, 4, 6."""
+    return tuple(range(N_D4)) if h == w else (0, 2, 4, 6)
+
+
 def random_d4(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """Each image of a batch [N, B, H, W] under its own random D4 element (all bands alike).
 
     Non-square images only get the 4 elements that keep their shape (identity, rot180, flips).
+    One gather of every pixel, in the pixel order of each image's element.
     """
-    square = x.shape[-1] == x.shape[-2]
-    choices = torch.arange(N_D4) if square else torch.tensor([0, 2, 4, 6])
-    ks = choices[torch.randint(len(choices), (x.shape[0],), generator=generator)]
-    out = torch.empty_like(x)
-    for k in ks.unique().tolist():
-        idx = torch.nonzero(ks == k).flatten()
-        out[idx] = d4_transform(x[idx], k)
-    return out
+    n, b, h, w = x.shape
+    base = torch.arange(h * w).view(h, w)
+    orders = torch.stack([d4_transform(base, k).reshape(-1) for k in d4_elements(h, w)])
+    index = orders[torch.randint(len(orders), (n,), generator=generator)]
+    return x.flatten(2).gather(2, index[:, None, :].expand(n, b, h * w)).view_as(x)

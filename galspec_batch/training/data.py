@@ -69,7 +69,8 @@ class ImageSource:
     def get(self, pos: np.ndarray) -> np.ndarray:
         """float32 images [n, B, H, W] at positions ``pos`` (NaN kept)."""
         if self._images is not None:
-            return self._images[pos].astype(np.float32)
+            # torch converts float16 with vector instructions, several times faster than numpy's astype
+            return torch.from_numpy(self._images[pos]).float().numpy()
         order = np.argsort(self.rows[pos], kind="stable")
         out = np.empty((len(pos), len(self.store.bands), *self.store.image_shape), np.float32)
         out[order] = self.store.read(self.rows[pos][order]).images
