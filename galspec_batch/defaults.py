@@ -44,6 +44,11 @@ LOSS = "beta-nll"
 BETA_NLL = 0.5  # Seitzer et al. (2022): their recommended beta
 HEAD = "gaussian"
 VAL_FRACTION = 0.2
+# the training step's arithmetic: fp32, or bf16 autocast (convolutions and matmuls in bfloat16, weights,
+# optimiser and deconvolution statistics in float32): x1.3-1.9 on a CPU with avx512_bf16
+# (bench/bench_training.py); results differ at bfloat16's precision, so it is asked for, not the default
+TRAIN_PRECISIONS = ("fp32", "bf16")
+TRAIN_PRECISION = "fp32"
 
 # export
 EXPORT_FORMATS = ("onnx", "tensorrt")
@@ -76,8 +81,9 @@ DOWNLOAD_TIMEOUT = 60.0  # seconds to connect, and for each read of the answer
 DOWNLOAD_RETRIES = 5  # tries after the first, on 429/5xx, timeouts, dropped connections, bad bodies
 DOWNLOAD_BACKOFF = 2.0  # seconds before the first retry; doubled each time, with jitter
 DOWNLOAD_BACKOFF_MAX = 120.0
-DOWNLOAD_RETRY_AFTER_MAX = 600.0  # a server that asks for a longer wait fails the request instead
+DOWNLOAD_RETRY_AFTER_MAX = 600.0  # a server that asks for a longer wait stops the run (rerun later)
 DOWNLOAD_MAX_BYTES = 256 << 20  # a larger answer is refused: no cutout or spectrum is that big
+DOWNLOAD_DEADLINE_TIMEOUTS = 10  # a whole answer must come within this many timeouts (600 s by default)
 CUTOUT_SURVEYS = ("ps1", "legacy")
 CUTOUT_SURVEY = "ps1"
 CUTOUT_SIZE = 224  # pixels a side (the paper's input)

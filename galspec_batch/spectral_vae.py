@@ -170,6 +170,21 @@ def chi2_per_dof(flux: np.ndarray, ivar: np.ndarray, model: np.ndarray) -> np.nd
     return (r2.sum(axis=1) / np.maximum(valid.sum(axis=1), 1)).astype(np.float64)
 
 
+def _n_validation(n: int, settings: VAESettings) -> int:
+    return max(1, int(round(settings.val_fraction * n)))
+
+
+def min_vae_spectra(settings: VAESettings = VAESettings()) -> int:
+    """The fewest spectra :func:`fit_vae` trains on: 8, and a quarter batch left once the
+    validation split is taken."""
+    if not 0 <= settings.val_fraction < 1:
+        raise UsageError(f"the VAE's val_fraction must be in [0, 1), got {settings.val_fraction}")
+    n = 8
+    while n - _n_validation(n, settings) < settings.batch_size // 4:
+        n += 1
+    return n
+
+
 def fit_vae(
     flux,
     ivar,
@@ -181,9 +196,9 @@ def fit_vae(
     """Train a VAE on spectra [N, 1000]; early stopping on a seeded validation split."""
     flux, ivar = validate_spectra(flux, ivar)
     n = len(flux)
-    n_val = max(1, int(round(settings.val_fraction * n)))
-    if n - n_val < settings.batch_size // 4 or n < 8:
-        raise InputError(f"{n} spectra are too few to train a VAE (need at least {max(8, n_val + 16)})")
+    n_val, least = _n_validation(n, settings), min_vae_spectra(settings)
+    if n < least:
+        raise InputError(f"{n} spectra are too few to train a VAE (need at least {least})")
     if n_latent < 1:
         raise UsageError(f"--latents must be >= 1, got {n_latent}")
 

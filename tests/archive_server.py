@@ -28,6 +28,7 @@ PS1_SCALE, LEGACY_SCALE = 0.25, 0.262
 PS1_HEADER = "projcell subcell ra dec filter mjd type filename shortname badflag"
 EXPTIME = 1000.0  # seconds, in the PS1 cutouts' headers
 BOSS_SPEC = (7000, 56666, 12)  # a BOSS-era spectrum served at the eBOSS path (see boss_spectrum)
+TRICKLE_SECONDS = 3.0
 HTML_PAGE = (b"<!DOCTYPE html><html><head><title>503 Service Temporarily Unavailable</title></head>"
              b"<body><h1>Service Temporarily Unavailable</h1><p>Please try again later.</p></body></html>")
 
@@ -49,7 +50,9 @@ class Fault:
     seconds before answering), ``truncate`` (half the body under the full Content-Length),
     ``html`` (an error page with status 200), ``band`` (the FITS of band ``arg``), ``shape``
     (a cutout of the wrong size), ``zeros`` (a Legacy cube of zeros: no data there), ``drop`` (the
-    connection closed without an answer)."""
+    connection closed without an answer), ``trickle`` (a byte of the body every ``arg`` seconds, for
+    TRICKLE_SECONDS at most, then the connection closed), ``bomb`` (a small tile-compressed FITS
+    image of zeros, ``arg`` x ``arg`` pixels once decompressed)."""
 
     kind: str
     arg: object = None
@@ -111,27 +114,52 @@ def legacy_bytes(obj: SkyObject, bands: str, size: int, zeros: bool = False) -> 
     return _fits_bytes(fits.PrimaryHDU(np.zeros_like(data) if zeros else data, header))
 
 
+@functools.lru_cache(maxsize=4)
+def bomb_bytes(side: int) -> bytes:
+    """A tile-compressed FITS image of zeros: a few kB that decompress to ``side``^2 float32 pixels."""
+    buf = io.BytesIO()
+    hdu = fits.CompImageHDU(np.zeros((side, side), np.float32), compression_type="GZIP_1")
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(buf)
+    return buf.getvalue()
+
+
 def ps1_filename(obj: SkyObject, band: str) -> str:
     cell, sub = 1000 + obj.object_id % 1000, obj.object_id % 100
     cellname = f"rings.v3.skycell.{cell:04d}.{sub:03d}"
     return f"/rings.v3.skycell/{cell:04d}/{sub:03d}/{cellname}.stk.{band}.unconv.fits"
 
 
+def specobjid(plate: int, mjd: int, fiber: int, run2d: int) -> int:
+    """SDSS's SPECOBJID: plate, fiber, MJD - 50000 and run2d in bits 50, 38, 24 and 10."""
+    return (plate << 50) + (fiber << 38) + ((mjd - 50000) << 24) + (run2d << 10)
+
+
 @functools.cache
-def boss_spectrum() -> bytes:
-    """A BOSS-style lite file: a real SDSS-I spectrum whose catalog HDU is named SPALL (as BOSS and
-    eBOSS files name it), renumbered to plate 7000, MJD 56666, fiber 12, with the SPECOBJID those
-    make (plate, fiber, MJD - 50000 and run2d v5_13_2 in bits 50, 38, 24 and 10)."""
-    with fits.open(SDSS_DIR / "spec-0266-51602-0001.fits") as hdul:
-        hdul = fits.HDUList([h.copy() for h in hdul])
-    hdul[2].name = "SPALL"
-    plate, mjd, fiber = BOSS_SPEC
-    for col, value in zip(("PLATE", "MJD", "FIBERID"), BOSS_SPEC, strict=True):
-        hdul[2].data[col][0] = value
-    hdul[2].data["SPECOBJID"][0] = str((plate << 50) + (fiber << 38) + ((mjd - 50000) << 24) + (1302 << 10))
+def renumbered_spectrum(source: str, plate: int, mjd: int, fiber: int, run2d: int = 26,
+                        table: str = "SPECOBJ", at: tuple[float, float] | None = None) -> bytes:
+    """A copy of the real SDSS file ``source`` under another plate, MJD and fiber (and the
+    SPECOBJID they make), its catalog HDU named ``table``, moved to ``at`` (ra, dec) if given; the
+    spectrum, its redshift and every other value stay the real ones."""
     buf = io.BytesIO()
-    hdul.writeto(buf)
+    with fits.open(SDSS_DIR / source, memmap=False) as hdul:  # in memory: changed here, not on disk
+        hdul[2].name = table
+        row = {"PLATE": plate, "MJD": mjd, "FIBERID": fiber,
+               "SPECOBJID": str(specobjid(plate, mjd, fiber, run2d))}
+        if at is not None:
+            row |= {"PLUG_RA": at[0], "PLUG_DEC": at[1]}
+            hdul[0].header["PLUG_RA"], hdul[0].header["PLUG_DEC"] = at
+        for col, value in row.items():
+            hdul[2].data[col][0] = value
+        hdul[0].header["PLATEID"], hdul[0].header["MJD"], hdul[0].header["FIBERID"] = plate, mjd, fiber
+        hdul.writeto(buf)
     return buf.getvalue()
+
+
+def boss_spectrum() -> bytes:
+    """A BOSS-style lite file: the real SDSS-I spectrum spec-0266-51602-0001 whose catalog HDU is
+    named SPALL (as BOSS and eBOSS files name it), renumbered to plate 7000, MJD 56666, fiber 12
+    (run2d v5_13_2 in the SPECOBJID as 1302)."""
+    return renumbered_spectrum("spec-0266-51602-0001.fits", *BOSS_SPEC, run2d=1302, table="SPALL")
 
 
 def sas_files() -> dict[str, bytes]:
@@ -245,6 +273,8 @@ class _Handler(BaseHTTPRequestHandler):
             elif kind == "band":
                 o = self.archive.find(q)
                 body = ps1_bytes(o, str(fault.arg), int(q["size"]))
+            elif kind == "bomb":
+                body = bomb_bytes(int(fault.arg))
             elif kind == "zeros":
                 body = legacy_bytes(self.archive.find(q), q["bands"], int(q["size"]), zeros=True)
             elif kind == "shape":
@@ -256,6 +286,16 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in headers.items():
             self.send_header(k, v)
         self.end_headers()
+        if kind == "trickle":
+            end = time.monotonic() + TRICKLE_SECONDS
+            for k in range(len(body)):
+                if time.monotonic() > end:
+                    break
+                self.wfile.write(body[k:k + 1])
+                self.wfile.flush()
+                time.sleep(float(fault.arg))
+            self.close_connection = True
+            return
         if kind == "truncate":
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()

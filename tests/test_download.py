@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import resource
 import signal
 import subprocess
 import sys
@@ -34,10 +35,10 @@ from click.testing import CliRunner
 
 from galspec_batch import __version__
 from galspec_batch import defaults as D
-from galspec_batch.archive import CutoutRequest, HttpSettings, download_cutouts, download_spectra, legacy
+from galspec_batch.archive import CutoutRequest, HttpSettings, download_cutouts, download_spectra, legacy, ps1
 from galspec_batch.archive.cutouts import SURVEYS, cache_folder
 from galspec_batch.archive.http import RateLimiter, parse_retry_after, user_agent
-from galspec_batch.archive.manifest import MANIFEST_NAME
+from galspec_batch.archive.manifest import MANIFEST_NAME, Manifest
 from galspec_batch.archive.sdss import spectrum_key
 from galspec_batch.cli import main
 from galspec_batch.errors import UsageError
@@ -372,3 +373,101 @@ def test_command_line(tmp_path):
         for bad in (["-o", str(sp), "--retries", "-1"], ["-o", str(spec_cat)]):  # the second: a file
             r = run("spectra", "--catalog", str(spec_cat), *bad)
             assert r.exit_code == 2 and r.stderr.startswith("galspec: error: "), (bad, r.stderr)
+
+
+def test_a_long_retry_after_stops_the_run_and_the_rerun_resumes(tmp_path):
+    objects = [SkyObject(601 + k, 70.0 + k / 10, 4.0) for k in range(8)]
+    # the fifth object's file list: 429 with a Retry-After past retry_after_max (600 s)
+    archive = Archive(objects, {"list:605": [Fault("status", 3600, 429)]})
+    cat, out = _catalog(tmp_path / "c.csv", objects), tmp_path / "s.zarr"
+    with ArchiveServer(archive) as server:
+        args = ["download", "cutouts", "--catalog", str(cat), "-o", str(out), "--size", "16", "--base-url",
+                server.url, "--rate", "50", "--backoff", "0.01", "-q"]
+        r = CliRunner().invoke(main, args, catch_exceptions=False)
+        log = archive.requests()
+        busy = next(k for k, x in enumerate(log) if x.status == 429)
+        kept = sum(e["kind"] == "file" for e in _manifest(cache_folder(out)))
+        url = server.url + ps1.filelist_key(objects[4].ra, objects[4].dec, tuple("grizy"))
+        assert r.exit_code == 1
+        assert r.stderr == (f"galspec: error: the archive asks us to wait 3600 s (Retry-After) on {url}; "
+                            f"rerun later; the {kept} files already fetched are kept and will not be fetched "
+                            "again\n")
+        # every worker stopped at once (at 50 a second, at most a request already on its way), and
+        # nothing was built from the few objects fetched: no store, no quarantine list
+        assert len(log) - busy - 1 <= 2
+        assert 0 < kept <= sum(x.target.startswith("cutout:") and x.status == 200 for x in log)
+        assert not out.exists() and not quarantine_path(out).exists()
+
+        report = download_cutouts(cat, out, request=CutoutRequest(size=16, base_url=server.url), http=_http())
+        assert (report.reused, report.downloaded, report.ingested) == (kept, 40 - kept, 8)
+
+
+def test_retry_after_holds_every_worker_even_on_the_last_try(tmp_path):
+    objects = [SkyObject(701 + k, 80.0 + k / 10, 6.0) for k in range(4)]
+    archive = Archive(objects, {"cutout:701:g": [Fault("status", "0.4", 503)]})
+    with ArchiveServer(archive) as server:
+        report = download_cutouts(_catalog(tmp_path / "c.csv", objects), tmp_path / "s.zarr",
+                                  request=CutoutRequest(size=16, base_url=server.url), http=_http(retries=0))
+    assert [q.object_id for q in report.quarantined] == [701]
+    log = archive.requests()
+    t0 = next(x.t for x in log if x.status == 503)
+    later = [x.t - t0 for x in log if x.t > t0]
+    # past what was already on its way, no worker asks again until the 0.4 s are over
+    assert max(later) >= 0.4 and not [d for d in later if 0.05 < d < 0.35]
+
+
+def test_an_answer_trickled_in_is_cut_at_the_request_deadline(tmp_path):
+    objects = [SkyObject(801, 90.0, 7.0)]
+    # a byte every 0.05 s: each read is well within the 0.2 s timeout, the whole never is
+    archive = Archive(objects, {"cutout:801:r": [Fault("trickle", 0.05)]})
+    with ArchiveServer(archive) as server:
+        report = download_cutouts(_catalog(tmp_path / "c.csv", objects), tmp_path / "s.zarr",
+                                  request=CutoutRequest(size=16, base_url=server.url),
+                                  http=_http(timeout=0.2, deadline=0.4))
+    assert (report.retries, report.downloaded, report.ingested) == (1, 5, 1)
+    # cut at 0.4 s from the client's start (not at a 0.2 s timeout), long before the 3 s of trickle
+    assert 0.3 <= _after(archive.requests(), "cutout:801:r", 200) < 2.0
+    assert HttpSettings(timeout=7).deadline == 7 * D.DOWNLOAD_DEADLINE_TIMEOUTS
+
+
+def test_a_decompression_bomb_is_refused_from_its_headers(tmp_path):
+    objects = [SkyObject(901, 100.0, 8.0), SkyObject(902, 100.1, 8.1)]
+    # a few kB that decompress to 1024 x 1024 float32 pixels (4 MiB), when 16 x 16 were asked for
+    archive = Archive(objects, {"cutout:901:g": [Fault("bomb", 1024)] * 2})
+    with ArchiveServer(archive) as server:
+        report = download_cutouts(_catalog(tmp_path / "c.csv", objects), tmp_path / "s.zarr",
+                                  request=CutoutRequest(size=16, base_url=server.url),
+                                  http=_http(retries=1, timeout=5))  # the server compresses it first
+    [(oid, reason)] = [(q.object_id, q.reason) for q in report.quarantined]
+    assert oid == 901 and reason.count("bad answer: its HDUs declare 4194304 bytes of data, more than the "
+                                       f"{2 * 8 * 16 * 16 + (1 << 20)} expected") == 2
+
+
+def test_manifest_line_left_unended_or_written_short(tmp_path):
+    path = tmp_path / MANIFEST_NAME
+    with Manifest(tmp_path) as m:
+        m.add_absent("/a", "gone")
+    with open(path, "ab") as fh:  # a run killed mid-line
+        fh.write(b'{"kind": "absent", "key": "/b", "rea')
+    with Manifest(tmp_path) as m:
+        assert set(m.entries) == {"/a"}
+        m.add_absent("/c", "gone too")
+    with open(path, "ab") as fh:  # killed between a whole line and its newline
+        fh.write(json.dumps({"kind": "absent", "key": "/d", "reason": "gone", "time": "t"}).encode())
+    with Manifest(tmp_path) as m:
+        assert set(m.entries) == {"/a", "/c", "/d"}
+        # a full disk: os.write writes part of the line and says so only in its count
+        old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 10, hard))
+        try:
+            with pytest.raises(OSError, match="File too large"):
+                m.add_absent("/e", "lost to a full disk")
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, old_handler)
+        assert "/e" not in m.entries
+        m.add_absent("/f", "after the disk was freed")
+    with Manifest(tmp_path) as m:
+        assert set(m.entries) == {"/a", "/c", "/d", "/f"}
+    assert path.read_bytes().endswith(b"\n")

@@ -5,7 +5,9 @@ ingested into a cutout store by the ingest code (``ingest.ingest_cutouts``), as 
 The cache (default ``<output>.download/``) keeps the raw FITS files: a rerun after an
 interruption downloads only what is missing, and a rerun with ``overwrite`` rebuilds the store
 from the cache without asking the archive again. Objects the archive does not cover, or whose
-files could not be had, are quarantined (``<output>.quarantine.csv``) while the rest go on.
+files could not be had, are quarantined (``<output>.quarantine.csv``) while the rest go on. An
+archive that asks for a longer wait than ``retry_after_max`` stops the run: no store is built,
+and what was fetched is kept for the rerun.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 from galspec_batch import defaults as D
 from galspec_batch.archive import legacy, ps1
 from galspec_batch.archive.base import CUBE, Context, Fetched, Target
-from galspec_batch.archive.http import Fetcher, HttpSettings, check_base_url
+from galspec_batch.archive.http import ArchiveBusy, Fetcher, HttpSettings, check_base_url
 from galspec_batch.archive.inputs import read_targets
 from galspec_batch.archive.manifest import Manifest
 from galspec_batch.archive.pool import DownloadReport, run_pool
@@ -117,11 +119,14 @@ def download_cutouts(
         work = partial(survey.fetch, Context(fetcher, manifest, request.base_url),
                        size=request.size, bands=request.bands)
         with progress_bar(len(targets), f"download {survey.name}", "objects", enabled=progress) as advance:
-            for target, result in run_pool(targets, work, http.concurrency, fetcher.stop, advance):
-                if isinstance(result, GalspecError):
-                    quarantined.append(Quarantined(target.label, target.object_id, str(result)))
-                else:
-                    fetched.append(result)
+            try:
+                for target, result in run_pool(targets, work, http.concurrency, fetcher.stop, advance):
+                    if isinstance(result, GalspecError):
+                        quarantined.append(Quarantined(target.label, target.object_id, str(result)))
+                    else:
+                        fetched.append(result)
+            except ArchiveBusy as exc:
+                raise ArchiveBusy(exc.url, exc.seconds, manifest.n_files()) from None
     order = {t.object_id: k for k, t in enumerate(targets)}
     fetched.sort(key=lambda f: order[f.target.object_id])
     report = DownloadReport(

@@ -4,13 +4,16 @@ honour a server's Retry-After, and answers streamed into a temporary file that i
 renamed into place only when it is whole and right.
 
 What is retried: HTTP 408, 425, 429, 500, 502, 503 and 504, timeouts, refused or dropped
-connections, and answers with status 200 that fail their check (:class:`BadBody`: truncated, an
-HTML error page, the wrong band or shape). What is not: 404 and 410 (:class:`Absent`: the archive
-does not have it) and any other status (:class:`FetchFailed` at once).
+connections, answers not whole by the request's deadline (a server that trickles bytes), and
+answers with status 200 that fail their check (:class:`BadBody`: truncated, an HTML error page,
+the wrong band or shape). What is not: 404 and 410 (:class:`Absent`: the archive does not have
+it) and any other status (:class:`FetchFailed` at once). A Retry-After longer than
+``retry_after_max`` stops the whole run (:class:`ArchiveBusy`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import email.utils
 import hashlib
@@ -52,6 +55,21 @@ class FetchFailed(GalspecError, RuntimeError):
     """A request that failed for good: its retries ran out, or a status that is not retried."""
 
 
+class ArchiveBusy(GalspecError, RuntimeError):
+    """The archive asks for a longer wait than ``retry_after_max``: the whole run stops (the pool
+    stops every worker), to be rerun later; the message names ``kept``, the files already fetched,
+    when it is known."""
+
+    def __init__(self, url: str, seconds: float, kept: int | None = None) -> None:
+        self.url, self.seconds = url, seconds
+        text = f"the archive asks us to wait {seconds:.0f} s (Retry-After) on {url}; rerun later"
+        if kept == 1:
+            text += "; the 1 file already fetched is kept and will not be fetched again"
+        elif kept is not None:
+            text += f"; the {kept} files already fetched are kept and will not be fetched again"
+        super().__init__(text)
+
+
 class BadBody(Exception):
     """An answer with status 200 that is not what was asked for; retried like a server error."""
 
@@ -62,7 +80,9 @@ class Cancelled(Exception):
 
 @dataclass(frozen=True)
 class HttpSettings:
-    """How politely and how hard to ask: workers, rate, timeouts, retries and their backoff."""
+    """How politely and how hard to ask: workers, rate, timeouts, retries and their backoff.
+    ``deadline``: seconds a whole answer may take from its request (None: DOWNLOAD_DEADLINE_TIMEOUTS
+    timeouts), however steadily its bytes trickle in."""
 
     concurrency: int = D.DOWNLOAD_CONCURRENCY
     rate: float = D.DOWNLOAD_RATE
@@ -73,6 +93,7 @@ class HttpSettings:
     retry_after_max: float = D.DOWNLOAD_RETRY_AFTER_MAX
     max_bytes: int = D.DOWNLOAD_MAX_BYTES
     contact: str | None = None
+    deadline: float | None = None
 
     def __post_init__(self) -> None:
         checks = (
@@ -85,6 +106,7 @@ class HttpSettings:
              self.backoff),
             (self.retry_after_max >= 0, "retry_after_max", ">= 0", self.retry_after_max),
             (self.max_bytes > 0, "max_bytes", "> 0", self.max_bytes),
+            (self.deadline is None or self.deadline > 0, "deadline", "seconds, > 0", self.deadline),
         )
         for ok, name, expected, value in checks:
             if not ok:
@@ -92,6 +114,8 @@ class HttpSettings:
         if self.contact is not None and not re.fullmatch(r"[\x21-\x7e][\x20-\x7e]{0,199}", self.contact):
             raise UsageError(f"--contact must be printable ASCII, at most 200 characters, "
                              f"got {self.contact!r}")
+        if self.deadline is None:
+            object.__setattr__(self, "deadline", D.DOWNLOAD_DEADLINE_TIMEOUTS * self.timeout)
 
 
 def user_agent(contact: str | None = None) -> str:
@@ -206,9 +230,10 @@ class Fetcher:
     def get_bytes(self, url: str, parse: Callable[[bytes], T]) -> T:
         """A small answer (at most 1 MiB) held in memory and parsed by ``parse`` (BadBody: retried)."""
 
-        def consume(resp: urllib3.BaseHTTPResponse) -> T:
+        def consume(resp: urllib3.BaseHTTPResponse, deadline: Deadline) -> T:
             body = resp.read(MAX_TEXT_BYTES + 1)
             self.stats.add(nbytes=len(body))
+            deadline.check()
             if len(body) > MAX_TEXT_BYTES:
                 raise BadBody(f"more than {MAX_TEXT_BYTES} bytes")
             _check_length(resp, len(body))
@@ -220,7 +245,7 @@ class Fetcher:
         """Stream the answer into a temporary file beside ``dest``, ``check`` it (BadBody: retried;
         Absent: the archive has no data), then rename it to ``dest``."""
 
-        def consume(resp: urllib3.BaseHTTPResponse) -> FileRecord:
+        def consume(resp: urllib3.BaseHTTPResponse, deadline: Deadline) -> FileRecord:
             tmp = dest.with_name(f"{PART_PREFIX}{uuid.uuid4().hex[:8]}-{dest.name}")
             digest, size = hashlib.sha256(), 0
             try:
@@ -234,6 +259,7 @@ class Fetcher:
                             raise BadBody(f"more than {self.settings.max_bytes} bytes")
                         digest.update(chunk)
                         fh.write(chunk)
+                deadline.check()
                 _check_length(resp, size)
                 check(tmp)
                 os.replace(tmp, dest)
@@ -244,21 +270,23 @@ class Fetcher:
         dest.parent.mkdir(parents=True, exist_ok=True)
         return self._get(url, consume)
 
-    def _get(self, url: str, consume: Callable[[urllib3.BaseHTTPResponse], T]) -> T:
+    def _get(self, url: str, consume: Callable[[urllib3.BaseHTTPResponse, Deadline], T]) -> T:
         s = self.settings
         problems: list[str] = []
         for attempt in range(s.retries + 1):
             self._limiter.acquire(self.stop)
             self.stats.add(requests=1, retries=int(attempt > 0))
             retry_after, whole = None, False
+            start = time.monotonic()
             try:
                 resp = self._pool.request("GET", url, preload_content=False)
             except urllib3.exceptions.HTTPError as exc:
                 problems.append(_describe(exc, s.timeout))
             else:
+                deadline = Deadline(resp, s.deadline, start)
                 try:
                     if resp.status == 200:
-                        result = consume(resp)
+                        result = consume(resp, deadline)
                         whole = True
                         return result
                     if resp.status in ABSENT_STATUSES:
@@ -268,22 +296,20 @@ class Fetcher:
                     problems.append(f"HTTP {resp.status}")
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                 except BadBody as exc:
-                    problems.append(f"bad answer: {exc}")
+                    problems.append(deadline.passed or f"bad answer: {exc}")
                 except urllib3.exceptions.HTTPError as exc:  # the body broke off or stalled
-                    problems.append(_describe(exc, s.timeout))
+                    problems.append(deadline.passed or _describe(exc, s.timeout))
                 finally:
-                    if not whole:
+                    if deadline.disarm() or not whole:
                         resp.close()  # an unread or broken answer: its connection is not reused
                     resp.release_conn()
+            if retry_after is not None:  # even on the last try: every worker waits, not this one only
+                if retry_after > s.retry_after_max:
+                    raise ArchiveBusy(url, retry_after)
+                self._limiter.hold(retry_after)
             if attempt == s.retries:
                 break
-            delay = self._backoff(attempt)
-            if retry_after is not None:
-                if retry_after > s.retry_after_max:
-                    raise FetchFailed(f"{url}: the server asks to wait {retry_after:.0f} s "
-                                      f"(more than {s.retry_after_max:.0f} s); {problems[-1]}")
-                self._limiter.hold(retry_after)
-                delay = max(delay, retry_after)
+            delay = max(self._backoff(attempt), retry_after or 0.0)
             if self.stop.wait(delay):
                 raise Cancelled
         raise FetchFailed(f"{url}: gave up after {len(problems)} tries ({'; '.join(problems)})")
@@ -293,6 +319,43 @@ class Fetcher:
         d = min(self.settings.backoff_max, self.settings.backoff * 2**attempt)
         with self._rng_lock:
             return d / 2 + self._rng.uniform(0, d / 2)
+
+
+class Deadline:
+    """A request's deadline, ``seconds`` from ``start``: when it passes, the answer's socket is shut,
+    so a read blocked on a server that trickles bytes returns at once (the read timeout restarts
+    with each byte); ``passed`` then says why the answer broke off."""
+
+    def __init__(self, resp: urllib3.BaseHTTPResponse, seconds: float, start: float) -> None:
+        self._resp = resp
+        self._seconds = seconds
+        self._lock = threading.Lock()
+        self._armed = True
+        self.passed: str | None = None
+        self._timer = threading.Timer(max(0.0, start + seconds - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        with self._lock:
+            if not self._armed:
+                return
+            self.passed = f"no whole answer within {self._seconds:g} s (the deadline of a request)"
+            with contextlib.suppress(Exception):  # released or closed meanwhile: nothing left to stop
+                self._resp.shutdown()
+
+    def check(self) -> None:
+        """BadBody if the answer ended because the deadline passed (it may look whole without a
+        Content-Length)."""
+        if self.passed:
+            raise BadBody(self.passed)
+
+    def disarm(self) -> bool:
+        """Stop the timer; whether the deadline had passed (the socket is shut then)."""
+        with self._lock:
+            self._armed = False
+        self._timer.cancel()
+        return self.passed is not None
 
 
 def _check_length(resp: urllib3.BaseHTTPResponse, size: int) -> None:

@@ -39,8 +39,7 @@ def cutout_key(ra: float, dec: float, size: int, bands: tuple[str, ...], layer: 
 def check_cube(path: Path, bands: tuple[str, ...], size: int) -> None:
     """A whole cube of ``size`` x ``size`` per band whose ``BANDS`` header lists ``bands`` in order;
     Absent when every pixel is 0 (no data there)."""
-    data, header = checks.image(path)
-    checks.check_shape(data, (len(bands), size, size) if len(bands) > 1 else (size, size))
+    data, header = checks.image(path, (len(bands), size, size) if len(bands) > 1 else (size, size))
     if "BANDS" in header:
         try:
             found = parse_bands(str(header["BANDS"]))

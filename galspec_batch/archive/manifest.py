@@ -10,7 +10,8 @@ a mirror serves the same keys) and ``time``:
 * ``list``: ``files`` ({band: archive file name}): a PS1 file list;
 * ``absent``: ``reason``: the archive does not have it (HTTP 404, an empty file list).
 
-The last line of a key wins; a line that does not parse (a process killed mid-write) is skipped.
+The last line of a key wins; a line that does not parse (a process killed mid-write) is skipped,
+and a last line left without its newline is ended before the next run appends to the file.
 Downloads land under ``.part-*`` names and are renamed into place before their line is written;
 a run removes the parts an interrupted one left. One run at a time writes a folder (``flock``).
 """
@@ -18,6 +19,7 @@ a run removes the parts an interrupted one left. One run at a time writes a fold
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -52,6 +54,10 @@ class Manifest:
                             "wait for it to end (or stop it), then rerun") from None
         self.entries = _read(self.path)
         self.appended = 0
+        size = os.fstat(self._fd).st_size
+        # a last line without its newline (a run killed mid-write, a full disk) is ended before the
+        # next is written, else the two would be glued into one that does not parse
+        self._torn = size > 0 and os.pread(self._fd, 1, size - 1) != b"\n"
         _remove_parts(self.folder)
 
     def __enter__(self) -> Manifest:
@@ -67,6 +73,10 @@ class Manifest:
                     os.fsync(self._fd)
                 os.close(self._fd)  # releases the lock
                 self._fd = -1
+
+    def n_files(self) -> int:
+        """The files downloaded into the folder, by this run or an earlier one."""
+        return sum(e["kind"] == "file" for e in self.entries.values())
 
     def get(self, key: str) -> dict | None:
         return self.entries.get(key)
@@ -102,9 +112,24 @@ class Manifest:
         with self._lock:
             if self._fd < 0:
                 raise Cancelled
-            os.write(self._fd, line)  # one write of one line, O_APPEND: lines never interleave
+            data = b"\n" + line if self._torn else line
+            self._torn = True  # until the whole line is down: an OSError may leave part of it
+            _write_all(self._fd, data)
+            self._torn = False
             self.entries[entry["key"]] = entry
             self.appended += 1
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` (O_APPEND, under the lock: lines never interleave); os.write may write
+    less (a full disk, a file-size limit) and says so only in its count, so the rest is written
+    again until it goes or OSError says why not."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written == 0:
+            raise OSError(errno.ENOSPC, "no byte of a manifest line could be written")
+        view = view[written:]
 
 
 def _read(path: Path) -> dict[str, dict]:

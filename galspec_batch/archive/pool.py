@@ -3,7 +3,8 @@ calling thread collects what they return, one progress step per object, and what
 
 The workers are daemon threads: on Ctrl-C or SIGTERM the calling thread stops them (they drop
 their request at the next chance) and leaves at once, instead of waiting for a stalled socket;
-whatever they had finished is already in the manifest, so the rerun goes on from there.
+whatever they had finished is already in the manifest, so the rerun goes on from there. An
+archive that asks the run to wait too long (:class:`ArchiveBusy`) stops every worker the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from galspec_batch.archive.http import Cancelled
+from galspec_batch.archive.http import ArchiveBusy, Cancelled
 from galspec_batch.errors import GalspecError
 from galspec_batch.ingest.quarantine import Quarantined
 
@@ -28,7 +29,8 @@ _JOIN_SECONDS = 2.0  # how long an interrupted run waits for its workers to let 
 def run_pool(items: Sequence[T], work: Callable[[T], R], concurrency: int, stop: threading.Event,
              advance: Callable[[int], None]) -> list[tuple[T, R | GalspecError]]:
     """``work`` on every item, ``concurrency`` at a time; an item whose work raised a GalspecError
-    comes back with it (to quarantine), any other error stops the run and is raised here."""
+    comes back with it (to quarantine); ArchiveBusy or any other error stops every worker and is
+    raised here."""
     todo: queue.SimpleQueue = queue.SimpleQueue()
     done: queue.SimpleQueue = queue.SimpleQueue()
     for item in items:
@@ -44,9 +46,14 @@ def run_pool(items: Sequence[T], work: Callable[[T], R], concurrency: int, stop:
                 done.put((item, work(item), None))
             except Cancelled:
                 return
+            except ArchiveBusy as exc:  # not this item's fault: no worker may ask again
+                stop.set()
+                done.put((item, None, exc))
+                return
             except GalspecError as exc:
                 done.put((item, exc, None))
             except BaseException as exc:  # a bug or a full disk: stop the run, say so in this thread
+                stop.set()
                 done.put((item, None, exc))
                 return
 

@@ -14,7 +14,8 @@ BOSS/eBOSS (v5_13_2). Stellar-cluster and SEGUE-2 plates need their run2d in the
 Spectra land flat in the output folder as ``spec-*.fits`` (what ``galspec ingest-spectra`` reads),
 with the manifest beside them; each is checked on arrival (a whole FITS file with a COADD HDU).
 A rerun downloads only what is missing; a spectrum the archive does not have (HTTP 404) is
-quarantined (``<output>.quarantine.csv``) while the rest go on.
+quarantined (``<output>.quarantine.csv``) while the rest go on; an archive that asks for a
+longer wait than ``retry_after_max`` stops the run (what was fetched is kept for the rerun).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from pathlib import Path
 from galspec_batch import defaults as D
 from galspec_batch.archive import checks
 from galspec_batch.archive.base import Context
-from galspec_batch.archive.http import BadBody, Fetcher, HttpSettings, check_base_url
+from galspec_batch.archive.http import ArchiveBusy, BadBody, Fetcher, HttpSettings, check_base_url
 from galspec_batch.archive.inputs import SpectrumId, read_spectrum_ids
 from galspec_batch.archive.manifest import Manifest
 from galspec_batch.archive.pool import DownloadReport, run_pool
@@ -39,6 +40,7 @@ LEGACY_RUN2D = "26"  # SDSS-I/II main survey
 BOSS_RUN2D = "v5_13_2"  # BOSS and eBOSS in DR17
 BOSS_FIRST_PLATE = 3500  # plates from here on are BOSS/eBOSS
 COADD = "COADD"
+MAX_DATA_BYTES = 16 << 20  # a lite spec file holds ~0.15 MB of data; one that declares more is refused
 
 
 def run2d_for(plate: int, run2d: str | None = None) -> str:
@@ -62,8 +64,8 @@ def spectrum_key(plate: int, mjd: int, fiber: int, run2d: str | None = None, rel
 
 
 def check_spectrum(path: Path) -> None:
-    """A whole FITS file with a COADD HDU."""
-    names = checks.hdu_names(path)
+    """A whole FITS file with a COADD HDU, declaring at most MAX_DATA_BYTES of data."""
+    names = checks.hdu_names(path, MAX_DATA_BYTES)
     if COADD not in names:
         raise BadBody(f"a FITS file without a {COADD} HDU (HDUs {names[:6]})")
 
@@ -96,11 +98,14 @@ def download_spectra(
     with Manifest(output) as manifest, Fetcher(http) as fetcher:
         work = partial(fetch_spectrum, Context(fetcher, manifest, root))
         with progress_bar(len(specs), f"download {NAME}", "spectra", enabled=progress) as advance:
-            for spec, result in run_pool(specs, work, http.concurrency, fetcher.stop, advance):
-                if isinstance(result, GalspecError):
-                    quarantined.append(Quarantined(spec.label, None, str(result)))
-                else:
-                    results.append(result)
+            try:
+                for spec, result in run_pool(specs, work, http.concurrency, fetcher.stop, advance):
+                    if isinstance(result, GalspecError):
+                        quarantined.append(Quarantined(spec.label, None, str(result)))
+                    else:
+                        results.append(result)
+            except ArchiveBusy as exc:
+                raise ArchiveBusy(exc.url, exc.seconds, manifest.n_files()) from None
     qfile = write_quarantine(output, quarantined)
     if not results:
         first = quarantined[0].reason if quarantined else "the catalog lists none"

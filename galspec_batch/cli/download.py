@@ -15,7 +15,8 @@ _HTTP_OPTIONS = (
     click.option("--rate", type=click.FloatRange(0, 1000, min_open=True), default=D.DOWNLOAD_RATE,
                  show_default=True, help="Most requests per second, all workers together."),
     click.option("--timeout", type=click.FloatRange(0, 3600, min_open=True), default=D.DOWNLOAD_TIMEOUT,
-                 show_default=True, help="Seconds to connect, and for each read of an answer."),
+                 show_default=True, help="Seconds to connect, and for each read of an answer; a whole answer "
+                                         f"must come within {D.DOWNLOAD_DEADLINE_TIMEOUTS} times this."),
     click.option("--retries", type=click.IntRange(0, 100), default=D.DOWNLOAD_RETRIES, show_default=True,
                  help="Tries after the first, on HTTP 429/5xx, timeouts, dropped connections and answers "
                       "that fail their check; a server's Retry-After is honoured."),
