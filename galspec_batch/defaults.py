@@ -70,6 +70,8 @@ CLUSTER = "auto"
 # below it in-process wins (16,384 cutouts at 64 px: the cluster took 1.48x as long, start-up and
 # the last partition alone on one worker)
 AUTO_CLUSTER_MIN_OBJECTS = 50_000
+# on 2 cores a local cluster lost to in-process at every size measured (bench/bench_schedule.py)
+AUTO_CLUSTER_MIN_CORES = 4
 JOB_NAME = "galspec"
 DASK_JOB_NAME = "galspec-dask"
 DEMO_OUT = "galspec-demo"

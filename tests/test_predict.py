@@ -260,8 +260,25 @@ def test_cluster_auto_runs_small_stores_in_process(tiny_store, tiny_checkpoint, 
     s = predict_catalog(tiny_store, tiny_checkpoint, tmp_path / "a", PredictOptions(engine="eager",
                         mc_samples=4), progress=False)
     assert s.cluster == "none" and s.objects == 240
-    monkeypatch.setattr(D, "AUTO_CLUSTER_MIN_OBJECTS", 200)  # 240 cutouts in 8 partitions: 4 a worker
+    monkeypatch.setattr(D, "AUTO_CLUSTER_MIN_OBJECTS", 200)
+    monkeypatch.setattr(D, "AUTO_CLUSTER_MIN_CORES", 1)
     assert resolve_cluster("auto", tiny_store, "cpu") == "local"
+    monkeypatch.setattr(D, "AUTO_CLUSTER_MIN_CORES", 10**6)  # too few cores
+    assert resolve_cluster("auto", tiny_store, "cpu") == "none"
+    monkeypatch.setattr(D, "AUTO_CLUSTER_MIN_CORES", 1)
     monkeypatch.setattr(D, "AUTO_CLUSTER_MIN_OBJECTS", 241)
     assert resolve_cluster("auto", tiny_store, "cpu") == "none"
     assert resolve_cluster("local", tiny_store, "cpu") == "local"
+
+
+def test_workers_get_back_mallocs_own_thresholds():
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_ for its workers; the plugin undoes its cost."""
+    import subprocess
+    import sys
+
+    code = "from galspec_batch.predict.worker import undo_malloc_trim as u; print(u())"
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
+    set_ = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    env.pop("MALLOC_TRIM_THRESHOLD_")
+    unset = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert set_.stdout.strip() == "True" and unset.stdout.strip() == "False"

@@ -17,7 +17,8 @@ from galspec_batch.options import CLUSTERS, default_device
 @predict_options
 @click.option("--cluster", default=D.CLUSTER, show_default=True,
               help=f"{' | '.join(CLUSTERS)} (in-process) | a Dask scheduler address; auto: in-process "
-                   f"below {D.AUTO_CLUSTER_MIN_OBJECTS:,} cutouts, else local.")
+                   f"below {D.AUTO_CLUSTER_MIN_OBJECTS:,} cutouts or {D.AUTO_CLUSTER_MIN_CORES} cores, "
+                   "else local.")
 @click.option("--device", default=None, help="cpu | cuda (default: cuda with --cluster cuda, else cpu).")
 @click.option("--workers", "n_workers", type=click.IntRange(min=1), default=None,
               help="Dask workers (default: 2 CPU, 1/GPU).")

@@ -177,8 +177,8 @@ def finalize_catalog(out: str | Path) -> dict:
 
 def resolve_cluster(cluster: object, store: str | Path, device: str) -> object:
     """``auto``: on a GPU, one worker per GPU with more than one, else in-process; on the CPU, a
-    local cluster for a store of at least ``AUTO_CLUSTER_MIN_OBJECTS`` in 4 partitions a worker or
-    more, else in-process. Any other value as it is."""
+    local cluster for a store of at least ``AUTO_CLUSTER_MIN_OBJECTS`` on a machine of at least
+    ``AUTO_CLUSTER_MIN_CORES`` cores, else in-process. Any other value as it is."""
     if cluster != "auto":
         return cluster
     if device.startswith("cuda"):
@@ -187,9 +187,8 @@ def resolve_cluster(cluster: object, store: str | Path, device: str) -> object:
         return "cuda" if torch.cuda.device_count() > 1 else "none"
     from galspec_batch.store import open_store
 
-    s = open_store(store)
-    big = s.n_objects >= D.AUTO_CLUSTER_MIN_OBJECTS and len(s.partitions()) >= 4 * _default_workers("local")
-    return "local" if big else "none"
+    big = open_store(store).n_objects >= D.AUTO_CLUSTER_MIN_OBJECTS
+    return "local" if big and (os.cpu_count() or 1) >= D.AUTO_CLUSTER_MIN_CORES else "none"
 
 
 def _check_cluster(cluster: object) -> None:
@@ -231,7 +230,7 @@ def _run_local(jobs: list[TaskJob], spec: ModelSpec, advance) -> Iterator[tuple[
 
 def _summary(result: dict) -> dict:
     """What the coordinator needs of a task's result (not the slices' rows)."""
-    return {"rows": result["rows"], "written": result["written"]}
+    return {"rows": result["rows"], "written": result["written"], "seconds": result.get("seconds", 0.0)}
 
 
 def _run_dask(client, jobs: list[TaskJob], spec: ModelSpec, retries: int):
