@@ -8,27 +8,20 @@ with more threads measures what a dedicated machine would see.
 
 Part 1: images per second of a training step (forward + backward, batch 32 at 64 px by default)
 for every registered model, and of inference (eval, no grad), with and without folding.
-Part 2: one layer's training step, DeconvConv2d against Conv2d + BatchNorm2d of the same shape, with
-this library's Newton-Schulz and with the previous one (every product of the iterations, the identity's
-included; `reference_isqrt` of bench/bench_training.py), timed alternately.
+Part 2: one layer's training step, DeconvConv2d against Conv2d + BatchNorm2d of the same shape.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from galspec_batch.models import DeconvConv2d, create_model, fold_deconv, list_models
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_training import reference_deconv  # noqa: E402
 
 # (in_ch, out_ch, stride, groups, input size): layers of the xresnet18 family at 64 px input
 LAYERS = [(5, 32, 2, 1, 64), (32, 32, 1, 1, 32), (64, 64, 1, 64, 16), (64, 64, 1, 1, 16),
@@ -80,27 +73,16 @@ def bench_models(batch: int, size: int, iters: int) -> None:
 
 def bench_layers(batch: int, iters: int) -> None:
     print(f"\nOne layer, training step (forward + backward), batch {batch}, 3x3 kernels")
-    print(f"{'layer':<28}{'conv+BN ms':>11}{'before ms':>11}{'after ms':>10}{'after/before':>13}"
-          f"{'vs conv+BN before/after':>25}{'cov size':>10}")
+    print(f"{'layer':<28}{'conv+BN ms':>11}{'deconv ms':>11}{'ratio':>8}{'cov size':>10}")
     for ni, nf, stride, groups, size in LAYERS:
         x = torch.randn(batch, ni, size, size, requires_grad=True)
         plain = nn.Sequential(nn.Conv2d(ni, nf, 3, stride, 1, groups=groups, bias=False), nn.BatchNorm2d(nf))
         deconv = DeconvConv2d(ni, nf, 3, stride, 1, groups=groups)
-
-        def run_deconv(before: bool, m: nn.Module = deconv, x: torch.Tensor = x) -> None:
-            with reference_deconv(before):
-                m(x).sum().backward()
-
-        t_plain, t_before, t_after = [], [], []
-        for _ in range(3):  # alternate, so that a load that comes and goes hits all three alike
-            t_plain.append(seconds_per_call(lambda m=plain, x=x: m(x).sum().backward(), iters))
-            t_before.append(seconds_per_call(lambda: run_deconv(True), iters))
-            t_after.append(seconds_per_call(lambda: run_deconv(False), iters))
-        p, b, a = (statistics.median(t) for t in (t_plain, t_before, t_after))
+        t_plain = seconds_per_call(lambda m=plain, x=x: m(x).sum().backward(), iters)
+        t_deconv = seconds_per_call(lambda m=deconv, x=x: m(x).sum().backward(), iters)
         cov = f"{deconv.num_features}" + (f"x{groups}" if groups > 1 else "")
         label = f"{ni}->{nf} s{stride} g{groups} @{size}px"
-        print(f"{label:<28}{1e3 * p:>11.2f}{1e3 * b:>11.2f}{1e3 * a:>10.2f}{a / b:>13.2f}"
-              f"{f'x{b / p:.1f} / x{a / p:.1f}':>25}{cov:>10}")
+        print(f"{label:<28}{1e3 * t_plain:>11.2f}{1e3 * t_deconv:>11.2f}{t_deconv / t_plain:>8.1f}{cov:>10}")
 
 
 def main() -> None:

@@ -7,8 +7,7 @@ project's speed work, side by side in one process, on the CPU.
 One step = D4 augmentation + preprocessing (asinh, z-score) + forward + beta-NLL + backward +
 RAdam/LookAhead step + one-cycle step. Variants, each its own copy of the model from one seed:
 
-- before: the plain torch reference of the previous code path, kept here: Newton-Schulz with every
-  product, D4 by a Python loop over elements, the per-tensor RAdam and LookAhead loops;
+- before: the previous D4 augmentation, kept here: a Python loop over the elements drawn;
 - after: the library as it is (fp32, the default of `galspec train`);
 - bf16: `TrainSettings(precision="bf16")`, bfloat16 autocast (run by default only where the CPU has
   native bfloat16 arithmetic, avx512_bf16 or AMX);
@@ -26,33 +25,19 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 
 import torch
 
-from galspec_batch.models import GalspecNet, create_model, deconv
+from galspec_batch.models import GalspecNet, create_model
 from galspec_batch.models.heads import head_loss
 from galspec_batch.training import default_max_lr, make_one_cycle, make_optimizer
 from galspec_batch.training.augment import d4_elements, d4_transform, random_d4
 from galspec_batch.training.loop import train_autocast
-from galspec_batch.training.optim import Lookahead
 
 TWINS = {"xresnet18-hybrid": "xresnet18", "xresnet18-deconv": "xresnet18", "simple-deconv": "simple-cnn"}
 MODELS = ["simple-cnn", "xresnet18", "xresnet18-hybrid", "xresnet18-deconv"]
 VARIANTS = ["before", "after", "bf16", "channels-last", "compile"]
 N_TARGETS = 7  # 6 latents and z
-
-
-def reference_isqrt(a: torch.Tensor, n_iter: int) -> torch.Tensor:
-    """The previous Newton-Schulz: 3 products an iteration, the identity's included."""
-    n = a.shape[-1]
-    norm = a.flatten(-2).norm(dim=-1)[..., None, None]
-    eye = torch.eye(n, dtype=a.dtype, device=a.device).expand_as(a)
-    y, z = a / norm, eye
-    for _ in range(n_iter):
-        t = 0.5 * (3.0 * eye - z @ y)
-        y, z = y @ t, t @ z
-    return z / norm.sqrt()
 
 
 def reference_d4(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -64,32 +49,6 @@ def reference_d4(x: torch.Tensor, generator: torch.Generator | None = None) -> t
         idx = torch.nonzero(ks == k).flatten()
         out[idx] = d4_transform(x[idx], k)
     return out
-
-
-class ReferenceLookahead(Lookahead):
-    """LookAhead with the previous per-tensor loop."""
-
-    @torch.no_grad()
-    def step(self) -> None:
-        self.optimizer.step()
-        self.step_count += 1
-        if self.step_count % self.k:
-            return
-        fast = [p for g in self.optimizer.param_groups for p in g["params"]]
-        for slow, p in zip(self.slow, fast, strict=True):
-            slow.add_(p - slow, alpha=self.alpha)
-            p.copy_(slow)
-
-
-@contextmanager
-def reference_deconv(on: bool):
-    """Swap the previous Newton-Schulz into the deconvolution layers while ``on``."""
-    current = deconv.isqrt_newton_schulz
-    deconv.isqrt_newton_schulz = reference_isqrt if on else current
-    try:
-        yield
-    finally:
-        deconv.isqrt_newton_schulz = current
 
 
 def cpu_has_native_bf16() -> bool:
@@ -111,9 +70,7 @@ def make_step(name: str, variant: str, batch: int, size: int) -> Callable[[], fl
     memory_format = torch.channels_last if variant == "channels-last" else torch.contiguous_format
     net = net.to(memory_format=memory_format)
     lr = default_max_lr(name)
-    opt = make_optimizer(net, lr, foreach=not before)
-    if before:
-        opt = ReferenceLookahead(opt.optimizer)
+    opt = make_optimizer(net, lr)
     sched = make_one_cycle(opt, lr, total_steps=1000)
     x, y = torch.randn(batch, 5, size, size), torch.randn(batch, N_TARGETS)
     gen = torch.Generator().manual_seed(0)
@@ -128,10 +85,9 @@ def make_step(name: str, variant: str, batch: int, size: int) -> Callable[[], fl
     forward = torch.compile(loss_of) if variant == "compile" else loss_of
 
     def step() -> float:
-        with reference_deconv(before):
-            loss = forward(augment(x, gen))
-            opt.zero_grad()
-            loss.backward()
+        loss = forward(augment(x, gen))
+        opt.zero_grad()
+        loss.backward()
         opt.step()
         sched.step()
         return loss.item()

@@ -29,20 +29,17 @@ def isqrt_newton_schulz(a: torch.Tensor, n_iter: int) -> torch.Tensor:
 
     Coupled Newton-Schulz iterations on `a / ||a||_F` (Frobenius norm, so that they converge);
     differentiable by autograd. Five iterations are approximate, more converge quadratically.
-    The products with the identity of the first iteration and the last update of `y` (unused) are
-    skipped: 3 n_iter - 3 matrix products instead of 3 n_iter, with the same values.
     """
-    shape, n = a.shape, a.shape[-1]
-    a = a.reshape(-1, n, n)
-    norm = a.flatten(-2).norm(dim=-1)[:, None, None]
+    n = a.shape[-1]
+    norm = a.flatten(-2).norm(dim=-1)[..., None, None]
     eye = torch.eye(n, dtype=a.dtype, device=a.device).expand_as(a)
     y = a / norm
-    t = z = 1.5 * eye - 0.5 * y  # the first iteration, from z = I
-    for _ in range(1, n_iter):
+    z = eye
+    for _ in range(n_iter):
+        t = 0.5 * (3.0 * eye - z @ y)
         y = y @ t
-        t = torch.baddbmm(eye, z, y, beta=1.5, alpha=-0.5)
         z = t @ z
-    return (z / norm.sqrt()).reshape(shape)
+    return z / norm.sqrt()
 
 
 class DeconvConv2d(nn.Module):

@@ -47,8 +47,9 @@ class Lookahead:
         if self.step_count % self.k:
             return
         fast = [p for g in self.optimizer.param_groups for p in g["params"]]
-        torch._foreach_lerp_(self.slow, fast, self.alpha)
-        torch._foreach_copy_(fast, self.slow)
+        for slow, p in zip(self.slow, fast, strict=True):
+            slow.add_(p - slow, alpha=self.alpha)
+            p.copy_(slow)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -66,12 +67,11 @@ class Lookahead:
                 slow.copy_(saved)
 
 
-def make_optimizer(net: nn.Module, lr: float, weight_decay: float = 0.01, foreach: bool = True) -> Lookahead:
-    """RAdam with decoupled weight decay, wrapped in LookAhead. ``foreach`` updates all parameters
-    per operation (torch's default only on GPUs; on the CPU too it saves the per-tensor dispatch)."""
+def make_optimizer(net: nn.Module, lr: float, weight_decay: float = 0.01) -> Lookahead:
+    """RAdam with decoupled weight decay, wrapped in LookAhead."""
     params = [p for p in net.parameters() if p.requires_grad]
     radam = torch.optim.RAdam(params, lr=lr / DIV, betas=BETAS, eps=EPS, weight_decay=weight_decay,
-                              decoupled_weight_decay=True, foreach=foreach)
+                              decoupled_weight_decay=True)
     return Lookahead(radam)
 
 
