@@ -23,19 +23,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def reference_d4(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    choices = torch.tensor(d4_elements(*x.shape[-2:]))
-    ks = choices[torch.randint(len(choices), (x.shape[0],), generator=generator)]
-    out = torch.empty_like(x)
-    for k in ks.unique().tolist():
-        idx = torch.nonzero(ks == k).flatten()
-        out[idx] = d4_transform(x[idx], k)
-    return out
-
-
-def spd(shape: tuple[int, ...], n: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    a = torch.randn(*shape, n, 2 * n, generator=g)
-    return a @ a.transpose(-1, -2) / (2 * n) + 1e-5 * torch.eye(n)
+    """The D4 element drawn for each image applied to it alone, one image at a time."""
+    choices = d4_elements(*x.shape[-2:])
+    ks = torch.randint(len(choices), (x.shape[0],), generator=generator).tolist()
+    return torch.cat([d4_transform(x[i:i + 1], choices[k]) for i, k in enumerate(ks)])
 
 
 @pytest.mark.parametrize("shape", [(32, 5, 16, 16), (7, 3, 8, 12), (5, 2, 9, 9), (1, 1, 1, 1)])
