@@ -26,7 +26,7 @@ from conftest import make_tiny_checkpoint  # noqa: E402
 
 from galspec_batch.options import PredictOptions  # noqa: E402
 from galspec_batch.predict import predict_catalog  # noqa: E402
-from galspec_batch.predict.tasks import plan_tasks  # noqa: E402
+from galspec_batch.predict.tasks import plan_tasks, task_rows  # noqa: E402
 from galspec_batch.store import create_store, open_store  # noqa: E402
 
 
@@ -77,8 +77,6 @@ def main() -> None:
                                 progress=False, **kw)
                 rows[cluster, way] = args.n / (time.perf_counter() - t0)
                 shutil.rmtree(out)
-        from galspec_batch.predict.tasks import task_rows
-
         for workers, name in ((1, "none"), (args.workers, "local")):
             tasks = plan_tasks(parts, task_rows(args.n, workers, args.batch))
             print(f"bounded tasks ({name}): {len(tasks)}, {max(t.n for t in tasks)} rows at most")

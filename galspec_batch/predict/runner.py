@@ -106,10 +106,10 @@ def predict_catalog(
         spec = ModelSpec(str(checkpoint), ident.model_hash, ident.config_hash, begun.options, threads,
                          ident.std_scale, ident.flux_scale)
         parts = [p for p, _ in pending]
-        rows = max_task_rows and task_rows(sum(p.n for p in parts), workers, begun.options.batch_size,
-                                           max_task_rows)
+        rows = None if max_task_rows is None else task_rows(sum(p.n for p in parts), workers,
+                                                            begun.options.batch_size, max_task_rows)
         jobs = [TaskJob(str(store), str(out), t, ident.model_id, ident.outputs)
-                for t in plan_tasks(parts, rows or None)]
+                for t in plan_tasks(parts, rows)]
         failed = _run(jobs, spec, cluster, workers, retries, out, sum(n for _, n in pending), progress,
                       note=_resume_note(out, begun.writer.repairs, len(todo) - len(pending), len(todo)))
         if failed:

@@ -66,7 +66,6 @@ class Predictor:
         self.std_scale = (torch.ones_like(self.target_std) if spec.std_scale is None
                           else torch.tensor(spec.std_scale, dtype=torch.float32, device=self.device))
         self._copy_stream = None
-        self._parts: list[str] = []
         self.flux_scale = None
         if spec.flux_scale is not None:
             factors = torch.tensor(spec.flux_scale, dtype=torch.float32, device=self.device)
@@ -103,11 +102,11 @@ class Predictor:
         return x if self.flux_scale is None else x * self.flux_scale
 
     @torch.inference_mode()
-    def launch(self, x: torch.Tensor, object_id: np.ndarray) -> torch.Tensor:
-        """Start the network and the MC head on uploaded images; returns the outputs still on the
-        device, stacked [parts, N, n_targets] (see ``fetch``). On the CPU the network sees
-        sub-batches of ``CPU_COMPUTE_BATCH`` (a batch of 256 at 224 px spends most of its extra
-        time in page faults); a GPU takes the whole batch."""
+    def launch(self, x: torch.Tensor, object_id: np.ndarray) -> tuple[list[str], torch.Tensor]:
+        """Start the network and the MC head on uploaded images; returns the outputs' names and the
+        outputs still on the device, stacked [parts, N, n_targets] (see ``fetch``). On the CPU the
+        network sees sub-batches of ``CPU_COMPUTE_BATCH`` (a batch of 256 at 224 px spends most of
+        its extra time in page faults); a GPU takes the whole batch."""
         n = max(len(x), 1)  # an empty batch is one (empty) step
         step = n if self.device.type == "cuda" else D.CPU_COMPUTE_BATCH
         features = torch.cat([self.engine.features(self._float(x[a:a + step])).float()
@@ -116,17 +115,17 @@ class Predictor:
             features, torch.from_numpy(object_id), self.weight, self.bias, self.p,
             T=self.spec.options.mc_samples, seed=self.spec.options.seed, head=self.head,
         )
-        self._parts = ["mean", *(k for k in out if k != "mean")]
+        names = ["mean", *(k for k in out if k != "mean")]
         scaled = [out["mean"] * self.target_std + self.target_mean]
-        scaled += [out[k] * self.target_std * self.std_scale for k in self._parts[1:]]
-        return torch.stack(scaled)
+        scaled += [out[k] * self.target_std * self.std_scale for k in names[1:]]
+        return names, torch.stack(scaled)
 
-    def fetch(self, launched: torch.Tensor) -> dict[str, np.ndarray]:
+    def fetch(self, launched: tuple[list[str], torch.Tensor]) -> dict[str, np.ndarray]:
         """float32 [N, n_targets] arrays of launched work (one copy back, which waits for it):
         ``mean``, the calibrated 1-sigma ``std`` and its parts ``std_epistemic`` and (a gaussian
         head) ``std_aleatoric``, as :func:`mc_predict` names them."""
-        values = launched.cpu().numpy()
-        return dict(zip(self._parts, values, strict=True))
+        names, stacked = launched
+        return dict(zip(names, stacked.cpu().numpy(), strict=True))
 
     def predict(self, images: np.ndarray, object_id: np.ndarray) -> dict[str, np.ndarray]:
         """Images in, results out, in one call (see ``launch`` and ``fetch``)."""
