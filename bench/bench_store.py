@@ -5,8 +5,8 @@ HSC cutout of tests/data (54 x 54, one per chunk), each read against a memcpy of
     OMP_NUM_THREADS=1 python bench/bench_store.py [--n 512] [--size 224] [--repeat 3]
 
 Reads go in batches of 256: through zarr (one thread), and through the store's own reader
-(``store.fastread``: one ``pread`` and decode per inner chunk, into one reused buffer) with one
-and with two decode threads.
+(``store.fastread``: shard files mapped, each inner chunk checked and decoded into one reused
+buffer) with one and with two decode threads.
 """
 
 from __future__ import annotations

@@ -250,6 +250,17 @@ def test_the_fast_reader_equals_zarr_on_every_range_and_refuses_damage(tmp_path,
     with pytest.raises(ChunkError, match="differ from their checksum") as info:
         read_rows(layout, 20, 30)
     assert info.value.rows == (24, 27)
+    # cut short (its index moved to the new end, checksum intact): refused before any byte is mapped
+    second = tmp_path / "a" / "c" / "1" / "0" / "0" / "0"
+    good = second.read_bytes()
+    index = good[-(16 * 3 + 4):]
+    second.write_bytes(good[:len(good) // 2] + index)
+    with pytest.raises(ChunkError, match="shorter than its index says") as info:
+        read_rows(layout, 12, 13)
+    assert info.value.rows == (12, 23)
+    second.write_bytes(b"")
+    with pytest.raises(ChunkError, match="cannot be read"):
+        read_rows(layout, 12, 13)
     shard.unlink()
     with pytest.raises(ChunkError, match="cannot be read"):
         read_rows(layout, 20, 30)
