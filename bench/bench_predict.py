@@ -1,6 +1,7 @@
 """CPU benchmark of batch prediction, all in one run (ratios against baselines measured here):
 
-- end to end (store -> catalog, MC dropout T=32) against
+- end to end (store -> catalog, MC dropout T=32), a process's first run and a second one (whose
+  imports, hats' 1.5 s among them, and first calls are paid, as the forward rates' are), against
   (a) the naive way: fp32 eager with T full forward passes, and
   (b) the model's forward pass alone (body + head on tensors already in memory);
 - peak memory of an end-to-end run at N and at 10N cutouts (separate processes).
@@ -121,6 +122,7 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}, {len(open_store(store).partitions())} partitions")
     r = forward_rates(ckpt, store, a.engine, a.batch, a.mc)
     e2e_none = end_to_end(ckpt, store, tmp / "c1", a.engine, a.batch, a.mc, "none")
+    e2e_warm = end_to_end(ckpt, store, tmp / "c1b", a.engine, a.batch, a.mc, "none")
     e2e_local, startup = end_to_end_dask(ckpt, store, tmp / "c2", a.engine, a.batch, a.mc)
     mem_n = peak_rss_child([str(store), str(ckpt), str(tmp / "m1"), a.engine, str(a.batch), str(a.mc)])
     mem_10n = peak_rss_child([str(store10), str(ckpt), str(tmp / "m10"), a.engine, str(a.batch), str(a.mc)])
@@ -129,6 +131,7 @@ def main() -> None:
         ("forward alone: single pass, no MC", r["forward_single_eager"]),
         (f"forward alone: body + head-only MC T={a.mc}", r["forward_mc"]),
         ("end to end, in-process (cluster=none)", e2e_none),
+        ("  the same again (imports and first calls paid)", e2e_warm),
         ("end to end, local Dask cluster (2 workers x 1 thread)", e2e_local),
     ]
     print(f"{'':48s} {'galaxies/s':>12s} {'x naive':>9s} {'x forward+MC':>13s}")

@@ -101,6 +101,24 @@ def test_preprocessing_is_nan_safe_asinh_zscore():
         normalize_images(torch.zeros(1, 4, 2, 2), soft, mean, std)
 
 
+@pytest.mark.parametrize("block", [1, 40_000, 2 << 20])
+def test_blocked_cpu_preprocessing_has_the_graphs_bits(monkeypatch, block):
+    from galspec_batch.models import net as net_module
+
+    g = torch.Generator().manual_seed(3)
+    raw = (torch.randn(9, 5, 24, 24, generator=g) * 30).to(torch.float16)
+    raw[0, 0, 0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    soft, mean = torch.rand(5, generator=g) + 0.5, torch.randn(5, generator=g)
+    std = torch.rand(5, generator=g) + 0.5
+    monkeypatch.setattr(net_module, "PREPROCESS_BLOCK_BYTES", block)
+    blocked = normalize_images(raw, soft, mean, std)
+    monkeypatch.setattr(net_module, "_tracing", lambda: True)  # as under torch.compile or an export
+    graph = normalize_images(raw, soft, mean, std)
+    assert blocked.dtype == graph.dtype == torch.float32 and torch.equal(blocked, graph)
+    assert torch.isfinite(blocked).all()
+    assert normalize_images(raw[:0], soft, mean, std).shape == (0, 5, 24, 24)
+
+
 def test_loading_never_unpickles(tmp_path, monkeypatch):
     path = save_checkpoint(tmp_path / "ck", make_net(), config())
 

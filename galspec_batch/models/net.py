@@ -15,6 +15,8 @@ from torch import nn
 from galspec_batch.errors import InputError
 from galspec_batch.models.heads import split_head
 
+PREPROCESS_BLOCK_BYTES = 2 << 20  # eager CPU preprocessing in slices this size, which stay in cache
+
 
 def normalize_images(
     raw: torch.Tensor, softening: torch.Tensor, mean: torch.Tensor, std: torch.Tensor
@@ -25,10 +27,30 @@ def normalize_images(
             f"images of shape {tuple(raw.shape)} do not fit this network: expected "
             f"[N, {softening.shape[0]}, H, W] (one plane per band)"
         )
-    x = torch.nan_to_num(raw.to(softening.dtype), nan=0.0, posinf=0.0, neginf=0.0)
     view = (1, -1, 1, 1)
-    x = _asinh(x / softening.view(view))
-    return (x - mean.view(view)) / std.view(view)
+    softening, mean, std = softening.view(view), mean.view(view), std.view(view)
+    if raw.device.type == "cpu" and not _tracing():
+        return _normalize_blocked(raw, softening, mean, std)
+    x = torch.nan_to_num(raw.to(softening.dtype), nan=0.0, posinf=0.0, neginf=0.0)
+    return (_asinh(x / softening) - mean) / std
+
+
+def _normalize_blocked(raw: torch.Tensor, softening: torch.Tensor, mean: torch.Tensor,
+                       std: torch.Tensor) -> torch.Tensor:
+    """The same operations, in place on slices of about PREPROCESS_BLOCK_BYTES: the dozen
+    elementwise passes then run in cache, 3-4x faster than over a whole batch in memory, with the
+    same bits (``bench/bench_feed.py``; ``tests/test_models.py``)."""
+    out = torch.empty(raw.shape, dtype=softening.dtype)
+    rows = max(1, PREPROCESS_BLOCK_BYTES // max(1, out[:1].nbytes))
+    for x, r in zip(out.split(rows), raw.split(rows), strict=True):
+        torch.nan_to_num_(x.copy_(r), nan=0.0, posinf=0.0, neginf=0.0)
+        x.copy_(_asinh(x.div_(softening)).sub_(mean).div_(std))
+    return out
+
+
+def _tracing() -> bool:
+    """Under torch.compile, an ONNX export or a TorchScript trace: one graph, not a Python loop."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def _asinh(x: torch.Tensor) -> torch.Tensor:
