@@ -12,39 +12,15 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from bench_predict import rss_child  # noqa: E402
 from conftest import make_tiny_checkpoint, make_tiny_store  # noqa: E402
-
-TRACE = """
-import sys, threading, time
-import numpy as np
-from galspec_batch.options import PredictOptions
-from galspec_batch.predict import predict_catalog
-rss, done = [], threading.Event()
-def sample():
-    while not done.wait(0.1):
-        rss.append(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmRSS')))
-threading.Thread(target=sample, daemon=True).start()
-predict_catalog(sys.argv[1], sys.argv[2], sys.argv[3], PredictOptions(engine=sys.argv[4],
-                batch_size=int(sys.argv[5]), mc_samples=int(sys.argv[6])), cluster='none', progress=False)
-done.set()
-third = max(1, len(rss) // 3)
-hwm = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))
-print(hwm, np.median(rss[:third]), np.median(rss[-third:]))
-"""
-
-
-def rss_trace_child(args: list[str]) -> tuple[float, float, float]:
-    """Peak (VmHWM) and the median resident memory of the first and last third of one in-process
-    prediction in a fresh process, MiB."""
-    out = subprocess.run([sys.executable, "-c", TRACE, *args], capture_output=True, text=True, check=True)
-    return tuple(float(v) / 1024 for v in out.stdout.split()[-3:])
 
 
 def main() -> None:
@@ -64,7 +40,7 @@ def main() -> None:
             store = make_tiny_store(tmp / f"s{n}.zarr", n=n, size=a.size, width=3.0, seed=n)
             args = [str(store), str(ckpt), str(tmp / f"c{n}"), "eager", str(a.batch), str(a.mc)]
             t0 = time.perf_counter()
-            mib, early, late = rss_trace_child(args)
+            mib, early, late = rss_child(args)
             first = first or mib
             print(f"N={n:>7,}: peak RSS {mib:7.0f} MiB  (x{mib / first:.2f} of the first); median RSS "
                   f"{early:.0f} MiB in the run's first third, {late:.0f} in its last; "

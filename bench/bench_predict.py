@@ -89,19 +89,36 @@ def end_to_end_dask(ckpt: Path, store: Path, out: Path, engine: str, batch: int,
         return end_to_end(ckpt, store, out, engine, batch, T, client), startup
 
 
-def peak_rss_child(args: list[str]) -> float:
-    """Peak resident memory (MiB) of a fresh process running one end-to-end prediction."""
-    code = (
-        "import sys; from galspec_batch.predict import predict_catalog; "
-        "from galspec_batch.options import PredictOptions; "
-        "predict_catalog(sys.argv[1], sys.argv[2], sys.argv[3], PredictOptions(engine=sys.argv[4], "
-        "batch_size=int(sys.argv[5]), mc_samples=int(sys.argv[6])), cluster='none', progress=False, "
-        "overwrite=True); "
-        # VmHWM, not ru_maxrss: the latter keeps the forking parent's peak across exec
-        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
-    )
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=True)
-    return int(out.stdout.strip().splitlines()[-1]) / 1024
+RSS_CHILD = """
+import sys, threading
+import numpy as np
+from galspec_batch.options import PredictOptions
+from galspec_batch.predict import predict_catalog
+def status(key):
+    return next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith(key))
+rss, done = [], threading.Event()
+def sample():
+    while not done.wait(0.1):
+        rss.append(status('VmRSS'))
+threading.Thread(target=sample, daemon=True).start()
+predict_catalog(sys.argv[1], sys.argv[2], sys.argv[3], PredictOptions(engine=sys.argv[4],
+                batch_size=int(sys.argv[5]), mc_samples=int(sys.argv[6])), cluster='none', progress=False,
+                overwrite=True)
+done.set()
+rss = rss or [status('VmRSS')]
+third = max(1, len(rss) // 3)
+# VmHWM, not ru_maxrss: the latter keeps the forking parent's peak across exec
+print(status('VmHWM'), np.median(rss[:third]), np.median(rss[-third:]))
+"""
+
+
+def rss_child(args: list[str]) -> tuple[float, float, float]:
+    """One end-to-end in-process prediction in a fresh process: its peak resident memory (VmHWM)
+    and the median of its resident memory, sampled every 0.1 s, over the run's first and last
+    third; MiB."""
+    out = subprocess.run([sys.executable, "-c", RSS_CHILD, *args], capture_output=True, text=True, check=True)
+    peak, early, late = (float(v) / 1024 for v in out.stdout.split()[-3:])
+    return peak, early, late
 
 
 def main() -> None:
@@ -124,8 +141,8 @@ def main() -> None:
     e2e_none = end_to_end(ckpt, store, tmp / "c1", a.engine, a.batch, a.mc, "none")
     e2e_warm = end_to_end(ckpt, store, tmp / "c1b", a.engine, a.batch, a.mc, "none")
     e2e_local, startup = end_to_end_dask(ckpt, store, tmp / "c2", a.engine, a.batch, a.mc)
-    mem_n = peak_rss_child([str(store), str(ckpt), str(tmp / "m1"), a.engine, str(a.batch), str(a.mc)])
-    mem_10n = peak_rss_child([str(store10), str(ckpt), str(tmp / "m10"), a.engine, str(a.batch), str(a.mc)])
+    mem_n, _, _ = rss_child([str(store), str(ckpt), str(tmp / "m1"), a.engine, str(a.batch), str(a.mc)])
+    mem_10n, _, _ = rss_child([str(store10), str(ckpt), str(tmp / "m10"), a.engine, str(a.batch), str(a.mc)])
     rows = [
         ("naive: fp32 eager, T full passes", r["naive"]),
         ("forward alone: single pass, no MC", r["forward_single_eager"]),

@@ -39,7 +39,7 @@ def _normalize_blocked(raw: torch.Tensor, softening: torch.Tensor, mean: torch.T
                        std: torch.Tensor) -> torch.Tensor:
     """The same operations, in place on slices of about PREPROCESS_BLOCK_BYTES: the dozen
     elementwise passes then run in cache, 3-4x faster than over a whole batch in memory, with the
-    same bits (``bench/bench_feed.py``; ``tests/test_models.py``)."""
+    same bits (``bench/bench_feed.py``; ``tests/test_checkpoint.py``)."""
     out = torch.empty(raw.shape, dtype=softening.dtype)
     rows = max(1, PREPROCESS_BLOCK_BYTES // max(1, out[:1].nbytes))
     for x, r in zip(out.split(rows), raw.split(rows), strict=True):

@@ -230,7 +230,7 @@ def _run_local(jobs: list[TaskJob], spec: ModelSpec, advance) -> Iterator[tuple[
 
 def _summary(result: dict) -> dict:
     """What the coordinator needs of a task's result (not the slices' rows)."""
-    return {"rows": result["rows"], "written": result["written"], "seconds": result.get("seconds", 0.0)}
+    return {"rows": result["rows"], "written": result["written"]}
 
 
 def _run_dask(client, jobs: list[TaskJob], spec: ModelSpec, retries: int):

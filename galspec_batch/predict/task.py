@@ -10,7 +10,6 @@ task's output rows.
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -53,9 +52,8 @@ class TaskJob:
 
 
 def run_task(job: TaskJob, spec: ModelSpec, on_rows: Callable[[int], None] | None = None) -> dict:
-    """Predict the task's pieces and write its whole partitions; returns counts, timings and, under
+    """Predict the task's pieces and write its whole partitions; returns counts and, under
     ``slices``, the table of each slice of a big partition by (order, pixel, index)."""
-    t0 = time.perf_counter()
     predictor = get_predictor(spec)
     store = open_store(job.store)
     pieces = job.task.pieces
@@ -92,7 +90,6 @@ def run_task(job: TaskJob, spec: ModelSpec, on_rows: Callable[[int], None] | Non
     except Exception as exc:
         name = pieces[min(current, len(pieces) - 1)].partition.name
         raise PieceFailed(f"{name}: {type(exc).__name__}: {first_line(exc)}") from exc
-    result["seconds"] = time.perf_counter() - t0
     return result
 
 

@@ -92,8 +92,7 @@ def read_rows(layout: ShardLayout, start: int, stop: int, out: np.ndarray | None
     pool = _pool(threads or os.cpu_count() or 1)
     futures = []
     for shard in range(first // layout.per_shard, last // layout.per_shard + 1):
-        data = _map_shard(layout, shard)
-        index = _read_index(layout, shard, data)
+        data, index = _open_shard(layout, shard)
         for k in range(layout.per_shard):
             c = shard * layout.per_shard + k
             if first <= c <= last:
@@ -107,24 +106,21 @@ def _shard_file(layout: ShardLayout, shard: int) -> Path:
     return layout.path.joinpath("c", str(shard), *["0"] * len(layout.item_shape))
 
 
-def _map_shard(layout: ShardLayout, shard: int) -> np.ndarray:
-    """The shard file's bytes, mapped (read straight from the page cache, no copy)."""
+def _open_shard(layout: ShardLayout, shard: int) -> tuple[np.ndarray, np.ndarray]:
+    """The shard file's bytes, mapped (read straight from the page cache, no copy), and its index
+    [chunk, (offset, nbytes)], checked against its crc32c and against the file's size."""
+    import google_crc32c
+
     f = _shard_file(layout, shard)
+    name = f.relative_to(layout.path.parent)
     rows = (shard * layout.shard, min(layout.n, (shard + 1) * layout.shard) - 1)
     try:
         with open(f, "rb") as fh:
-            return np.frombuffer(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
-    except (OSError, ValueError) as exc:
+            data = np.frombuffer(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ), np.uint8)
+    except (OSError, ValueError) as exc:  # ValueError: mmap refuses an empty file
         why = getattr(exc, "strerror", None) or "an empty file"
-        raise ChunkError(rows, f"{f.relative_to(layout.path.parent)} cannot be read ({why})") from None
-
-
-def _read_index(layout: ShardLayout, shard: int, data: np.ndarray) -> np.ndarray:
-    import google_crc32c
-
+        raise ChunkError(rows, f"{name} cannot be read ({why})") from None
     size = 16 * layout.per_shard + 4
-    rows = (shard * layout.shard, min(layout.n, (shard + 1) * layout.shard) - 1)
-    name = _shard_file(layout, shard).relative_to(layout.path.parent)
     raw = data[len(data) - size:] if len(data) >= size else data[:0]
     if len(raw) != size or np.uint32(google_crc32c.value(raw[:-4])).tobytes() != raw[-4:].tobytes():
         raise ChunkError(rows, f"the index of {name} differs from its checksum")
@@ -132,7 +128,7 @@ def _read_index(layout: ShardLayout, shard: int, data: np.ndarray) -> np.ndarray
     written = index[:, 0] != MISSING
     if (index[written, 0] + index[written, 1] > len(data) - size).any():
         raise ChunkError(rows, f"{name} is shorter than its index says")
-    return index
+    return data, index
 
 
 def _decode_chunk(layout: ShardLayout, data: np.ndarray, c: int, entry: np.ndarray, start: int,
