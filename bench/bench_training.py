@@ -7,7 +7,8 @@ project's speed work, side by side in one process, on the CPU.
 One step = D4 augmentation + preprocessing (asinh, z-score) + forward + beta-NLL + backward +
 RAdam/LookAhead step + one-cycle step. Variants, each its own copy of the model from one seed:
 
-- before: the previous D4 augmentation, kept here: a Python loop over the elements drawn;
+- before: the previous D4 augmentation and the previous statistics of the deconvolution layers
+  (the covariance and 15 Newton-Schulz matrix products, autograd through all of them), kept here;
 - after: the library as it is (fp32, the default of `galspec train`);
 - bf16: `TrainSettings(precision="bf16")`, bfloat16 autocast (run by default only where the CPU has
   native bfloat16 arithmetic, avx512_bf16 or AMX);
@@ -22,13 +23,14 @@ run. The deconvolution cost is each deconvolution model's step time over its Bat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
-from galspec_batch.models import GalspecNet, create_model
+from galspec_batch.models import GalspecNet, create_model, deconv
 from galspec_batch.models.heads import head_loss
 from galspec_batch.training import default_max_lr, make_one_cycle, make_optimizer
 from galspec_batch.training.augment import d4_elements, d4_transform, random_d4
@@ -49,6 +51,37 @@ def reference_d4(x: torch.Tensor, generator: torch.Generator | None = None) -> t
         idx = torch.nonzero(ks == k).flatten()
         out[idx] = d4_transform(x[idx], k)
     return out
+
+
+def reference_isqrt(a: torch.Tensor, n_iter: int) -> torch.Tensor:
+    """The previous Newton-Schulz: the reference's loop, 3 products an iteration."""
+    norm = a.flatten(-2).norm(dim=-1)[..., None, None]
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device).expand_as(a)
+    y, z = a / norm, eye
+    for _ in range(n_iter):
+        t = 0.5 * (3.0 * eye - z @ y)
+        y, z = y @ t, t @ z
+    return z / norm.sqrt()
+
+
+class ReferenceGram:
+    """The previous covariance: autograd through the product (two products backward)."""
+
+    @staticmethod
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        return x.mT @ x
+
+
+@contextlib.contextmanager
+def previous_deconv(active: bool) -> Iterator[None]:
+    """The deconvolution layers compute their statistics the previous way inside this block."""
+    current = deconv.isqrt_newton_schulz, deconv._Gram
+    if active:
+        deconv.isqrt_newton_schulz, deconv._Gram = reference_isqrt, ReferenceGram
+    try:
+        yield
+    finally:
+        deconv.isqrt_newton_schulz, deconv._Gram = current
 
 
 def cpu_has_native_bf16() -> bool:
@@ -85,9 +118,10 @@ def make_step(name: str, variant: str, batch: int, size: int) -> Callable[[], fl
     forward = torch.compile(loss_of) if variant == "compile" else loss_of
 
     def step() -> float:
-        loss = forward(augment(x, gen))
-        opt.zero_grad()
-        loss.backward()
+        with previous_deconv(before):
+            loss = forward(augment(x, gen))
+            opt.zero_grad()
+            loss.backward()
         opt.step()
         sched.step()
         return loss.item()

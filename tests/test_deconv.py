@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from galspec_batch.errors import InputError
 from galspec_batch.models import DeconvConv2d, fold_deconv, isqrt_newton_schulz
+from galspec_batch.models.isqrt import SPECTRAL_MIN_SIZE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -64,6 +65,71 @@ def test_newton_schulz_converges_to_the_inverse_square_root():
     exact = vecs @ torch.diag_embed(vals.rsqrt()) @ vecs.transpose(1, 2)
     torch.testing.assert_close(isqrt_newton_schulz(spd, 30), exact, rtol=0, atol=1e-10)
     torch.testing.assert_close(isqrt_newton_schulz(spd[0], 30), exact[0], rtol=0, atol=1e-10)
+
+
+def textbook_isqrt(a: torch.Tensor, n_iter: int) -> torch.Tensor:
+    """The reference's loop as it is written: 3 products an iteration."""
+    norm = a.flatten(-2).norm(dim=-1)[..., None, None]
+    eye = torch.eye(a.shape[-1], dtype=a.dtype).expand_as(a)
+    y, z = a / norm, eye
+    for _ in range(n_iter):
+        t = 0.5 * (3.0 * eye - z @ y)
+        y, z = y @ t, t @ z
+    return z / norm.sqrt()
+
+
+def covariance(shape: tuple[int, ...], seed: int, repeated: bool = False) -> torch.Tensor:
+    """A float64 patch covariance (plus the layer's eps) of condition ~1e3, or one whose spectrum
+    has exactly repeated eigenvalues (a block-diagonal copy), where divided differences are
+    derivatives."""
+    g = torch.Generator().manual_seed(seed)
+    *batch, n = shape
+    x = torch.randn(*batch, 3 * n, n, generator=g, dtype=torch.float64)
+    x = x * torch.linspace(0.03, 1.0, n, dtype=torch.float64)
+    a = x.mT @ x / (3 * n) + 1e-5 * torch.eye(n, dtype=torch.float64)
+    if repeated:
+        a = torch.block_diag(a[..., : n // 2, : n // 2], a[..., : n // 2, : n // 2])
+    return a
+
+
+@pytest.mark.parametrize("shape, repeated", [((45,), False), ((130,), False), ((3, 20), False),
+                                             ((40,), True)])
+def test_both_ways_are_the_reference_iterations_and_their_gradient(shape, repeated):
+    # float64: the trimmed products are the textbook loop to the last bit; the spectral way (the
+    # polynomial through eigh, Daleckii-Krein gradient) equals it to round-off, forward and backward
+    a = covariance(shape, seed=len(shape), repeated=repeated)
+    grad_out = torch.randn(a.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    results = {}
+    for way in ("textbook", "products", "spectral"):
+        leaf = a.clone().requires_grad_()
+        z = textbook_isqrt(leaf, 5) if way == "textbook" else isqrt_newton_schulz(leaf, 5, way)
+        (z * grad_out).sum().backward()
+        results[way] = (z.detach(), leaf.grad)
+    assert torch.equal(results["products"][0], results["textbook"][0])
+    for got, want in zip(results["spectral"], results["textbook"], strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-11 * want.abs().max().item())
+    assert results["textbook"][0].abs().max() > 1  # not whitening already-white input
+
+
+def test_spectral_gradient_equals_finite_differences():
+    # eigh reads one triangle, so the finite differences are taken along symmetric directions
+    a = covariance((12,), seed=3).requires_grad_()
+    for n_iter in (1, 5):
+        def spectral(m: torch.Tensor, k: int = n_iter) -> torch.Tensor:
+            return isqrt_newton_schulz((m + m.mT) / 2, k, "spectral")
+        assert torch.autograd.gradcheck(spectral, (a,))
+
+
+def test_auto_is_spectral_on_the_cpu_from_its_size_and_float32_is_as_accurate():
+    a = covariance((SPECTRAL_MIN_SIZE,), seed=4)
+    exact = textbook_isqrt(a, 5)
+    errors = {way: (isqrt_newton_schulz(a.float(), 5, way).double() - exact).abs().max().item()
+              for way in ("products", "spectral", "auto")}
+    assert errors["auto"] == errors["spectral"] != errors["products"]
+    assert errors["spectral"] < 3e-6 * exact.abs().max().item()
+    assert errors["spectral"] < 2 * errors["products"]
+    with pytest.raises(ValueError, match="unknown Newton-Schulz method"):
+        isqrt_newton_schulz(a, 5, "svd")
 
 
 @pytest.mark.parametrize(
@@ -195,3 +261,35 @@ def test_blocks_and_parameters_follow_the_reference():
 def test_bad_groups_is_an_input_error():
     with pytest.raises(InputError, match="divisible by groups"):
         DeconvConv2d(6, 8, 3, groups=4)
+
+
+
+def textbook_layer(layer: DeconvConv2d, x: torch.Tensor) -> torch.Tensor:
+    """The layer's training output from the plain formulas: X^T X / M and the reference's loop."""
+    cols = layer.patches(x)
+    mean = cols.mean(0)
+    cols = cols - mean
+    if layer.groups > 1:
+        cols = cols.reshape(-1, layer.groups, layer.num_features).transpose(0, 1)
+    eye = torch.eye(layer.num_features, dtype=x.dtype)
+    deconv = textbook_isqrt(cols.mT @ cols / cols.shape[-2] + layer.eps * eye, layer.n_iter)
+    w, b = layer._folded(mean, deconv)
+    return F.conv2d(x, w, b, layer.stride, layer.padding, 1, layer.groups)
+
+
+@pytest.mark.parametrize("in_ch, groups", [(16, 1), (8, 2)])
+def test_training_step_equals_the_textbook_whitening_forward_and_backward(in_ch, groups):
+    # float64; 16 channels make a 144 x 144 covariance (spectral on the CPU), the grouped layer
+    # small ones (products): the output and every gradient equal the plain formulas'
+    torch.manual_seed(0)
+    layer = DeconvConv2d(in_ch, 6, 3, padding=1, groups=groups).double().train()
+    assert (layer.num_features >= SPECTRAL_MIN_SIZE) == (groups == 1)
+    x = correlated_images(n=4, c=in_ch, size=12).double().requires_grad_()
+    grads = []
+    for fn in (layer, lambda x: textbook_layer(layer, x)):
+        x.grad, layer.weight.grad, layer.bias.grad = None, None, None
+        out = fn(x)
+        out.square().sum().backward()
+        grads.append((out.detach(), x.grad, layer.weight.grad, layer.bias.grad))
+    for got, want in zip(*grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10 * want.abs().max().item())

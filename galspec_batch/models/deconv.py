@@ -22,24 +22,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from .isqrt import isqrt_newton_schulz
 
 
-def isqrt_newton_schulz(a: torch.Tensor, n_iter: int) -> torch.Tensor:
-    """Approximate inverse square root of symmetric positive definite matrices `a` [..., n, n].
+class _Gram(torch.autograd.Function):
+    """`x^T x` of patch columns [..., M, nf]; backward is one product, `x (g + g^T)`, where autograd
+    through the matmul takes two."""
 
-    Coupled Newton-Schulz iterations on `a / ||a||_F` (Frobenius norm, so that they converge);
-    differentiable by autograd. Five iterations are approximate, more converge quadratically.
-    """
-    n = a.shape[-1]
-    norm = a.flatten(-2).norm(dim=-1)[..., None, None]
-    eye = torch.eye(n, dtype=a.dtype, device=a.device).expand_as(a)
-    y = a / norm
-    z = eye
-    for _ in range(n_iter):
-        t = 0.5 * (3.0 * eye - z @ y)
-        y = y @ t
-        z = t @ z
-    return z / norm.sqrt()
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return x.mT @ x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return x @ (grad + grad.mT)
 
 
 class DeconvConv2d(nn.Module):
@@ -134,7 +132,7 @@ class DeconvConv2d(nn.Module):
             if self.groups > 1:
                 cols = cols.reshape(-1, self.groups, nf).transpose(0, 1)  # [G, M, nf]
             eye = torch.eye(nf, dtype=dtype, device=x.device)
-            cov = cols.transpose(-1, -2) @ cols / cols.shape[-2] + self.eps * eye
+            cov = _Gram.apply(cols) / cols.shape[-2] + self.eps * eye
             return mean, isqrt_newton_schulz(cov, self.n_iter)
 
     def _folded(self, mean: torch.Tensor, deconv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
