@@ -3,7 +3,9 @@ buffers are in use (``predict/feed.py``), whatever N. Each run in a fresh proces
 (VmHWM), and its resident memory sampled every 0.1 s, whose median over the first and the last
 third of the run tells growth (a leak) from the spikes a longer run has more chances to meet.
 
-    python bench/bench_memory.py [--size 224] [--model simple-cnn] [--n 256,1024,2048] [--batch 256]
+    python bench/bench_memory.py [--size 224] [--model simple-cnn] [--n 1024,10240] [--batch 256]
+
+The stores are written 1,024 cutouts at a time, so a large N fits in memory while it is made.
 
 glibc's allocator settings in the environment reach the runs (``MALLOC_MMAP_THRESHOLD_=1048576``).
 """
@@ -17,17 +19,36 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from bench_predict import rss_child  # noqa: E402
-from conftest import make_tiny_checkpoint, make_tiny_store  # noqa: E402
+from conftest import make_tiny_checkpoint  # noqa: E402
+
+from galspec_batch.store import create_store  # noqa: E402
+
+CHUNK = 1024
+
+
+def make_store(path: Path, n: int, size: int, seed: int) -> Path:
+    """``n`` noise cutouts with a bright centre over 3 x 3 degrees, written CHUNK at a time."""
+    rng = np.random.default_rng(seed)
+    with create_store(path, image_shape=(size, size), partition_order=4) as w:
+        for a in range(0, n, CHUNK):
+            m = min(CHUNK, n - a)
+            images = rng.normal(0, 1, (m, 5, size, size)).astype(np.float32)
+            images[:, :, size // 2 - 2:size // 2 + 2, size // 2 - 2:size // 2 + 2] += 10
+            w.append(np.arange(a, a + m), rng.uniform(150, 153, m), rng.uniform(-1.5, 1.5, m), images,
+                     np.ones((m, 5), bool))
+    return path
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--model", default="simple-cnn")
-    ap.add_argument("--n", default="256,1024,2048")
+    ap.add_argument("--n", default="1024,10240")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--mc", type=int, default=32)
     a = ap.parse_args()
@@ -37,7 +58,7 @@ def main() -> None:
         print(f"# {a.model}, {a.size}x{a.size} px, batch {a.batch}, MC T={a.mc}, in-process, eager")
         first = None
         for n in map(int, a.n.split(",")):
-            store = make_tiny_store(tmp / f"s{n}.zarr", n=n, size=a.size, width=3.0, seed=n)
+            store = make_store(tmp / f"s{n}.zarr", n, a.size, seed=n)
             args = [str(store), str(ckpt), str(tmp / f"c{n}"), "eager", str(a.batch), str(a.mc)]
             t0 = time.perf_counter()
             mib, early, late = rss_child(args)

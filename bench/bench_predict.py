@@ -3,10 +3,14 @@
 - end to end (store -> catalog, MC dropout T=32), a process's first run and a second one (whose
   imports, hats' 1.5 s among them, and first calls are paid, as the forward rates' are), against
   (a) the naive way: fp32 eager with T full forward passes, and
-  (b) the model's forward pass alone (body + head on tensors already in memory);
-- peak memory of an end-to-end run at N and at 10N cutouts (separate processes).
+  (b) forward + MC alone: the run's own predictor (float conversion, the CPU's compute
+      sub-batches, the network, the head-only MC, the scaling) on the images already in memory
+      as the store keeps them;
+- the decoding of the store alone (the cores' time a run spends on it besides the network);
+- peak memory of an end-to-end run at N and at 10N cutouts (separate processes; not with
+  --no-memory).
 
-    python bench/bench_predict.py [--model xresnet18] [--n 1024] [--size 64]
+    python bench/bench_predict.py [--model xresnet18] [--n 1024] [--size 64] [--codec zstd]
 """
 
 from __future__ import annotations
@@ -19,17 +23,20 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import make_tiny_checkpoint, make_tiny_store  # noqa: E402
 
 from galspec_batch.checkpoint import load_checkpoint  # noqa: E402
-from galspec_batch.engines import create_engine  # noqa: E402
-from galspec_batch.mc import head_parameters, mc_naive, mc_predict  # noqa: E402
-from galspec_batch.options import PredictOptions
+from galspec_batch.mc import mc_naive  # noqa: E402
+from galspec_batch.options import PredictOptions  # noqa: E402
 from galspec_batch.predict import predict_catalog  # noqa: E402
+from galspec_batch.predict.worker import ModelSpec, Predictor  # noqa: E402
 from galspec_batch.store import open_store  # noqa: E402
+from galspec_batch.store.format import CODECS  # noqa: E402
+from galspec_batch.store.reader import batch_groups  # noqa: E402
 
 
 def _rate(n: int, fn, repeat: int = 1) -> float:
@@ -41,33 +48,42 @@ def _rate(n: int, fn, repeat: int = 1) -> float:
 
 
 def forward_rates(ckpt_path: Path, store_path: Path, engine: str, batch: int, T: int) -> dict:
-    net = load_checkpoint(ckpt_path).net
-    eng = create_engine(engine, net)
-    w, b, p = head_parameters(net.head)
+    ckpt = load_checkpoint(ckpt_path)
+    net = ckpt.net
+    spec = ModelSpec(str(ckpt_path), ckpt.model_hash, ckpt.config.value_hash(),
+                     PredictOptions(engine=engine, batch_size=batch, mc_samples=T))
+    predictor = Predictor(spec)
     store = open_store(store_path)
-    n = min(len(store), 4 * batch)
-    x = torch.from_numpy(store.read(slice(0, n)).images)
-    ids = torch.from_numpy(store.object_id[:n])
+    n = min(len(store), 16 * batch)
+    images = store.read(slice(0, n), dtype=None).images  # as stored (float16), as the run feeds them
+    ids = store.object_id[:n]
 
     def forward_mc():
-        with torch.inference_mode():
-            for a in range(0, n, batch):
-                mc_predict(eng.features(x[a:a + batch]), ids[a:a + batch], w, b, p, T=T, head=net.head_kind)
+        for a in range(0, n, batch):
+            predictor.predict(images[a:a + batch], ids[a:a + batch])
 
     def forward_single():
         with torch.inference_mode():
             for a in range(0, n, batch):
-                net(x[a:a + batch])
+                net(torch.from_numpy(images[a:a + batch]).float())
 
     n_naive = min(n, batch)
 
     def naive():
-        mc_naive(net, x[:n_naive], T=T)
+        mc_naive(net, torch.from_numpy(images[:n_naive]).float(), T=T)
+
+    groups = batch_groups([(0, len(store))], batch)
+    buffer = np.empty((batch, *images.shape[1:]), images.dtype)
+
+    def decode():
+        for g in groups:
+            store.read_group(g, None, buffer)
 
     return {
         "forward_mc": _rate(n, forward_mc),
         "forward_single_eager": _rate(n, forward_single),
         "naive": _rate(n_naive, naive),
+        "decode": _rate(len(store), decode),
     }
 
 
@@ -129,20 +145,20 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--mc", type=int, default=32)
     ap.add_argument("--engine", default="eager")
+    ap.add_argument("--codec", choices=CODECS, default="zstd", help="the store's (default: the default)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the memory part (its 10N store)")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-predict-"))
-    store = make_tiny_store(tmp / "s.zarr", n=a.n, size=a.size, width=3.0)
-    store10 = make_tiny_store(tmp / "s10.zarr", n=10 * a.n, size=a.size, width=3.0, seed=1)
+    store = make_tiny_store(tmp / "s.zarr", n=a.n, size=a.size, width=3.0, codec=a.codec)
     ckpt = make_tiny_checkpoint(tmp / "ck", model=a.model, size=a.size)
     print(f"# {a.model}, {a.size}x{a.size} px, N={a.n}, batch {a.batch}, MC T={a.mc}, engine {a.engine}, "
-          f"torch threads {torch.get_num_threads()}, {len(open_store(store).partitions())} partitions")
+          f"codec {a.codec}, torch threads {torch.get_num_threads()}, "
+          f"{len(open_store(store).partitions())} partitions")
     r = forward_rates(ckpt, store, a.engine, a.batch, a.mc)
     e2e_none = end_to_end(ckpt, store, tmp / "c1", a.engine, a.batch, a.mc, "none")
     e2e_warm = end_to_end(ckpt, store, tmp / "c1b", a.engine, a.batch, a.mc, "none")
     e2e_local, startup = end_to_end_dask(ckpt, store, tmp / "c2", a.engine, a.batch, a.mc)
-    mem_n, _, _ = rss_child([str(store), str(ckpt), str(tmp / "m1"), a.engine, str(a.batch), str(a.mc)])
-    mem_10n, _, _ = rss_child([str(store10), str(ckpt), str(tmp / "m10"), a.engine, str(a.batch), str(a.mc)])
     rows = [
         ("naive: fp32 eager, T full passes", r["naive"]),
         ("forward alone: single pass, no MC", r["forward_single_eager"]),
@@ -155,10 +171,21 @@ def main() -> None:
     for name, v in rows:
         print(f"{name:48s} {v:12,.0f} {v / r['naive']:9.1f} {v / r['forward_mc']:13.2f}")
     print(f"(the Dask cluster took {startup:.1f} s to start, not counted above; the model loads in the run)")
-    print(f"peak RSS of an in-process run: N={a.n}: {mem_n:.0f} MiB, 10N={10 * a.n}: {mem_10n:.0f} MiB "
-          f"(ratio {mem_10n / mem_n:.2f})")
+    bound = 1 / (1 / r["forward_mc"] + 1 / r["decode"])
+    print(f"decoding the store alone: {r['decode']:,.0f} cutouts/s ({a.codec}, the reader's threads); "
+          f"forward + MC and decoding one after the other: {bound:,.0f}/s, "
+          f"x{bound / r['forward_mc']:.2f} forward + MC")
+    result = {"rates": dict(rows), "decode": r["decode"]}
+    if not a.no_memory:
+        store10 = make_tiny_store(tmp / "s10.zarr", n=10 * a.n, size=a.size, width=3.0, seed=1, codec=a.codec)
+        mem_n, _, _ = rss_child([str(store), str(ckpt), str(tmp / "m1"), a.engine, str(a.batch), str(a.mc)])
+        mem_10n, _, _ = rss_child([str(store10), str(ckpt), str(tmp / "m10"), a.engine, str(a.batch),
+                                   str(a.mc)])
+        print(f"peak RSS of an in-process run: N={a.n}: {mem_n:.0f} MiB, 10N={10 * a.n}: {mem_10n:.0f} MiB "
+              f"(ratio {mem_10n / mem_n:.2f})")
+        result["mem_mib"] = [mem_n, mem_10n]
     if a.json:
-        a.json.write_text(json.dumps({"rates": dict(rows), "mem_mib": [mem_n, mem_10n]}, indent=1))
+        a.json.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

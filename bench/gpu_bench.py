@@ -18,6 +18,12 @@ xresnet18 (random weights: speed does not depend on them), 5 bands, 224x224, gal
   feed_pipelined         the same through predict/feed.py: reused pinned buffers read ahead, the
                          copy of batch k+1 on its own stream while batch k computes
   predict_catalog        `galspec predict --cluster none` on the same store: the whole command
+  train_<model>_<way>    a training step (D4, forward, beta-NLL, backward, RAdam + LookAhead) of
+                         xresnet18, the hybrid and xresnet18-deconv at --train-batch: fp32, bf16
+                         autocast, bf16 channels-last; for the deconvolution models also with the
+                         Newton-Schulz statistics computed spectrally (the CPU's way) instead of
+                         by matrix products (the GPU's default), to check that choice
+  fit_simple_cnn         `galspec train --device cuda`: one epoch of simple-cnn on the store above
 Images for the model rows are already on the GPU; only h2d and end_to_end include the copies.
 Prints a table; writes gpu_bench.json under $OUT when that is set.
 """
@@ -126,6 +132,62 @@ def h2d_rows(batch):
         record(f"h2d_pinned_{str(dtype).split('.')[-1]}", batch, rate, GB_per_s=round(gbs, 1))
 
 
+def train_rows(batch: int) -> None:
+    from galspec_batch.models import GalspecNet, deconv
+    from galspec_batch.models.heads import head_loss
+    from galspec_batch.training import make_optimizer, random_d4
+    from galspec_batch.training.loop import train_autocast
+
+    auto = deconv.isqrt_newton_schulz
+    for name in ("xresnet18", "xresnet18-hybrid", "xresnet18-deconv"):
+        ways = ["fp32", "bf16", "bf16_cl"] + ["bf16_spectral"] * (name != "xresnet18")
+        for way in ways:
+            torch.manual_seed(0)
+            ones, zeros = torch.ones(BANDS), torch.zeros(BANDS)
+            net = GalspecNet(create_model(name, in_bands=BANDS, n_out=7), ones, zeros, ones, torch.zeros(7),
+                             torch.ones(7)).to(DEV).train()
+            fmt = torch.channels_last if way == "bf16_cl" else torch.contiguous_format
+            net = net.to(memory_format=fmt)
+            opt = make_optimizer(net, 1e-3)
+            x, y = torch.randn(batch, BANDS, SIZE, SIZE, device=DEV), torch.randn(batch, 7, device=DEV)
+            gen = torch.Generator().manual_seed(0)
+            precision = "fp32" if way == "fp32" else "bf16"
+
+            def step(net=net, opt=opt, x=x, y=y, gen=gen, fmt=fmt, precision=precision) -> None:
+                with train_autocast(DEV.type, precision):
+                    out = net(random_d4(x, gen).contiguous(memory_format=fmt))
+                loss = head_loss(out.float(), y, "beta-nll")[0]
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+
+            if way == "bf16_spectral":
+                deconv.isqrt_newton_schulz = lambda a, n: auto(a, n, "spectral")
+            try:
+                record(f"train_{name}_{way}", batch, timed(step, batch, min_seconds=1.0, max_iters=10))
+            finally:
+                deconv.isqrt_newton_schulz = auto
+
+
+def fit_row(tmp: Path) -> None:
+    """One epoch of `fit` on the device, on a small labelled store (tests/test_training.py's)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_training import make_store as make_labelled_store
+    from test_training import write_labels
+
+    from galspec_batch.checkpoint import load_checkpoint
+    from galspec_batch.training import TrainSettings, fit
+
+    store, ids, latents = make_labelled_store(tmp / "train.zarr", n=512)
+    labels = write_labels(tmp / "labels.parquet", ids, latents[:, :6], latents[:, 6])
+    t0 = time.perf_counter()
+    result = fit(store, labels, tmp / "run", TrainSettings(model="simple-cnn", epochs=1, batch_size=64),
+                 device=str(DEV), progress=False)
+    seconds = time.perf_counter() - t0
+    device = load_checkpoint(result.best).config.training["device"]
+    record("fit_simple_cnn", 64, 512 / seconds, val_rmse=round(result.best_val_rmse, 3), device=device)
+
+
 def make_store(path: Path, n: int) -> None:
     import numpy as np
 
@@ -223,6 +285,7 @@ def main() -> None:
     ap.add_argument("--make-store", type=int, default=2048, help="else write one of N objects (0: skip)")
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--train-batch", type=int, default=64, help="0: skip the training rows")
     args = ap.parse_args()
     global SIZE, DEV
     SIZE, DEV = args.size, torch.device(args.device)
@@ -236,6 +299,10 @@ def main() -> None:
     net = create_model("xresnet18", in_bands=BANDS, n_out=6, dropout=0.2).eval()
     engines = model_rows(net, batches, args.T, args.skip_compile, args.tensorrt)
     h2d_rows(max(batches))
+    if args.train_batch:
+        train_rows(args.train_batch)
+        with tempfile.TemporaryDirectory() as tmp:
+            fit_row(Path(tmp))
     best = engines.get("headonly_fp16_cl_compile") or engines["headonly_fp16_cl_eager"]
     try:
         if args.store is not None:

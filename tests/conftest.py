@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from galspec_batch import defaults as D
 from galspec_batch.checkpoint import save_checkpoint
 from galspec_batch.models import GalspecNet, create_model
 from galspec_batch.options import PredictOptions
@@ -15,7 +16,7 @@ from galspec_batch.store import create_store
 TINY_SIZE = 16
 
 
-def make_tiny_store(path, n=240, seed=0, size=TINY_SIZE, ra0=150.0, width=6.0):
+def make_tiny_store(path, n=240, seed=0, size=TINY_SIZE, ra0=150.0, width=6.0, codec=D.STORE_CODEC):
     """A store of ``n`` random cutouts over a ``width``-degree field (about 10 partitions at order 4)."""
     rng = np.random.default_rng(seed)
     ra = ra0 + rng.uniform(0, width, n)
@@ -27,7 +28,7 @@ def make_tiny_store(path, n=240, seed=0, size=TINY_SIZE, ra0=150.0, width=6.0):
     mask = np.ones((n, 5), bool)
     mask[5, 4] = False
     images[5, 4] = 0
-    with create_store(path, image_shape=(size, size), partition_order=4) as w:
+    with create_store(path, image_shape=(size, size), partition_order=4, codec=codec) as w:
         w.append(np.arange(1000, 1000 + n), ra, dec, images, mask)
     return path
 

@@ -119,3 +119,26 @@ def test_a_region_cut_keeps_the_counts_of_rows_read(store):
         got += out.get("id", np.zeros(0)).tolist()
     rows = np.r_[0:100, 150:240]
     assert read == len(rows) and sorted(got) == sorted(store.object_id[rows][store.dec[rows] > 0].tolist())
+
+
+def test_feeds_one_after_another_reuse_the_process_pool_and_overlapping_ones_do_not_share(store):
+    groups = batch_groups([(0, store.n_objects)], 32)
+    small = batch_groups([(0, 40)], 16)  # fewer rows a batch: the kept pool's bigger buffers serve
+    runs = []
+    for g in (groups, groups, small):
+        device = SlowDevice(0.0, 0.0, asynchronous=False)
+        ids = [i for _, out, _ in run_feed(device, store, g) for i in out["id"].tolist()]
+        runs.append((device.buffers, ids))
+    assert runs[0][0] == runs[1][0] and runs[2][0] <= runs[0][0] and len(runs[0][0]) == 2
+    assert runs[0][1] == runs[1][1] == store.object_id.tolist()
+    assert runs[2][1] == store.object_id[:40].tolist()
+
+    # a second feed while the first still holds the pool gets its own buffers; both read right
+    a_dev, b_dev = SlowDevice(0.0, 0.0, asynchronous=False), SlowDevice(0.0, 0.0, asynchronous=False)
+    a, b = run_feed(a_dev, store, groups), run_feed(b_dev, store, groups)
+    sums = {}
+    for (_, out_a, _), (_, out_b, _) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(out_a["sum"], out_b["sum"])
+        sums.update(zip(out_a["id"].tolist(), out_a["sum"].tolist(), strict=True))
+    assert not a_dev.buffers & b_dev.buffers and sums == _truth(store)
+    assert not any(p.in_use for p in feed._KEPT)

@@ -196,6 +196,7 @@ def test_fit_learns_and_writes_outputs(trained, data):
     assert [a.tolist() for a in read_split(trained.best)] == [a.tolist() for a in read_split(trained.last)]
     assert cfg.training["best_val_rmse"] == pytest.approx(trained.best_val_rmse)
     assert cfg.training["max_lr"] == 0.03 and cfg.training["weight_decay"] == 0.01
+    assert cfg.training["device"] == "cpu"
     assert cfg.data["n_train"] == 160 and cfg.data["n_val"] == 40
     assert cfg.data["store_fingerprint"] == open_store(data["store"]).fingerprint()
     # the checkpoint reproduces the validation RMSE from raw store images
@@ -324,3 +325,9 @@ def test_cli_bad_inputs(trained, data, tmp_path):
     )
     res = _invoke(*common, "--labels", data["labels"], "--out", tmp_path / "d", "--model", "xresnet")
     _one_line_error(res, "unknown model 'xresnet'", code=2)
+    res = _invoke(*common, "--labels", data["labels"], "--out", tmp_path / "e", "--device", "tpu")
+    _one_line_error(res, "--device 'tpu': expected cpu, cuda or cuda:N", code=2)
+    if not torch.cuda.is_available():
+        res = _invoke(*common, "--labels", data["labels"], "--out", tmp_path / "f", "--device", "cuda")
+        _one_line_error(res, "--device cuda: torch sees no CUDA GPU here", code=2)
+    assert not (tmp_path / "e").exists() and not (tmp_path / "f").exists()

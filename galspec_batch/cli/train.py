@@ -33,14 +33,16 @@ from galspec_batch.cli.common import out_option, overwrite_option, quiet_option
 @click.option("--no-redshift", is_flag=True,
               help="Do not predict the redshift, even where the labels have z.")
 @click.option("--threads", type=click.IntRange(min=1), help="Torch CPU threads.")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu | cuda | cuda:N: where the training steps run (a run may resume on another).")
 @click.option("--precision", type=click.Choice(D.TRAIN_PRECISIONS), default=D.TRAIN_PRECISION,
               show_default=True,
-              help="Arithmetic of the training step: bf16 autocast trains 1.3-1.9x faster on a CPU with "
+              help="Arithmetic of the training step: bf16 autocast trains 1.1-2.1x faster on a CPU with "
                    "native bf16 (bench/bench_training.py), with slightly different numbers.")
 @click.option("--overwrite", is_flag=True, help="Start again instead of resuming a run in --out.")
 @quiet_option
 def train_cmd(model, store, labels, epochs, out, init, lr, batch_size, dropout, val_fraction, seed,
-              no_augment, loss, beta, no_redshift, threads, precision, overwrite, quiet) -> None:
+              no_augment, loss, beta, no_redshift, threads, device, precision, overwrite, quiet) -> None:
     """Train (or resume, or fine-tune) a CNN that predicts latents (and the redshift) from cutouts,
     and calibrate its uncertainties on the validation split."""
     from galspec_batch.training import TrainSettings, fit
@@ -49,7 +51,7 @@ def train_cmd(model, store, labels, epochs, out, init, lr, batch_size, dropout, 
                              val_fraction=val_fraction, seed=seed, augment=not no_augment, loss=loss,
                              beta=beta, redshift=False if no_redshift else None, precision=precision)
     result = fit(store, labels, out, settings, init=init, overwrite=overwrite, threads=threads,
-                 progress=not quiet)
+                 device=device, progress=not quiet)
     best = result.metrics[result.best_epoch - 1]
     z = f", z_phot NMAD {best['val_z_nmad']:.4f}" if "val_z_nmad" in best else ""
     click.echo(f"wrote {result.best}: best val_rmse {result.best_val_rmse:.4f}{z} at epoch "

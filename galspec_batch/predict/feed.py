@@ -1,8 +1,9 @@
 """The feed: store -> reused host buffers -> device -> results, each stage overlapping the next.
 
 - A reader thread reads the next batches (``READ_AHEAD`` on a GPU, one on the CPU) into buffers from a pool
-  of host buffers reused across batches: page-locked on a GPU (so the copy to the device runs
-  asynchronously), plain memory on the CPU (no fresh allocation, and page faults, per batch).
+  of host buffers reused across batches and across the tasks a process runs (:func:`buffer_pool`):
+  page-locked on a GPU (so the copy to the device runs asynchronously), plain memory on the CPU
+  (no fresh allocation, and page faults, per batch; no second pool beside a freed one per task).
 - The device stage (:class:`Stage`, the predictor) uploads a batch (on a GPU: on its own CUDA
   stream, which the compute stream waits for) and launches the network and the MC head on it
   without waiting; only the output columns come back when its results are fetched.
@@ -15,7 +16,9 @@ The logic is tested on the CPU with a stand-in slow asynchronous stage (``tests/
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -53,6 +56,11 @@ class BufferPool:
     def __init__(self, n: int, shape: tuple[int, ...], dtype: np.dtype, pin: bool = False) -> None:
         dt = torch.from_numpy(np.zeros(0, dtype)).dtype
         self.buffers = [torch.empty(shape, dtype=dt, pin_memory=pin) for _ in range(n)]
+        self.in_use = False  # a feed holds it (see buffer_pool)
+        self.reset()
+
+    def reset(self) -> None:
+        """Every buffer free again, the pool open: only once no reader can still hold one."""
         self._free: queue.SimpleQueue[torch.Tensor] = queue.SimpleQueue()
         self.closed = False
         for b in self.buffers:
@@ -68,6 +76,40 @@ class BufferPool:
 
     def give(self, buffer: torch.Tensor) -> None:
         self._free.put(buffer)
+
+    def fits(self, n: int, shape: tuple[int, ...], dtype: np.dtype, pin: bool) -> bool:
+        """Whether this pool serves ``n`` buffers of ``shape`` (its buffers may hold more rows)."""
+        b = self.buffers[0]
+        return (len(self.buffers) == n and tuple(b.shape[1:]) == tuple(shape[1:]) and b.shape[0] >= shape[0]
+                and b.dtype == torch.from_numpy(np.zeros(0, dtype)).dtype and b.is_pinned() == pin)
+
+
+_KEPT: list[BufferPool] = []  # the process's pool, kept from one feed to the next
+_KEPT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def buffer_pool(n: int, shape: tuple[int, ...], dtype: np.dtype, pin: bool = False) -> Iterator[BufferPool]:
+    """A pool for one feed: the one the process keeps when it fits and no other feed holds it,
+    else a new one (kept in its place when that is free). A new pool per task made a process at
+    224 px hold two pools of a few hundred MB at times, and pinning one on a GPU is slow."""
+    with _KEPT_LOCK:
+        kept = _KEPT[0] if _KEPT else None
+        if kept is not None and not kept.in_use and kept.fits(n, shape, dtype, pin):
+            pool = kept
+            pool.reset()
+        else:
+            if kept is not None and not kept.in_use:
+                _KEPT.clear()  # another shape: let the old buffers go before the new ones are made
+                del kept
+            pool = BufferPool(n, shape, dtype, pin)
+            if not _KEPT:
+                _KEPT.append(pool)
+        pool.in_use = True
+    try:
+        yield pool
+    finally:
+        pool.in_use = False
 
 
 def read_ahead(store: CutoutStore, groups: list[list[tuple[int, int]]], pool: BufferPool,
@@ -111,7 +153,14 @@ def run_feed(stage: Stage, store: CutoutStore, groups: list[list[tuple[int, int]
     shape = (rows, len(store.bands), *store.image_shape)
     ahead = READ_AHEAD if stage.asynchronous else 1
     # buffers: those read ahead, the one being uploaded, and on a GPU the one still launched
-    pool = BufferPool(ahead + 1 + int(stage.asynchronous), shape, np.dtype(store.attrs.dtype), stage.pin)
+    n_buffers = ahead + 1 + int(stage.asynchronous)
+    with buffer_pool(n_buffers, shape, np.dtype(store.attrs.dtype), stage.pin) as pool:
+        yield from _feed(stage, store, groups, select, pool, ahead)
+
+
+def _feed(stage: Stage, store: CutoutStore, groups: list[list[tuple[int, int]]],
+          select: Callable[[Batch], np.ndarray] | None, pool: BufferPool, ahead: int,
+          ) -> Iterator[tuple[Batch, dict[str, np.ndarray], int]]:
     launched: deque[tuple[Batch, torch.Tensor, object, int]] = deque()
     stream = read_ahead(store, groups, pool, ahead)
     try:
@@ -133,7 +182,7 @@ def run_feed(stage: Stage, store: CutoutStore, groups: list[list[tuple[int, int]
         while launched:
             yield _fetch(stage, pool, *launched.popleft())
     finally:
-        stream.close()
+        stream.close()  # its reader thread is done with the buffers once this returns
 
 
 def _fetch(stage: Stage, pool: BufferPool, batch: Batch, buffer: torch.Tensor, work: object,

@@ -28,5 +28,5 @@ def random_d4(x: torch.Tensor, generator: torch.Generator | None = None) -> torc
     n, b, h, w = x.shape
     base = torch.arange(h * w).view(h, w)
     orders = torch.stack([d4_transform(base, k).reshape(-1) for k in d4_elements(h, w)])
-    index = orders[torch.randint(len(orders), (n,), generator=generator)]
+    index = orders[torch.randint(len(orders), (n,), generator=generator)].to(x.device)
     return x.flatten(2).gather(2, index[:, None, :].expand(n, b, h * w)).view_as(x)

@@ -107,9 +107,22 @@ def default_max_lr(model: str, fine_tune: bool = False) -> float:
     return lr * FINE_TUNE_LR_FACTOR if fine_tune else lr
 
 
-def _net_device_type(net: torch.nn.Module) -> str:
-    """The device type a network's parameters live on."""
-    return next(net.parameters()).device.type
+def _net_device(net: torch.nn.Module) -> torch.device:
+    """The device a network's parameters live on."""
+    return next(net.parameters()).device
+
+
+def _training_device(device: str) -> torch.device:
+    """``--device`` checked: a CPU, or a CUDA GPU torch can see."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"--device {device!r}: expected cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: torch sees no CUDA GPU here")
+    return dev
 
 
 def train_autocast(device_type: str, precision: str) -> torch.autocast:
@@ -140,6 +153,7 @@ def fit(
     init: str | os.PathLike | None = None,
     overwrite: bool = False,
     threads: int | None = None,
+    device: str = "cpu",
     max_ram_bytes: int = 4 << 30,
     progress: bool = True,
     on_epoch_end: Callable[[dict[str, float]], None] | None = None,
@@ -147,8 +161,11 @@ def fit(
     """Train (or fine-tune from checkpoint ``init``) and write checkpoints into ``out``.
 
     A run whose ``out`` already holds a partial run with the same settings and data resumes after
-    its last finished epoch; one with other settings is refused unless ``overwrite``.
+    its last finished epoch; one with other settings is refused unless ``overwrite``. ``device``
+    ("cpu", "cuda", "cuda:N") is where the steps run; the images stay in host memory and go over
+    batch by batch, and every random draw is made on the CPU, so a run may resume on another device.
     """
+    dev = _training_device(device)
     store = store if isinstance(store, CutoutStore) else open_store(store)
     out = Path(out)
     if settings.epochs < 1 or settings.batch_size < 1:
@@ -194,7 +211,7 @@ def fit(
             cnn = create_model(settings.model, in_bands=len(store.bands), n_out=len(names),
                                dropout=settings.dropout, head=LOSS_HEAD[settings.loss])
             pp = fit_preprocess(train_src.sample(MAX_SAMPLE_OBJECTS, settings.seed), settings.seed)
-        net = GalspecNet(cnn, pp["softening"], pp["mean"], pp["std"], target_mean, target_std)
+        net = GalspecNet(cnn, pp["softening"], pp["mean"], pp["std"], target_mean, target_std).to(dev)
 
         steps = n_batches(len(train_src), settings.batch_size, drop_last=True)
         opt = make_optimizer(net, settings.max_lr, settings.weight_decay)
@@ -227,8 +244,9 @@ def fit(
             metrics.append(record)
             best = min(metrics, key=lambda m: m["val_rmse"])
             config["training"] = {
-                **asdict(settings), "epochs_done": epoch + 1, "val_rmse": record["val_rmse"],
-                "best_val_rmse": best["val_rmse"], "best_epoch": int(best["epoch"]),
+                **asdict(settings), "device": dev.type, "epochs_done": epoch + 1,
+                "val_rmse": record["val_rmse"], "best_val_rmse": best["val_rmse"],
+                "best_epoch": int(best["epoch"]),
             }
             if best is record:  # best first: a kill before `last` lands only repeats this epoch
                 save_checkpoint(out / BEST, net, config, overwrite=True, split=split)
@@ -318,13 +336,14 @@ def _run_epoch(net, opt, sched, train_src, z_train, val_src, z_val, settings: Tr
     task = bar.task(f"epoch {epoch + 1}/{settings.epochs}",
                     n_batches(len(train_src), settings.batch_size, drop_last=True))
     latents = [i for i, n in enumerate(names) if n != REDSHIFT]
-    device = _net_device_type(net)
+    device = _net_device(net)
     total_loss = total_rmse = 0.0
     seen = 0
     for x, y in iter_batches(train_src, z_train, settings.batch_size, order_gen, drop_last=True):
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if settings.augment:
             x = random_d4(x, aug_gen)
-        with train_autocast(device, settings.precision):
+        with train_autocast(device.type, settings.precision):
             out = net(x)  # contiguous: channels-last trained at 0.3-0.5x here (bench_training.py)
         loss, mean = head_loss(out.float(), y, settings.loss, settings.beta)
         opt.zero_grad()

@@ -32,13 +32,14 @@ def validation_metrics(net: GalspecNet, source: ImageSource, z_val: np.ndarray, 
                        ) -> dict[str, float]:
     """One pass over the validation split, dropout off (see the module docstring)."""
     net.eval()
+    device = next(net.parameters()).device
     means, variances = [], []
     with torch.no_grad():
         for x, _ in iter_batches(source, z_val, VAL_BATCH):
-            mean, var = net.predict(x)
-            means.append(mean.double())
+            mean, var = net.predict(x.to(device))
+            means.append(mean.double().cpu())
             if var is not None:
-                variances.append(var.double())
+                variances.append(var.double().cpu())
     mean = torch.cat(means)
     y = torch.from_numpy(z_val).double()
     se = ((mean - y) ** 2).mean(dim=0)
