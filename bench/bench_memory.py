@@ -6,6 +6,9 @@ third of the run tells growth (a leak) from the spikes a longer run has more cha
     python bench/bench_memory.py [--size 224] [--model simple-cnn] [--n 1024,10240] [--batch 256]
 
 The stores are written 1,024 cutouts at a time, so a large N fits in memory while it is made.
+Then (not with --no-repeat) three runs on the first store in one process: the anonymous memory
+after each, before and after glibc's ``malloc_trim`` (memory freed but kept by the allocator),
+and Python's object count, which tell a leak from an allocator that holds on to freed blocks.
 
 glibc's allocator settings in the environment reach the runs (``MALLOC_MMAP_THRESHOLD_=1048576``).
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -44,6 +48,25 @@ def make_store(path: Path, n: int, size: int, seed: int) -> Path:
     return path
 
 
+REPEAT_CHILD = """
+import ctypes, gc, sys
+from galspec_batch.options import PredictOptions
+from galspec_batch.predict import predict_catalog
+def anon():
+    rollup = open('/proc/self/smaps_rollup').read().split()
+    return int(rollup[rollup.index('Anonymous:') + 1]) / 1024
+libc = ctypes.CDLL('libc.so.6')
+for i in range(3):
+    predict_catalog(sys.argv[1], sys.argv[2], sys.argv[3] + str(i), PredictOptions(engine='eager',
+                    batch_size=int(sys.argv[4]), mc_samples=int(sys.argv[5])), cluster='none', progress=False)
+    gc.collect()
+    kept = anon()
+    libc.malloc_trim(0)
+    print(f'after run {i + 1}: anonymous memory {kept:.0f} MiB, {anon():.0f} after malloc_trim; '
+          f'{len(gc.get_objects()):,} Python objects', flush=True)
+"""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=224)
@@ -51,13 +74,15 @@ def main() -> None:
     ap.add_argument("--n", default="1024,10240")
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--mc", type=int, default=32)
+    ap.add_argument("--no-repeat", action="store_true", help="skip the three runs in one process")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-memory-"))
     try:
         ckpt = make_tiny_checkpoint(tmp / "ck", model=a.model, size=a.size)
         print(f"# {a.model}, {a.size}x{a.size} px, batch {a.batch}, MC T={a.mc}, in-process, eager")
         first = None
-        for n in map(int, a.n.split(",")):
+        sizes = list(map(int, a.n.split(",")))
+        for n in sizes:
             store = make_store(tmp / f"s{n}.zarr", n, a.size, seed=n)
             args = [str(store), str(ckpt), str(tmp / f"c{n}"), "eager", str(a.batch), str(a.mc)]
             t0 = time.perf_counter()
@@ -66,7 +91,12 @@ def main() -> None:
             print(f"N={n:>7,}: peak RSS {mib:7.0f} MiB  (x{mib / first:.2f} of the first); median RSS "
                   f"{early:.0f} MiB in the run's first third, {late:.0f} in its last; "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
-            shutil.rmtree(store)
+            if n != sizes[0] or a.no_repeat:
+                shutil.rmtree(store)
+        if not a.no_repeat:
+            store = tmp / f"s{sizes[0]}.zarr"
+            subprocess.run([sys.executable, "-c", REPEAT_CHILD, str(store), str(ckpt), str(tmp / "r"),
+                            str(a.batch), str(a.mc)], check=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

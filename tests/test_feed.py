@@ -142,3 +142,16 @@ def test_feeds_one_after_another_reuse_the_process_pool_and_overlapping_ones_do_
         sums.update(zip(out_a["id"].tolist(), out_a["sum"].tolist(), strict=True))
     assert not a_dev.buffers & b_dev.buffers and sums == _truth(store)
     assert not any(p.in_use for p in feed._KEPT)
+
+
+def test_an_in_process_run_lets_the_kept_buffers_go(tmp_path):
+    from conftest import make_tiny_checkpoint
+
+    from galspec_batch.options import PredictOptions
+    from galspec_batch.predict import predict_catalog
+
+    store = make_tiny_store(tmp_path / "s.zarr", n=60)
+    ckpt = make_tiny_checkpoint(tmp_path / "ck")
+    predict_catalog(store, ckpt, tmp_path / "c", PredictOptions(batch_size=16), cluster="none",
+                    progress=False)
+    assert feed._KEPT == []

@@ -112,6 +112,13 @@ def buffer_pool(n: int, shape: tuple[int, ...], dtype: np.dtype, pin: bool = Fal
         pool.in_use = False
 
 
+def release_kept_pool() -> None:
+    """Let the kept buffers go (an in-process run ends; a Dask worker keeps them for its next task)."""
+    with _KEPT_LOCK:
+        if _KEPT and not _KEPT[0].in_use:
+            _KEPT.clear()
+
+
 def read_ahead(store: CutoutStore, groups: list[list[tuple[int, int]]], pool: BufferPool,
                ahead: int = READ_AHEAD) -> Iterator[tuple[Batch, torch.Tensor]]:
     """Each batch of ``groups`` read into a buffer of ``pool`` (its images a view of it) by one

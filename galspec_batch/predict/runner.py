@@ -28,6 +28,7 @@ from galspec_batch.catalog.state import check_partition
 from galspec_batch.errors import GalspecError, UsageError, first_line
 from galspec_batch.options import CLUSTERS, PredictOptions
 from galspec_batch.predict.begin import begin_catalog, join_catalog
+from galspec_batch.predict.feed import release_kept_pool
 from galspec_batch.predict.task import TaskJob, run_task, write_slices
 from galspec_batch.predict.tasks import plan_tasks, task_rows
 from galspec_batch.predict.worker import ModelPlugin, ModelSpec
@@ -208,6 +209,13 @@ def _default_workers(cluster: object) -> int:
 
 
 def _run_local(jobs: list[TaskJob], spec: ModelSpec, advance) -> Iterator[tuple[list[Partition], object]]:
+    try:
+        yield from _run_tasks(jobs, spec, advance)
+    finally:
+        release_kept_pool()  # a notebook's process does not hold a batch's buffers after the run
+
+
+def _run_tasks(jobs: list[TaskJob], spec: ModelSpec, advance) -> Iterator[tuple[list[Partition], object]]:
     slices: dict[Partition, list[dict]] = {}
     for job in jobs:
         try:
