@@ -19,14 +19,19 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from galspec_batch.models import DeconvConv2d, create_model, fold_deconv, isqrt_newton_schulz, list_models
 from galspec_batch.models.isqrt import SPECTRAL_MIN_SIZE
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_training import reference_isqrt  # noqa: E402
 
 # (in_ch, out_ch, stride, groups, input size): layers of the xresnet18 family at 64 px input
 LAYERS = [(5, 32, 2, 1, 64), (32, 32, 1, 1, 32), (64, 64, 1, 64, 16), (64, 64, 1, 1, 16),
@@ -88,16 +93,6 @@ def bench_layers(batch: int, iters: int) -> None:
         cov = f"{deconv.num_features}" + (f"x{groups}" if groups > 1 else "")
         label = f"{ni}->{nf} s{stride} g{groups} @{size}px"
         print(f"{label:<28}{1e3 * t_plain:>11.2f}{1e3 * t_deconv:>11.2f}{t_deconv / t_plain:>8.1f}{cov:>10}")
-
-
-def reference_isqrt(a: torch.Tensor, n_iter: int) -> torch.Tensor:
-    norm = a.flatten(-2).norm(dim=-1)[..., None, None]
-    eye = torch.eye(a.shape[-1], dtype=a.dtype).expand_as(a)
-    y, z = a / norm, eye
-    for _ in range(n_iter):
-        t = 0.5 * (3.0 * eye - z @ y)
-        y, z = y @ t, t @ z
-    return z / norm.sqrt()
 
 
 def bench_isqrt(iters: int) -> None:
