@@ -49,6 +49,29 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
+INTERRUPTED = "interrupted; rerun the same command to resume"
+_SIGNALLED: list[int] = []  # the signal stop_on_signal raised Interrupted for, until the command ends
+
+
+def stop_on_signal(signum: int, frame: object = None) -> None:
+    """A command's handler of SIGINT and SIGTERM: raise Interrupted, and remember the signal, so
+    that a run still stops at its next batch where the exception was lost (Python drops one that
+    a signal raises inside a finalizer, and the run would go on to exit 0)."""
+    _SIGNALLED[:] = [signum]
+    raise Interrupted(INTERRUPTED, signum)
+
+
+def raise_if_signalled() -> None:
+    """Raise Interrupted if a command's signal handler ran (see ``stop_on_signal``)."""
+    if _SIGNALLED:
+        raise Interrupted(INTERRUPTED, _SIGNALLED[0])
+
+
+def forget_signals() -> None:
+    """A command starts or ends: no signal is pending."""
+    _SIGNALLED.clear()
+
+
 def did_you_mean(name: str, choices: list[str] | tuple[str, ...]) -> str:
     """A hint for a mistyped name, e.g. " Did you mean 'xresnet18'?", or '' when nothing is close."""
     import difflib

@@ -108,12 +108,42 @@ def test_sigint_and_sigterm_stop_cleanly_and_resume(slow, tmp_path, sig, code):
     time.sleep(0.8)
     os.killpg(proc.pid, sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == code
+    assert proc.returncode == code, err
     assert one_line(err) == "galspec: error: interrupted; rerun the same command to resume"
     assert not list(out.glob("_state/parts/**/*.tmp-*")) or not catalog_status(out).complete
     rerun = galspec(*predict_args(slow, out))
     _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
+    same(out, slow[2])
+
+
+def test_an_interrupt_python_lost_still_stops_the_run_at_its_next_batch(slow, tmp_path, monkeypatch):
+    # Python drops an exception that a signal handler raises inside a finalizer, and the run went
+    # on to exit 0; the handler also remembers the signal, and the next batch stops the run
+    from galspec_batch.errors import stop_on_signal
+    from galspec_batch.predict import task
+
+    real, batches = task.run_feed, []
+
+    def feed_losing_a_sigint(*args, **kwargs):
+        for item in real(*args, **kwargs):
+            batches.append(1)
+            if len(batches) == 3:
+                try:
+                    stop_on_signal(signal.SIGINT)
+                except KeyboardInterrupt:
+                    pass  # lost, as in a finalizer
+            yield item
+
+    monkeypatch.setattr(task, "run_feed", feed_losing_a_sigint)
+    out = tmp_path / "cat"
+    res = CliRunner().invoke(main, predict_args(slow, out))
+    assert res.exit_code == 130 and len(batches) == 3, res.output
+    assert res.stderr.strip() == "galspec: error: interrupted; rerun the same command to resume"
+    assert not catalog_status(out).complete
+    monkeypatch.setattr(task, "run_feed", real)
+    res = CliRunner().invoke(main, predict_args(slow, out))
+    assert res.exit_code == 0, res.output
     same(out, slow[2])
 
 

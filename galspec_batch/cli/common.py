@@ -10,7 +10,15 @@ import sys
 import click
 
 from galspec_batch import defaults as D
-from galspec_batch.errors import GalspecError, Interrupted, UsageError, first_line
+from galspec_batch.errors import (
+    INTERRUPTED,
+    GalspecError,
+    Interrupted,
+    UsageError,
+    first_line,
+    forget_signals,
+    stop_on_signal,
+)
 from galspec_batch.options import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_ENGINE,
@@ -28,7 +36,6 @@ from galspec_batch.regions import FORMS
 EXIT_RUNTIME = 1  # a runtime or data error: a bad file, a failed partition, a full disk
 EXIT_USAGE = 2  # a command line that cannot be used
 EXIT_SIGINT = 128 + signal.SIGINT  # 130
-INTERRUPTED = "interrupted; rerun the same command to resume"
 UNCALIBRATED_NOTE = ("; UNCALIBRATED: its spreads are the network's own, not calibrated "
                      "(see galspec calibrate)")
 
@@ -44,10 +51,6 @@ def _os_error(exc: OSError) -> str:
     if exc.filename is not None and exc.strerror:
         return f"{exc.filename}: {exc.strerror}"
     return first_line(exc)
-
-
-def _raise_interrupted(signum: int, frame) -> None:
-    raise Interrupted(INTERRUPTED, signum)
 
 
 class _Stopped(BaseException):
@@ -85,7 +88,10 @@ class GalspecGroup(click.Group):
 
     def main(self, args=None, prog_name=None, **extra):  # noqa: D102 - click's entry point
         _quiet_leftovers()
-        old = signal.signal(signal.SIGTERM, _raise_interrupted)
+        forget_signals()
+        # a SIGINT the shell set to be ignored (a background job) stays ignored
+        old = {s: signal.signal(s, stop_on_signal) for s in (signal.SIGINT, signal.SIGTERM)
+               if signal.getsignal(s) is not signal.SIG_IGN}
         try:
             code = super().main(args=args, prog_name=prog_name or "galspec", standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as exc:
@@ -108,7 +114,9 @@ class GalspecGroup(click.Group):
         except OSError as exc:
             fail(_os_error(exc), EXIT_RUNTIME)
         finally:
-            signal.signal(signal.SIGTERM, old)
+            for s, handler in old.items():
+                signal.signal(s, handler)
+            forget_signals()
         sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -25,7 +25,7 @@ from galspec_batch import defaults as D
 from galspec_batch.catalog import CatalogWriter, mark_failed
 from galspec_batch.catalog.lock import catalog_lock
 from galspec_batch.catalog.state import check_partition
-from galspec_batch.errors import GalspecError, UsageError, first_line
+from galspec_batch.errors import GalspecError, UsageError, first_line, raise_if_signalled
 from galspec_batch.options import CLUSTERS, PredictOptions
 from galspec_batch.predict.begin import begin_catalog, join_catalog
 from galspec_batch.predict.feed import release_kept_pool
@@ -156,6 +156,7 @@ def _run(jobs: list[TaskJob], spec: ModelSpec, cluster: object, workers: int, re
             else:
                 results = _run_dask(client, jobs, spec, retries)
             for parts, result in results:
+                raise_if_signalled()
                 if isinstance(result, BaseException):
                     why = f"{type(result).__name__}: {first_line(result)}"
                     for p in parts:

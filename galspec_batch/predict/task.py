@@ -27,7 +27,7 @@ from galspec_batch.columns import (
     RA,
     QualityFlag,
 )
-from galspec_batch.errors import GalspecError, first_line
+from galspec_batch.errors import GalspecError, first_line, raise_if_signalled
 from galspec_batch.predict.feed import run_feed
 from galspec_batch.predict.tasks import Piece, Task
 from galspec_batch.predict.worker import ModelSpec, Predictor, get_predictor
@@ -70,6 +70,7 @@ def run_task(job: TaskJob, spec: ModelSpec, on_rows: Callable[[int], None] | Non
     select = None if region is None else (lambda b: region.contains(b.ra, b.dec))
     try:
         for batch, predicted, n_read in run_feed(predictor, store, groups, select):
+            raise_if_signalled()
             pos += n_read
             who = owner_of[np.searchsorted(starts, batch.rows, side="right") - 1]
             for i in np.unique(who):
