@@ -103,12 +103,18 @@ def test_kill_9_at_a_random_point_then_resume(slow, tmp_path, seed):
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_sigint_and_sigterm_stop_cleanly_and_resume(slow, tmp_path, sig, code):
     out = tmp_path / "cat"
+    t0 = time.monotonic()
     proc = galspec(*predict_args(slow, out))
     wait_for(cpaths.run_state_file(out))
-    time.sleep(0.8)
+    began = time.monotonic() - t0
+    while not list(cpaths.state_dir(out).rglob("p*.parquet")) and proc.poll() is None:
+        time.sleep(0.02)  # the first partition is written: the run is under way, with more to do
+    signalled = time.monotonic() - t0
     os.killpg(proc.pid, sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == code, err
+    ended = time.monotonic() - t0
+    timings = f"began at {began:.1f} s, signalled at {signalled:.1f} s, ended at {ended:.1f} s"
+    assert proc.returncode == code, f"{timings}; stderr: {err!r}"
     assert one_line(err) == "galspec: error: interrupted; rerun the same command to resume"
     assert not list(out.glob("_state/parts/**/*.tmp-*")) or not catalog_status(out).complete
     rerun = galspec(*predict_args(slow, out))
