@@ -103,6 +103,8 @@ def test_kill_9_at_a_random_point_then_resume(slow, tmp_path, seed):
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_sigint_and_sigterm_stop_cleanly_and_resume(slow, tmp_path, sig, code):
     out = tmp_path / "cat"
+    parent = f"this process: SIGINT handler {signal.getsignal(signal.SIGINT)}, " \
+             f"blocked {sorted(signal.pthread_sigmask(signal.SIG_BLOCK, []))}"
     t0 = time.monotonic()
     proc = galspec(*predict_args(slow, out))
     wait_for(cpaths.run_state_file(out))
@@ -114,13 +116,31 @@ def test_sigint_and_sigterm_stop_cleanly_and_resume(slow, tmp_path, sig, code):
     _, err = proc.communicate(timeout=60)
     ended = time.monotonic() - t0
     timings = f"began at {began:.1f} s, signalled at {signalled:.1f} s, ended at {ended:.1f} s"
-    assert proc.returncode == code, f"{timings}; stderr: {err!r}"
+    assert proc.returncode == code, f"{timings}; {parent}; stderr: {err!r}"
     assert one_line(err) == "galspec: error: interrupted; rerun the same command to resume"
     assert not list(out.glob("_state/parts/**/*.tmp-*")) or not catalog_status(out).complete
     rerun = galspec(*predict_args(slow, out))
     _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
     same(out, slow[2])
+
+
+def test_a_run_started_with_sigint_blocked_still_stops_on_it(slow, tmp_path):
+    # a blocked signal mask is inherited across exec; a parent that leaked one made predict deaf
+    # to Ctrl-C (it ran on to exit 0), so galspec unblocks SIGINT and SIGTERM when it starts
+    out = tmp_path / "cat"
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        proc = galspec(*predict_args(slow, out))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    wait_for(cpaths.run_state_file(out))
+    while not list(cpaths.state_dir(out).rglob("p*.parquet")) and proc.poll() is None:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert one_line(err) == "galspec: error: interrupted; rerun the same command to resume"
 
 
 def test_an_interrupt_python_lost_still_stops_the_run_at_its_next_batch(slow, tmp_path, monkeypatch):

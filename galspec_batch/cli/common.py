@@ -89,6 +89,9 @@ class GalspecGroup(click.Group):
     def main(self, args=None, prog_name=None, **extra):  # noqa: D102 - click's entry point
         _quiet_leftovers()
         forget_signals()
+        # a blocked mask is inherited across exec: a parent that leaked one (the suite's pytest, after
+        # some library blocked SIGINT in its main thread) would make this run deaf to Ctrl-C
+        mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))
         # a SIGINT the shell set to be ignored (a background job) stays ignored
         old = {s: signal.signal(s, stop_on_signal) for s in (signal.SIGINT, signal.SIGTERM)
                if signal.getsignal(s) is not signal.SIG_IGN}
@@ -116,6 +119,7 @@ class GalspecGroup(click.Group):
         finally:
             for s, handler in old.items():
                 signal.signal(s, handler)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             forget_signals()
         sys.exit(code if isinstance(code, int) else 0)
 
