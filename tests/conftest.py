@@ -3,9 +3,6 @@ from them, and the real single-node SLURM cluster (only where asked for)."""
 
 from __future__ import annotations
 
-import signal
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -134,15 +131,3 @@ def slurm_cluster():
     yield scripts
     if not running:
         subprocess.run([str(scripts / "down.sh")], capture_output=True, env=env, timeout=120)
-
-
-@pytest.fixture(autouse=True)
-def sigint_left_as_found(request):
-    """A test (or a library it drives) that leaves SIGINT ignored in this process would make every
-    command the later tests start ignore Ctrl-C too (an ignored signal is inherited across exec):
-    put the handler back and say which test did it."""
-    before = signal.getsignal(signal.SIGINT)
-    yield
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and before is not signal.SIG_IGN:
-        signal.signal(signal.SIGINT, before)
-        warnings.warn(f"{request.node.nodeid} left SIGINT ignored; restored", stacklevel=1)
