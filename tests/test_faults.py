@@ -59,9 +59,19 @@ def same(a: Path, b: Path) -> None:
 
 
 def galspec(*args, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "galspec_batch.cli", *map(str, args)],
-                            stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
+    """The command in a process of its own, with SIGINT handled as a terminal's command has it: a
+    suite run as a background job of a non-interactive shell has SIGINT ignored, which a child
+    inherits (and galspec, rightly, keeps)."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen([sys.executable, "-m", "galspec_batch.cli", *map(str, args)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True, **kwargs)
+    finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def predict_args(inputs, out) -> list:
