@@ -136,8 +136,8 @@ def test_sigint_and_sigterm_stop_cleanly_and_resume(slow, tmp_path, sig, code):
 
 
 def test_a_run_started_with_sigint_blocked_still_stops_on_it(slow, tmp_path):
-    # a blocked signal mask is inherited across exec; a parent that leaked one made predict deaf
-    # to Ctrl-C (it ran on to exit 0), so galspec unblocks SIGINT and SIGTERM when it starts
+    # a blocked signal mask is inherited across exec; from a parent that leaked one, predict was
+    # deaf to Ctrl-C (it ran on to exit 0), so galspec unblocks SIGINT and SIGTERM when it starts
     out = tmp_path / "cat"
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:

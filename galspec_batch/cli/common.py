@@ -89,8 +89,8 @@ class GalspecGroup(click.Group):
     def main(self, args=None, prog_name=None, **extra):  # noqa: D102 - click's entry point
         _quiet_leftovers()
         forget_signals()
-        # a blocked mask is inherited across exec: a parent that leaked one (the suite's pytest, after
-        # some library blocked SIGINT in its main thread) would make this run deaf to Ctrl-C
+        # a blocked mask is inherited across exec: a parent that leaked one would make this run deaf
+        # to Ctrl-C (an ignored SIGINT is another matter: that one is the shell's choice)
         mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))
         # a SIGINT the shell set to be ignored (a background job) stays ignored
         old = {s: signal.signal(s, stop_on_signal) for s in (signal.SIGINT, signal.SIGTERM)
