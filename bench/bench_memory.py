@@ -1,7 +1,9 @@
 """Peak memory of an in-process ``galspec predict`` as the store grows: flat once the feed's few
 buffers are in use (``predict/feed.py``), whatever N. Each run in a fresh process: its peak
-(VmHWM), and its resident memory sampled every 0.1 s, whose median over the first and the last
-third of the run tells growth (a leak) from the spikes a longer run has more chances to meet.
+(VmHWM), and its resident memory sampled every 0.02 s: its 99th percentile, and its median over
+the first and the last third of the run, which tell growth (a leak, or freed memory the allocator
+keeps) from the spikes of a batch's temporaries, which a longer run has more chances to meet at
+their worst. A predicting process trims the heap once a second (``trim_freed_memory``).
 
     python bench/bench_memory.py [--size 224] [--model simple-cnn] [--n 1024,10240] [--batch 256]
 
@@ -80,16 +82,17 @@ def main() -> None:
     try:
         ckpt = make_tiny_checkpoint(tmp / "ck", model=a.model, size=a.size)
         print(f"# {a.model}, {a.size}x{a.size} px, batch {a.batch}, MC T={a.mc}, in-process, eager")
-        first = None
+        first = first99 = None
         sizes = list(map(int, a.n.split(",")))
         for n in sizes:
             store = make_store(tmp / f"s{n}.zarr", n, a.size, seed=n)
             args = [str(store), str(ckpt), str(tmp / f"c{n}"), "eager", str(a.batch), str(a.mc)]
             t0 = time.perf_counter()
-            mib, early, late = rss_child(args)
-            first = first or mib
-            print(f"N={n:>7,}: peak RSS {mib:7.0f} MiB  (x{mib / first:.2f} of the first); median RSS "
-                  f"{early:.0f} MiB in the run's first third, {late:.0f} in its last; "
+            mib, p99, early, late = rss_child(args)
+            first, first99 = first or mib, first99 or p99
+            print(f"N={n:>7,}: peak RSS {mib:7.0f} MiB (x{mib / first:.2f} of the first), 99th percentile "
+                  f"{p99:.0f} (x{p99 / first99:.2f}); median {early:.0f} MiB in the run's first third, "
+                  f"{late:.0f} in its last; "
                   f"{time.perf_counter() - t0:.0f} s", flush=True)
             if n != sizes[0] or a.no_repeat:
                 shutil.rmtree(store)

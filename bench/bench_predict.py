@@ -1,7 +1,8 @@
 """CPU benchmark of batch prediction, all in one run (ratios against baselines measured here):
 
 - end to end (store -> catalog, MC dropout T=32), a process's first run and a second one (whose
-  imports, hats' 1.5 s among them, and first calls are paid, as the forward rates' are), against
+  imports, hats' 1.5 s among them, and first calls are paid, as the forward rates' are), and the
+  rate per cutout once a run's fixed costs are paid (from warm runs on N/2 and N), against
   (a) the naive way: fp32 eager with T full forward passes, and
   (b) forward + MC alone: the run's own predictor (float conversion, the CPU's compute
       sub-batches, the network, the head-only MC, the scaling) on the images already in memory
@@ -39,12 +40,16 @@ from galspec_batch.store.format import CODECS  # noqa: E402
 from galspec_batch.store.reader import batch_groups  # noqa: E402
 
 
-def _rate(n: int, fn, repeat: int = 1) -> float:
-    fn()  # warm-up
-    t0 = time.perf_counter()
+def _rate(n: int, fn, repeat: int = 3) -> float:
+    """Items/s of ``fn`` after a warm-up: the best of ``repeat`` timings (a short timing is easily
+    disturbed by anything else on 2 cores)."""
+    fn()
+    best = float("inf")
     for _ in range(repeat):
+        t0 = time.perf_counter()
         fn()
-    return n * repeat / (time.perf_counter() - t0)
+        best = min(best, time.perf_counter() - t0)
+    return n / best
 
 
 def forward_rates(ckpt_path: Path, store_path: Path, engine: str, batch: int, T: int) -> dict:
@@ -82,15 +87,31 @@ def forward_rates(ckpt_path: Path, store_path: Path, engine: str, batch: int, T:
     return {
         "forward_mc": _rate(n, forward_mc),
         "forward_single_eager": _rate(n, forward_single),
-        "naive": _rate(n_naive, naive),
+        "naive": _rate(n_naive, naive, repeat=1),
         "decode": _rate(len(store), decode),
     }
 
 
 def end_to_end(ckpt: Path, store: Path, out: Path, engine: str, batch: int, T: int, cluster) -> float:
+    return a_run(ckpt, store, out, engine, batch, T, cluster)[0]
+
+
+def a_run(ckpt: Path, store: Path, out: Path, engine: str, batch: int, T: int, cluster
+          ) -> tuple[float, float]:
+    """Galaxies/s of one run and its seconds."""
     s = predict_catalog(store, ckpt, out, PredictOptions(engine=engine, batch_size=batch, mc_samples=T),
                         cluster=cluster, progress=False, overwrite=True)
-    return s.objects / s.seconds
+    return s.objects / s.seconds, s.seconds
+
+
+def marginal(ckpt: Path, stores: tuple[Path, Path], out: Path, engine: str, batch: int, T: int
+             ) -> tuple[float, float]:
+    """The in-process run's rate once its fixed costs are paid, from warm runs on N/2 and N cutouts
+    (best of two each): (N - N/2) / (t_N - t_N/2); and the fixed seconds a run adds besides."""
+    n = [len(open_store(s)) for s in stores]
+    t = [min(a_run(ckpt, s, out, engine, batch, T, "none")[1] for _ in range(2)) for s in stores]
+    rate = (n[1] - n[0]) / (t[1] - t[0])
+    return rate, t[1] - n[1] / rate
 
 
 def end_to_end_dask(ckpt: Path, store: Path, out: Path, engine: str, batch: int, T: int
@@ -114,7 +135,7 @@ def status(key):
     return next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith(key))
 rss, done = [], threading.Event()
 def sample():
-    while not done.wait(0.1):
+    while not done.wait(0.02):
         rss.append(status('VmRSS'))
 threading.Thread(target=sample, daemon=True).start()
 predict_catalog(sys.argv[1], sys.argv[2], sys.argv[3], PredictOptions(engine=sys.argv[4],
@@ -124,17 +145,18 @@ done.set()
 rss = rss or [status('VmRSS')]
 third = max(1, len(rss) // 3)
 # VmHWM, not ru_maxrss: the latter keeps the forking parent's peak across exec
-print(status('VmHWM'), np.median(rss[:third]), np.median(rss[-third:]))
+print(status('VmHWM'), np.percentile(rss, 99), np.median(rss[:third]), np.median(rss[-third:]))
 """
 
 
-def rss_child(args: list[str]) -> tuple[float, float, float]:
-    """One end-to-end in-process prediction in a fresh process: its peak resident memory (VmHWM)
-    and the median of its resident memory, sampled every 0.1 s, over the run's first and last
+def rss_child(args: list[str]) -> tuple[float, float, float, float]:
+    """One end-to-end in-process prediction in a fresh process: its peak resident memory (VmHWM),
+    the 99th percentile of its resident memory sampled every 0.02 s (the peak of a long run meets
+    more rare coincidences of a batch's temporaries), and its median over the run's first and last
     third; MiB."""
     out = subprocess.run([sys.executable, "-c", RSS_CHILD, *args], capture_output=True, text=True, check=True)
-    peak, early, late = (float(v) / 1024 for v in out.stdout.split()[-3:])
-    return peak, early, late
+    peak, p99, early, late = (float(v) / 1024 for v in out.stdout.split()[-4:])
+    return peak, p99, early, late
 
 
 def main() -> None:
@@ -158,6 +180,8 @@ def main() -> None:
     r = forward_rates(ckpt, store, a.engine, a.batch, a.mc)
     e2e_none = end_to_end(ckpt, store, tmp / "c1", a.engine, a.batch, a.mc, "none")
     e2e_warm = end_to_end(ckpt, store, tmp / "c1b", a.engine, a.batch, a.mc, "none")
+    half = make_tiny_store(tmp / "s2.zarr", n=a.n // 2, size=a.size, width=3.0, seed=2, codec=a.codec)
+    slope, fixed = marginal(ckpt, (half, store), tmp / "c1c", a.engine, a.batch, a.mc)
     e2e_local, startup = end_to_end_dask(ckpt, store, tmp / "c2", a.engine, a.batch, a.mc)
     rows = [
         ("naive: fp32 eager, T full passes", r["naive"]),
@@ -165,21 +189,23 @@ def main() -> None:
         (f"forward alone: body + head-only MC T={a.mc}", r["forward_mc"]),
         ("end to end, in-process (cluster=none)", e2e_none),
         ("  the same again (imports and first calls paid)", e2e_warm),
+        ("  per cutout once paid: warm runs at N/2 and N", slope),
         ("end to end, local Dask cluster (2 workers x 1 thread)", e2e_local),
     ]
     print(f"{'':48s} {'galaxies/s':>12s} {'x naive':>9s} {'x forward+MC':>13s}")
     for name, v in rows:
         print(f"{name:48s} {v:12,.0f} {v / r['naive']:9.1f} {v / r['forward_mc']:13.2f}")
-    print(f"(the Dask cluster took {startup:.1f} s to start, not counted above; the model loads in the run)")
+    print(f"(a warm in-process run's fixed cost besides: {fixed:.2f} s; "
+          f"the Dask cluster took {startup:.1f} s to start, not counted above; the model loads in the run)")
     bound = 1 / (1 / r["forward_mc"] + 1 / r["decode"])
     print(f"decoding the store alone: {r['decode']:,.0f} cutouts/s ({a.codec}, the reader's threads); "
           f"forward + MC and decoding one after the other: {bound:,.0f}/s, "
           f"x{bound / r['forward_mc']:.2f} forward + MC")
-    result = {"rates": dict(rows), "decode": r["decode"]}
+    result = {"rates": dict(rows), "decode": r["decode"], "fixed_s": fixed}
     if not a.no_memory:
         store10 = make_tiny_store(tmp / "s10.zarr", n=10 * a.n, size=a.size, width=3.0, seed=1, codec=a.codec)
-        mem_n, _, _ = rss_child([str(store), str(ckpt), str(tmp / "m1"), a.engine, str(a.batch), str(a.mc)])
-        mem_10n, _, _ = rss_child([str(store10), str(ckpt), str(tmp / "m10"), a.engine, str(a.batch),
+        mem_n, *_ = rss_child([str(store), str(ckpt), str(tmp / "m1"), a.engine, str(a.batch), str(a.mc)])
+        mem_10n, *_ = rss_child([str(store10), str(ckpt), str(tmp / "m10"), a.engine, str(a.batch),
                                    str(a.mc)])
         print(f"peak RSS of an in-process run: N={a.n}: {mem_n:.0f} MiB, 10N={10 * a.n}: {mem_10n:.0f} MiB "
               f"(ratio {mem_10n / mem_n:.2f})")

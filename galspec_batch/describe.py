@@ -6,6 +6,7 @@ which TOPCAT reads), the VOTable made by hats' ``nested_frame_to_vo_schema``."""
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -86,17 +87,22 @@ def _astropy_yaml(schema: pa.Schema, units: dict, descriptions: dict, table_meta
 
 def _votable_xml(schema: pa.Schema, units: dict, descriptions: dict, ucds: dict) -> str:
     import nested_pandas as npd
+    from astropy.units import UnitsWarning
     from hats.io.parquet_metadata import nested_frame_to_vo_schema
 
     # numpy dtypes, so that the VOTable says float for float32 (pyarrow dtypes would give double)
     frame = npd.NestedFrame(schema.remove_metadata().empty_table().to_pandas())
-    vo = nested_frame_to_vo_schema(frame, field_units=units, field_descriptions=descriptions, field_ucds=ucds)
     strings = {f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)}
-    for field in vo.get_first_table().iter_fields_and_params():
-        if field.name in strings:
-            field.arraysize = "*"  # a string of any length, not one character
     out = io.BytesIO()
-    vo.to_xml(out)
+    with warnings.catch_warnings():
+        # SDSS's Angstrom and erg: deprecated in VOUnit 1.0, which still admits them
+        warnings.filterwarnings("ignore", "The unit '(Angstrom|erg)' has been deprecated", UnitsWarning)
+        vo = nested_frame_to_vo_schema(frame, field_units=units, field_descriptions=descriptions,
+                                       field_ucds=ucds)
+        for field in vo.get_first_table().iter_fields_and_params():
+            if field.name in strings:
+                field.arraysize = "*"  # a string of any length, not one character
+        vo.to_xml(out)
     return out.getvalue().decode()
 
 

@@ -7,6 +7,7 @@ runner take their defaults from here.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,14 @@ MAX_MC_SAMPLES = 4096
 MAX_BATCH_SIZE = 1 << 16
 MIN_MARGIN_ARCSEC = 1.0  # the ring of pixels of a margin doubles with each order: 1" is order 16
 MAX_MARGIN_ARCSEC = 3600.0
+
+
+def check_device(device: object) -> str:
+    """``--device`` as written checked: ``cpu``, ``cuda`` or ``cuda:N`` (whether such a GPU is
+    there is for the process that runs on it to say)."""
+    if not (isinstance(device, str) and re.fullmatch(r"cpu|cuda(:[0-9]+)?", device)):
+        raise UsageError(f"--device {device!r}: expected cpu, cuda or cuda:N")
+    return device
 
 
 def default_device(cluster: object) -> str:
@@ -96,8 +105,7 @@ class PredictOptions:
         if self.engine not in ENGINE_NAMES:
             raise UsageError(f"unknown --engine {self.engine!r}; expected one of {', '.join(ENGINE_NAMES)}."
                              + did_you_mean(self.engine, ENGINE_NAMES))
-        if self.device.split(":")[0] not in ("cpu", "cuda"):
-            raise bad("--device", self.device, "cpu, cuda or cuda:N")
+        check_device(self.device)
         precision = self.precision or ("fp16" if self.device.startswith("cuda") else "fp32")
         if precision not in PRECISIONS:
             raise bad("--precision", precision, " | ".join(PRECISIONS))

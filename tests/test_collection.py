@@ -334,3 +334,17 @@ def test_empty_sky_is_hats_negative_tree():
     want = sorted((px.order, px.pixel) for px in compute_negative_tree_pixels(tree))
     assert sorted(empty_sky(parts)) == want and len(want) > 100
     assert sorted(empty_sky([])) == [(0, p) for p in range(12)]
+
+
+def test_margin_pairs_are_hats_get_margin():
+    from hats.pixel_math import get_margin
+
+    from galspec_batch.catalog.layout import empty_sky, margin_pairs
+
+    rng = np.random.default_rng(2)
+    parts = [(3, int(p)) for p in rng.integers(0, 12 * 4**3, 4)] + [(0, 11), (5, 12 * 4**5 - 1)]
+    for order in (6, 10):
+        want = {(m, o, p) for o, p in [*parts, *empty_sky(parts)] for m in get_margin(o, p, order - o)}
+        got = margin_pairs(parts, order)
+        assert len(got) == len(want) > 1000
+        assert set(map(tuple, got[["margin_pixel", "order", "pixel"]].to_numpy().tolist())) == want

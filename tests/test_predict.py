@@ -13,6 +13,7 @@ import lsdb
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 from conftest import make_tiny_checkpoint, make_tiny_store
 
@@ -161,6 +162,13 @@ def test_cli_predict_and_bad_checkpoint(tiny_store, tiny_checkpoint, tmp_path):
                                "--out", str(tmp_path / "bad"), "--cluster", "none"])
     assert res.exit_code == 1
     assert res.output.count("\n") == 1 and "galspec: error:" in res.output
+    common = ["predict", "--store", str(tiny_store), "--checkpoint", str(tiny_checkpoint), "--cluster", "none"]
+    res = runner.invoke(main, [*common, "--out", str(tmp_path / "tpu"), "--device", "cuda:x"])
+    assert (res.exit_code, res.output) == (2, "galspec: error: --device 'cuda:x': expected cpu, cuda or cuda:N\n")
+    if not torch.cuda.is_available():  # where the run is, not the command line, says whether a GPU is there
+        res = runner.invoke(main, [*common, "--out", str(tmp_path / "gpu"), "--device", "cuda"])
+        assert res.exit_code == 1 and res.output.count("\n") == 1, res.output
+        assert "--device cuda: torch sees no CUDA GPU here" in res.output
 
 
 def test_killed_worker_partition_is_retried(tmp_path):

@@ -49,15 +49,24 @@ def margin_order(arcsec: float, highest_order: int) -> int:
 def margin_pairs(partitions: list[tuple[int, int]], order: int) -> pd.DataFrame:
     """Every (margin pixel at ``order``, partition order, partition pixel) with the margin pixel in
     the ring around the partition: the catalog's partitions and the empty sky around them (hats'
-    negative tree), so that a crossmatch beside the catalog's edge finds its rows too."""
-    from hats.pixel_math import get_margin
+    negative tree), so that a crossmatch beside the catalog's edge finds its rows too. The rings
+    are hats' ``get_margin``, from cdshealpix once per order rather than once per pixel."""
+    import cdshealpix
 
-    margin, orders, owners = [], [], []
+    by_order: dict[int, list[int]] = {}
     for o, p in [*partitions, *empty_sky(partitions)]:
-        ring = get_margin(o, p, order - o)
-        margin.append(np.asarray(ring, np.int64))
-        orders.append(np.full(len(ring), o, np.int64))
-        owners.append(np.full(len(ring), p, np.int64))
+        by_order.setdefault(o, []).append(p)
+    margin, orders, owners = [], [], []
+    for o, pixels in sorted(by_order.items()):
+        owner = np.asarray(pixels, np.int64)
+        edges, corners = cdshealpix.external_neighbours(ipix=owner, depth=o, delta_depth=order - o)
+        ring = np.concatenate([edges.astype(np.int64), corners.astype(np.int64)], axis=1)
+        keep = ring >= 0  # a corner that is not there (8 of the sky's 12 base pixels lack one)
+        margin.append(ring[keep])
+        owners.append(np.broadcast_to(owner[:, None], ring.shape)[keep])
+        orders.append(np.full(int(keep.sum()), o, np.int64))
+    if not margin:
+        return pd.DataFrame({"margin_pixel": [], "order": [], "pixel": []}, dtype=np.int64)
     return pd.DataFrame({"margin_pixel": np.concatenate(margin), "order": np.concatenate(orders),
                          "pixel": np.concatenate(owners)})
 

@@ -131,7 +131,7 @@ def state_digest(net: nn.Module) -> str:
 def resolve_device(device: str | torch.device) -> torch.device:
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {str(device)!r} asked for, but torch sees no CUDA GPU here")
+        raise InputError(f"--device {device}: torch sees no CUDA GPU here")
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device

@@ -30,7 +30,7 @@ from galspec_batch.columns import (
 from galspec_batch.errors import GalspecError, first_line, raise_if_signalled
 from galspec_batch.predict.feed import run_feed
 from galspec_batch.predict.tasks import Piece, Task
-from galspec_batch.predict.worker import ModelSpec, Predictor, get_predictor
+from galspec_batch.predict.worker import ModelSpec, Predictor, get_predictor, trim_freed_memory
 from galspec_batch.store import Partition, open_store
 from galspec_batch.store.reader import batch_groups
 
@@ -85,6 +85,7 @@ def run_task(job: TaskJob, spec: ModelSpec, on_rows: Callable[[int], None] | Non
                 current += 1
             if on_rows is not None:
                 on_rows(len(batch.rows))
+            trim_freed_memory()
         while current < len(pieces):  # pieces of no rows
             _finish(job, spec, pieces[current], acc[current], result)
             current += 1

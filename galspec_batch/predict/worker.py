@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,6 +142,31 @@ def get_predictor(spec: ModelSpec) -> Predictor:
     return _PREDICTORS[spec]
 
 
+_LAST_TRIM = [0.0]
+
+
+def trim_freed_memory(interval: float = D.TRIM_INTERVAL_S) -> bool:
+    """Hand the memory freed since the last call back to the system (glibc's ``malloc_trim``), at
+    most every ``interval`` seconds. glibc keeps freed blocks for reuse, and between batches of
+    224 px cutouts (activations of tens of MB) what it keeps grew a run's resident memory by a
+    third from N to 10N cutouts; trimming once a second kept it flat for no measurable time, where
+    after every batch it cost 3-7%. Returns whether it trimmed."""
+    now = time.monotonic()
+    if now - _LAST_TRIM[0] < interval or _libc() is None:
+        return False
+    _LAST_TRIM[0] = now
+    _libc().malloc_trim(0)
+    return True
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return None
+
+
 def undo_malloc_trim() -> bool:
     """Give malloc back the thresholds it would choose itself, where ``MALLOC_TRIM_THRESHOLD_`` fixed
     them. Dask's nanny starts every worker with ``MALLOC_TRIM_THRESHOLD_=65536``, which also stops
@@ -147,11 +174,8 @@ def undo_malloc_trim() -> bool:
     next one page-faults in again, and torch's CPU inference ran at 0.31x (602 against 1,915
     cutouts/s, simple-cnn at 64 px, 2 threads). The values are glibc's own ceiling for them (mmap
     32 MiB, trim twice that). Returns whether they were set (glibc only)."""
-    if "MALLOC_TRIM_THRESHOLD_" not in os.environ:
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: nothing to undo
+    libc = _libc()
+    if "MALLOC_TRIM_THRESHOLD_" not in os.environ or libc is None:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(libc.mallopt(m_mmap_threshold, 32 << 20)) and bool(libc.mallopt(m_trim_threshold, 64 << 20))

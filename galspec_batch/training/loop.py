@@ -51,6 +51,7 @@ from galspec_batch.errors import InputError, UsageError
 from galspec_batch.labels import Labels
 from galspec_batch.models import GalspecNet, create_model, model_entry
 from galspec_batch.models.heads import LOSS_HEAD, head_loss, rmse
+from galspec_batch.options import check_device
 from galspec_batch.progress import Progress
 from galspec_batch.store import CutoutStore, open_store
 
@@ -114,12 +115,7 @@ def _net_device(net: torch.nn.Module) -> torch.device:
 
 def _training_device(device: str) -> torch.device:
     """``--device`` checked: a CPU, or a CUDA GPU torch can see."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {device!r}: expected cpu, cuda or cuda:N")
+    dev = torch.device(check_device(device))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {device}: torch sees no CUDA GPU here")
     return dev
