@@ -133,6 +133,9 @@ from galspec_batch.options import PredictOptions
 from galspec_batch.predict import predict_catalog
 def status(key):
     return next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith(key))
+if sys.argv[7:] == ['notrim']:  # bench_memory --no-trim: the heap is never trimmed
+    import galspec_batch.predict.task as task
+    task.trim_freed_memory = lambda: False
 rss, done = [], threading.Event()
 def sample():
     while not done.wait(0.02):

@@ -16,7 +16,7 @@ STORE_DTYPE = "float16"
 MAX_TASK_ROWS = 16_384  # rows of one predict task at most: big partitions are cut (predict/tasks.py)
 TASKS_PER_WORKER = 4  # and tasks made smaller until each worker has this many (bench_schedule.py)
 CPU_COMPUTE_BATCH = 32  # cutouts per forward pass on the CPU, whatever --batch-size reads (bench_predict.py)
-TRIM_INTERVAL_S = 1.0  # a predicting process hands freed heap back at most this often (bench_memory.py)
+TRIM_INTERVAL_S = 5.0  # a predicting process hands freed heap back at most this often (bench_memory.py)
 STORE_CODECS = ("zstd", "zstd-1", "lz4", "lz4-bitshuffle", "none")  # the images' codec: --codec
 STORE_CODEC = "zstd"  # chosen by bench/bench_store.py (catalogs/store-format.md)
 

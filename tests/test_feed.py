@@ -3,6 +3,7 @@ buffer late (as a DMA copy does) and whose compute runs on its own thread (as a 
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -155,3 +156,22 @@ def test_an_in_process_run_lets_the_kept_buffers_go(tmp_path):
     predict_catalog(store, ckpt, tmp_path / "c", PredictOptions(batch_size=16), cluster="none",
                     progress=False)
     assert feed._KEPT == []
+
+
+def test_freed_heap_is_handed_back_at_most_once_an_interval():
+    from galspec_batch.predict.worker import _libc, trim_freed_memory
+
+    def _resident() -> int:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    if _libc() is None:
+        pytest.skip("not glibc: there is no malloc_trim to call")
+    assert trim_freed_memory(interval=0)
+    held = [np.ones(4096) for _ in range(40_000)]  # 32 KiB blocks: the heap, not mmap; 1.3 GB
+    grown = _resident()
+    del held[::2]  # freed between blocks still held, so glibc keeps it for reuse
+    kept = _resident()
+    assert not trim_freed_memory(interval=3600)  # trimmed within the hour: nothing done
+    assert trim_freed_memory(interval=0)
+    assert _resident() < kept - (512 << 20), (grown >> 20, kept >> 20, _resident() >> 20)

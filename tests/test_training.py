@@ -331,3 +331,17 @@ def test_cli_bad_inputs(trained, data, tmp_path):
         res = _invoke(*common, "--labels", data["labels"], "--out", tmp_path / "f", "--device", "cuda")
         _one_line_error(res, "--device cuda: torch sees no CUDA GPU here", code=2)
     assert not (tmp_path / "e").exists() and not (tmp_path / "f").exists()
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss(data, tmp_path):
+    common = ["--model", "simple-cnn", "--epochs", "2", "--batch-size", "32", "--store", data["store"],
+              "--labels", data["labels"]]
+    res = _invoke(*common, "--out", tmp_path / "nan", "--lr", "1e30")
+    _one_line_error(res, "training diverged in epoch 1: at batch ")
+    assert "the loss is nan; nothing of that epoch was kept: lower --lr (now 1e+30)" in res.output
+    assert not (tmp_path / "nan" / "best").exists()  # no checkpoint of non-finite weights
+    # one step of all 160 training objects: its loss (before the step) is finite, the predictions after not
+    res = _invoke(*common, "--out", tmp_path / "inf", "--lr", "1e30", "--batch-size", "160")
+    _one_line_error(res, "training diverged in epoch 1: the network predicts values that are not finite for ")
+    res = _invoke(*common, "--out", tmp_path / "nan", "--lr", "0.01", "--overwrite")
+    assert res.exit_code == 0, res.output

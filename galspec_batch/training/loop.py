@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import time
@@ -59,7 +60,7 @@ from .augment import random_d4
 from .data import ImageSource, iter_batches, n_batches, read_training_labels, split_indices
 from .optim import flatten_state, make_one_cycle, make_optimizer, unflatten_state
 from .preprocess import MAX_SAMPLE_OBJECTS, fit_preprocess
-from .validation import calibrate_checkpoint, validation_metrics
+from .validation import TrainingDiverged, calibrate_checkpoint, validation_metrics
 
 LAST, BEST, METRICS_FILE = "last", "best", "metrics.csv"
 STATE_JSON, STATE_TENSORS = "trainer_state.json", "trainer_state.safetensors"
@@ -335,31 +336,45 @@ def _run_epoch(net, opt, sched, train_src, z_train, val_src, z_val, settings: Tr
     device = _net_device(net)
     total_loss = total_rmse = 0.0
     seen = 0
-    for x, y in iter_batches(train_src, z_train, settings.batch_size, order_gen, drop_last=True):
+    for step, (x, y) in enumerate(iter_batches(train_src, z_train, settings.batch_size, order_gen,
+                                                drop_last=True)):
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if settings.augment:
             x = random_d4(x, aug_gen)
         with train_autocast(device.type, settings.precision):
             out = net(x)  # contiguous: channels-last trained at 0.3-0.5x here (bench_training.py)
         loss, mean = head_loss(out.float(), y, settings.loss, settings.beta)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise _diverged(epoch, f"at batch {step + 1} the loss is {value}", settings)
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-        total_loss += loss.item() * len(x)
+        total_loss += value * len(x)
         total_rmse += rmse(mean[:, latents].detach(), y[:, latents]).item() * len(x)
         seen += len(x)
         task(1)
     seconds = time.perf_counter() - t0
+    try:
+        validation = validation_metrics(net, val_src, z_val, names)
+    except TrainingDiverged as exc:
+        raise _diverged(epoch, str(exc), settings) from None
     return {
         "epoch": epoch + 1,
         "train_loss": total_loss / max(seen, 1),
         "train_rmse": total_rmse / max(seen, 1),
-        **validation_metrics(net, val_src, z_val, names),
+        **validation,
         "lr": opt.param_groups[0]["lr"],
         "seconds": seconds,
         "img_per_s": seen / seconds if seconds > 0 else 0.0,
     }
+
+
+def _diverged(epoch: int, what: str, settings: TrainSettings) -> TrainingDiverged:
+    """Nothing of a diverged epoch is saved: the output keeps the epochs before it."""
+    return TrainingDiverged(f"training diverged in epoch {epoch + 1}: {what}; nothing of that epoch was "
+                            f"kept: lower --lr (now {settings.max_lr:g}) and rerun with --overwrite")
 
 
 # -- resume state ---------------------------------------------------------------------------

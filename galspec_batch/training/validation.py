@@ -18,6 +18,7 @@ import torch
 from galspec_batch.calibrate import MIN_SPLIT, CalibrationFit, fit_calibration, split_objects
 from galspec_batch.checkpoint import load_checkpoint, save_calibration
 from galspec_batch.columns import REDSHIFT
+from galspec_batch.errors import GalspecError
 from galspec_batch.mc import head_parameters, mc_predict
 from galspec_batch.metrics import photoz_metrics
 from galspec_batch.models import GalspecNet
@@ -26,6 +27,10 @@ from galspec_batch.options import DEFAULT_MC_SAMPLES, PredictOptions
 from .data import ImageSource, iter_batches
 
 VAL_BATCH = 256
+
+
+class TrainingDiverged(GalspecError, RuntimeError):
+    """The loss, or the network's predictions, stopped being finite numbers."""
 
 
 def validation_metrics(net: GalspecNet, source: ImageSource, z_val: np.ndarray, names: list[str]
@@ -41,6 +46,10 @@ def validation_metrics(net: GalspecNet, source: ImageSource, z_val: np.ndarray, 
             if var is not None:
                 variances.append(var.double().cpu())
     mean = torch.cat(means)
+    bad = int((~torch.isfinite(mean).all(dim=1)).sum())
+    if bad:
+        raise TrainingDiverged(f"the network predicts values that are not finite for {bad} of {len(mean)} "
+                               "validation objects")
     y = torch.from_numpy(z_val).double()
     se = ((mean - y) ** 2).mean(dim=0)
     latents = [i for i, n in enumerate(names) if n != REDSHIFT]
