@@ -345,3 +345,27 @@ def test_a_diverging_run_stops_at_the_first_non_finite_loss(data, tmp_path):
     _one_line_error(res, "training diverged in epoch 1: the network predicts values that are not finite for ")
     res = _invoke(*common, "--out", tmp_path / "nan", "--lr", "0.01", "--overwrite")
     assert res.exit_code == 0, res.output
+
+
+def test_labelled_objects_the_store_quarantined_are_left_out(tmp_path):
+    from galspec_batch.ingest.quarantine import Quarantined, write_quarantine
+
+    store, ids, values = make_store(tmp_path / "s.zarr", n=60)
+    extra = np.array([10_007, 10_008])
+    labels = write_labels(tmp_path / "l.parquet", np.r_[ids, extra, [10_009]],
+                          np.r_[values[:, :6], np.zeros((3, 6))])
+    common = ["--model", "simple-cnn", "--epochs", "1", "--store", store, "--labels", labels]
+    write_quarantine(store, [Quarantined("a.fits", 10_007, "no cutout"), Quarantined("b.fits", 10_008, "x"),
+                             Quarantined("c.fits", None, "a file with no object")])
+    # 10,009 is neither in the store nor in its quarantine list: refused by name
+    _one_line_error(_invoke(*common, "--out", tmp_path / "a"), "object_id [10009]")
+    labels = write_labels(tmp_path / "l2.parquet", np.r_[ids, extra], np.r_[values[:, :6], np.zeros((2, 6))])
+    res = _invoke(*common[:-1], labels, "--out", tmp_path / "b")
+    assert res.exit_code == 0, res.output
+    assert "left out 2 labelled objects the store quarantined" in res.output
+    assert "object_id [10007, 10008]" in res.output
+    n = json.loads((tmp_path / "b" / "best" / "config.json").read_text())["data"]
+    assert (n["n_train"] + n["n_val"], n["n_quarantined_left_out"]) == (60, 2)
+    (tmp_path / "s.zarr.quarantine.csv").write_text("path,object_id,reason\na.fits,ten,bad\n")
+    res = _invoke(*common[:-1], labels, "--out", tmp_path / "c")
+    _one_line_error(res, "s.zarr.quarantine.csv cannot be read")

@@ -52,6 +52,8 @@ def train_cmd(model, store, labels, epochs, out, init, lr, batch_size, dropout, 
                              beta=beta, redshift=False if no_redshift else None, precision=precision)
     result = fit(store, labels, out, settings, init=init, overwrite=overwrite, threads=threads,
                  device=device, progress=not quiet)
+    if result.left_out:
+        click.echo(result.left_out)
     best = result.metrics[result.best_epoch - 1]
     z = f", z_phot NMAD {best['val_z_nmad']:.4f}" if "val_z_nmad" in best else ""
     click.echo(f"wrote {result.best}: best val_rmse {result.best_val_rmse:.4f}{z} at epoch "

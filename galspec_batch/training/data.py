@@ -7,13 +7,17 @@ read from the store batch by batch.
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import torch
 
+from galspec_batch.columns import OBJECT_ID
 from galspec_batch.errors import InputError, UsageError
+from galspec_batch.ingest.quarantine import quarantine_path
 from galspec_batch.labels import Labels, read_labels
 from galspec_batch.store import CutoutStore
 
@@ -27,6 +31,25 @@ def read_training_labels(path: str | os.PathLike) -> Labels:
     if labels.object_id.size < 2:
         raise InputError(f"labels table {path} has {labels.object_id.size} rows; training needs at least 2")
     return labels
+
+
+def leave_out_quarantined(labels: Labels, store: CutoutStore) -> tuple[Labels, np.ndarray]:
+    """``labels`` less the objects the store lacks because its ingest or download quarantined them
+    (``<store>.quarantine.csv``), and those objects' ids. A labelled object the store lacks for no
+    recorded reason stays, for the join to refuse by name."""
+    qfile = quarantine_path(store.path)
+    if not qfile.is_file():
+        return labels, np.zeros(0, np.int64)
+    try:
+        with open(qfile, newline="") as fh:
+            listed = [int(r[OBJECT_ID]) for r in csv.DictReader(fh) if (r.get(OBJECT_ID) or "").strip()]
+    except (OSError, ValueError, csv.Error) as exc:
+        raise InputError(f"quarantine list {qfile} cannot be read: {exc}") from None
+    drop = np.isin(labels.object_id, listed) & ~np.isin(labels.object_id, store.object_id)
+    keep = ~drop
+    z = None if labels.z is None else labels.z[keep]
+    return replace(labels, object_id=labels.object_id[keep], values=labels.values[keep], z=z), \
+        labels.object_id[drop]
 
 
 def split_indices(object_id: np.ndarray, val_fraction: float = 0.2, seed: int = 0

@@ -49,7 +49,8 @@ from galspec_batch.checkpoint import (
 )
 from galspec_batch.columns import REDSHIFT
 from galspec_batch.errors import InputError, UsageError
-from galspec_batch.labels import Labels
+from galspec_batch.ingest.quarantine import quarantine_path
+from galspec_batch.labels import Labels, show_ids
 from galspec_batch.models import GalspecNet, create_model, model_entry
 from galspec_batch.models.heads import LOSS_HEAD, head_loss, rmse
 from galspec_batch.options import check_device
@@ -57,7 +58,14 @@ from galspec_batch.progress import Progress
 from galspec_batch.store import CutoutStore, open_store
 
 from .augment import random_d4
-from .data import ImageSource, iter_batches, n_batches, read_training_labels, split_indices
+from .data import (
+    ImageSource,
+    iter_batches,
+    leave_out_quarantined,
+    n_batches,
+    read_training_labels,
+    split_indices,
+)
 from .optim import flatten_state, make_one_cycle, make_optimizer, unflatten_state
 from .preprocess import MAX_SAMPLE_OBJECTS, fit_preprocess
 from .validation import TrainingDiverged, calibrate_checkpoint, validation_metrics
@@ -96,6 +104,7 @@ class TrainResult:
     best_epoch: int
     calibration: CalibrationFit | None = None  # fitted on the validation split of the best epoch
     uncalibrated: str | None = None  # why there is no calibration, when there is none
+    left_out: str | None = None  # the labelled objects left out because the store quarantined them
     last: Path = field(init=False)
     best: Path = field(init=False)
 
@@ -169,7 +178,10 @@ def fit(
         raise InputError(
             f"--epochs and --batch-size must be positive, got {settings.epochs} and {settings.batch_size}"
         )
-    lab = read_training_labels(labels)
+    lab, quarantined = leave_out_quarantined(read_training_labels(labels), store)
+    if lab.object_id.size < 2:
+        raise InputError(f"labels table {labels} has {lab.object_id.size} rows of objects the store holds; "
+                         "training needs at least 2")
     rows = match_rows(store.object_id, lab.object_id, f"the store {store.path}")
     tr, va = split_indices(lab.object_id, settings.val_fraction, settings.seed)
 
@@ -185,6 +197,10 @@ def fit(
     }
     state = _read_state(out, identity, overwrite)
 
+    left_out = None
+    if quarantined.size:
+        left_out = (f"left out {quarantined.size} labelled objects the store quarantined "
+                    f"({quarantine_path(store.path)}): object_id {show_ids(quarantined)}")
     with _torch_settings(threads), Progress(progress) as bar:
         load = bar.task("loading images", len(rows))
         train_src = ImageSource(store, rows[tr], max_ram_bytes, progress=load)
@@ -229,6 +245,7 @@ def fit(
                 "store": str(store.path), "store_fingerprint": identity["store_fingerprint"],
                 "labels": str(labels), "labels_sha256": identity["labels_sha256"],
                 "n_train": int(len(tr)), "n_val": int(len(va)),
+                "n_quarantined_left_out": int(quarantined.size),
             },
         }
         if base is not None:
@@ -271,7 +288,7 @@ def fit(
             bar.log(f"NOT CALIBRATED: {why}")
 
     best = min(metrics, key=lambda m: m["val_rmse"])
-    return TrainResult(out, metrics, best["val_rmse"], int(best["epoch"]), calibration, why)
+    return TrainResult(out, metrics, best["val_rmse"], int(best["epoch"]), calibration, why, left_out)
 
 
 def _zero_points(store: CutoutStore) -> list[float] | None:
