@@ -45,6 +45,8 @@ def train_cmd(model, store, labels, epochs, out, init, lr, batch_size, dropout, 
               no_augment, loss, beta, no_redshift, threads, device, precision, overwrite, quiet) -> None:
     """Train (or resume, or fine-tune) a CNN that predicts latents (and the redshift) from cutouts,
     and calibrate its uncertainties on the validation split."""
+    from galspec_batch.ingest.quarantine import quarantine_path
+    from galspec_batch.labels import show_ids
     from galspec_batch.training import TrainSettings, fit
 
     settings = TrainSettings(model=model, epochs=epochs, batch_size=batch_size, max_lr=lr, dropout=dropout,
@@ -52,8 +54,9 @@ def train_cmd(model, store, labels, epochs, out, init, lr, batch_size, dropout, 
                              beta=beta, redshift=False if no_redshift else None, precision=precision)
     result = fit(store, labels, out, settings, init=init, overwrite=overwrite, threads=threads,
                  device=device, progress=not quiet)
-    if result.left_out:
-        click.echo(result.left_out)
+    if result.left_out is not None and result.left_out.size:
+        click.echo(f"left out {result.left_out.size} labelled objects the store quarantined "
+                   f"({quarantine_path(store)}): object_id {show_ids(result.left_out)}")
     best = result.metrics[result.best_epoch - 1]
     z = f", z_phot NMAD {best['val_z_nmad']:.4f}" if "val_z_nmad" in best else ""
     click.echo(f"wrote {result.best}: best val_rmse {result.best_val_rmse:.4f}{z} at epoch "

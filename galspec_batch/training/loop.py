@@ -49,8 +49,7 @@ from galspec_batch.checkpoint import (
 )
 from galspec_batch.columns import REDSHIFT
 from galspec_batch.errors import InputError, UsageError
-from galspec_batch.ingest.quarantine import quarantine_path
-from galspec_batch.labels import Labels, show_ids
+from galspec_batch.labels import Labels
 from galspec_batch.models import GalspecNet, create_model, model_entry
 from galspec_batch.models.heads import LOSS_HEAD, head_loss, rmse
 from galspec_batch.options import check_device
@@ -104,7 +103,7 @@ class TrainResult:
     best_epoch: int
     calibration: CalibrationFit | None = None  # fitted on the validation split of the best epoch
     uncalibrated: str | None = None  # why there is no calibration, when there is none
-    left_out: str | None = None  # the labelled objects left out because the store quarantined them
+    left_out: np.ndarray | None = None  # ids of labelled objects left out: the store quarantined them
     last: Path = field(init=False)
     best: Path = field(init=False)
 
@@ -180,8 +179,8 @@ def fit(
         )
     lab, quarantined = leave_out_quarantined(read_training_labels(labels), store)
     if lab.object_id.size < 2:
-        raise InputError(f"labels table {labels} has {lab.object_id.size} rows of objects the store holds; "
-                         "training needs at least 2")
+        raise InputError(f"labels table {labels} has {lab.object_id.size} rows once the objects the store "
+                         "quarantined are left out; training needs at least 2")
     rows = match_rows(store.object_id, lab.object_id, f"the store {store.path}")
     tr, va = split_indices(lab.object_id, settings.val_fraction, settings.seed)
 
@@ -197,10 +196,6 @@ def fit(
     }
     state = _read_state(out, identity, overwrite)
 
-    left_out = None
-    if quarantined.size:
-        left_out = (f"left out {quarantined.size} labelled objects the store quarantined "
-                    f"({quarantine_path(store.path)}): object_id {show_ids(quarantined)}")
     with _torch_settings(threads), Progress(progress) as bar:
         load = bar.task("loading images", len(rows))
         train_src = ImageSource(store, rows[tr], max_ram_bytes, progress=load)
@@ -288,7 +283,7 @@ def fit(
             bar.log(f"NOT CALIBRATED: {why}")
 
     best = min(metrics, key=lambda m: m["val_rmse"])
-    return TrainResult(out, metrics, best["val_rmse"], int(best["epoch"]), calibration, why, left_out)
+    return TrainResult(out, metrics, best["val_rmse"], int(best["epoch"]), calibration, why, quarantined)
 
 
 def _zero_points(store: CutoutStore) -> list[float] | None:
