@@ -30,7 +30,7 @@ from galspec_batch.atomic import atomic_path, refuse_existing
 from galspec_batch.columns import DEC, OBJECT_ID, RA
 from galspec_batch.errors import GalspecError, InputError, UsageError, did_you_mean
 from galspec_batch.ingest.cutouts import ingest_cutouts
-from galspec_batch.ingest.quarantine import QUARANTINE_COLUMNS, Quarantined, quarantine_path, write_quarantine
+from galspec_batch.ingest.quarantine import Quarantined, read_quarantine, write_quarantine
 from galspec_batch.progress import progress_bar
 
 CACHE_SUFFIX = ".download"
@@ -176,15 +176,6 @@ def _ingest(listing: Path, output: Path, survey: Survey, bands: tuple[str, ...],
                                 flux_unit=survey.flux_unit, zero_point=survey.zero_point,
                                 overwrite=overwrite, progress=progress)
     except InputError:
-        write_quarantine(output, quarantined + _read_quarantine(quarantine_path(output)))
+        write_quarantine(output, quarantined + read_quarantine(output))
         raise
     return report.n_ingested, list(report.quarantined)
-
-
-def _read_quarantine(path: Path) -> list[Quarantined]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    return [Quarantined(r[QUARANTINE_COLUMNS[0]], int(r[OBJECT_ID]) if r[OBJECT_ID] else None,
-                        r[QUARANTINE_COLUMNS[2]]) for r in rows]

@@ -54,7 +54,7 @@ def margin_pairs(partitions: list[tuple[int, int]], order: int) -> pd.DataFrame:
     import cdshealpix
 
     by_order: dict[int, list[int]] = {}
-    for o, p in [*partitions, *empty_sky(partitions)]:
+    for o, p in [*partitions, *empty_sky(partitions)]:  # they tile the sky: never none
         by_order.setdefault(o, []).append(p)
     margin, orders, owners = [], [], []
     for o, pixels in sorted(by_order.items()):
@@ -65,8 +65,6 @@ def margin_pairs(partitions: list[tuple[int, int]], order: int) -> pd.DataFrame:
         margin.append(ring[keep])
         owners.append(np.broadcast_to(owner[:, None], ring.shape)[keep])
         orders.append(np.full(int(keep.sum()), o, np.int64))
-    if not margin:
-        return pd.DataFrame({"margin_pixel": [], "order": [], "pixel": []}, dtype=np.int64)
     return pd.DataFrame({"margin_pixel": np.concatenate(margin), "order": np.concatenate(orders),
                          "pixel": np.concatenate(owners)})
 

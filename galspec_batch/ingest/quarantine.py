@@ -59,6 +59,19 @@ def write_quarantine(output: str | Path, rows: list[Quarantined]) -> Path | None
     return path
 
 
+def read_quarantine(output: str | Path) -> list[Quarantined]:
+    """The quarantine list beside ``output`` (none when there is no file)."""
+    path = quarantine_path(output)
+    if not path.is_file():
+        return []
+    try:
+        with open(path, newline="") as fh:
+            return [Quarantined(r[QUARANTINE_COLUMNS[0]], int(r[OBJECT_ID]) if r[OBJECT_ID] else None,
+                                r[QUARANTINE_COLUMNS[2]]) for r in csv.DictReader(fh)]
+    except (OSError, ValueError, KeyError, csv.Error) as exc:
+        raise InputError(f"quarantine list {path} cannot be read: {type(exc).__name__}: {exc}") from None
+
+
 def check_output_free(output: Path, overwrite: bool) -> None:
     """Refuse before any work when the output exists and may not be replaced."""
     refuse_existing(output, overwrite)

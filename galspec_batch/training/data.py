@@ -7,7 +7,6 @@ read from the store batch by batch.
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Iterator
 from dataclasses import replace
@@ -15,9 +14,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from galspec_batch.columns import OBJECT_ID
 from galspec_batch.errors import InputError, UsageError
-from galspec_batch.ingest.quarantine import quarantine_path
+from galspec_batch.ingest.quarantine import read_quarantine
 from galspec_batch.labels import Labels, read_labels
 from galspec_batch.store import CutoutStore
 
@@ -37,14 +35,7 @@ def leave_out_quarantined(labels: Labels, store: CutoutStore) -> tuple[Labels, n
     """``labels`` less the objects the store lacks because its ingest or download quarantined them
     (``<store>.quarantine.csv``), and those objects' ids. A labelled object the store lacks for no
     recorded reason stays, for the join to refuse by name."""
-    qfile = quarantine_path(store.path)
-    if not qfile.is_file():
-        return labels, np.zeros(0, np.int64)
-    try:
-        with open(qfile, newline="") as fh:
-            listed = [int(r[OBJECT_ID]) for r in csv.DictReader(fh) if (r.get(OBJECT_ID) or "").strip()]
-    except (OSError, ValueError, csv.Error) as exc:
-        raise InputError(f"quarantine list {qfile} cannot be read: {exc}") from None
+    listed = [q.object_id for q in read_quarantine(store.path) if q.object_id is not None]
     drop = np.isin(labels.object_id, listed) & ~np.isin(labels.object_id, store.object_id)
     keep = ~drop
     z = None if labels.z is None else labels.z[keep]
