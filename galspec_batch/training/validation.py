@@ -46,7 +46,11 @@ def validation_metrics(net: GalspecNet, source: ImageSource, z_val: np.ndarray, 
             if var is not None:
                 variances.append(var.double().cpu())
     mean = torch.cat(means)
-    bad = int((~torch.isfinite(mean).all(dim=1)).sum())
+    var = torch.cat(variances) if variances else None
+    ok = torch.isfinite(mean).all(dim=1)
+    if var is not None:  # the spread too (softplus + a floor: above 0 where finite)
+        ok &= torch.isfinite(var).all(dim=1)
+    bad = int((~ok).sum())
     if bad:
         raise TrainingDiverged(f"the network predicts values that are not finite for {bad} of {len(mean)} "
                                "validation objects")
@@ -55,8 +59,7 @@ def validation_metrics(net: GalspecNet, source: ImageSource, z_val: np.ndarray, 
     latents = [i for i, n in enumerate(names) if n != REDSHIFT]
     record = {"val_rmse": math.sqrt(float(se[latents].mean()))}
     record.update({f"val_rmse_{n}": math.sqrt(float(v)) for n, v in zip(names, se, strict=True)})
-    if variances:
-        var = torch.cat(variances)
+    if var is not None:
         record["val_nll"] = float((0.5 * (torch.log(2 * math.pi * var) + (mean - y) ** 2 / var)).mean())
     if REDSHIFT in names:
         i = names.index(REDSHIFT)
